@@ -1,0 +1,48 @@
+"""Structured schema of the top-level run config: Hydra checks types and rejects unknown keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-6
+    weight_decay: float = 0.0
+
+
+@dataclass
+class CallbacksConfig:
+    early_stopping_patience: int | None = 2
+    save_last: bool = False
+
+
+@dataclass
+class RunConfig:
+    dataset: Any = None
+    model: Any = None
+    weighting: Any = None
+    trainer: Any = None
+    logger: Any = None
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    derived: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    batch_size: int = 2048
+    eval_batch_size: int = 16384
+    ndcg_k: list[int] = field(default_factory=lambda: [1, 5])
+    monitor: str = "auc"
+    cache_dir: str | None = None
+    threads: int | None = None
+    predictions: bool = True
+    print_summary: bool = True
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)

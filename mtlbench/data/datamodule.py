@@ -1,0 +1,89 @@
+"""LightningDataModule: cached dataset -> splits -> row tensors -> gathered batches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from mtlbench.data.cache import load_or_build
+from mtlbench.data.derived import compute_derived
+from mtlbench.data.loader import TensorBatchLoader
+from mtlbench.data.schema import DatasetSchema
+from mtlbench.data.splits import make_splits
+from mtlbench.registry import DATASETS
+
+
+class MultiTaskDataModule(pl.LightningDataModule):
+    """Prepares one dataset once (cached) and serves train/valid/test batches.
+
+    ``batch_size`` is the global training batch: under DDP each of ``world`` processes gets
+    ``batch_size // world`` rows per step, so results don't depend on the number of processes.
+    """
+
+    def __init__(self, name: str, settings: dict[str, Any] | None = None, cache_dir: str | None = None,
+                 split_method: str = "auto", split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                 batch_size: int = 2048, eval_batch_size: int = 16384, seed: int = 0,
+                 extra_inputs: tuple[str, ...] = (), extra_settings: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.name = name
+        self.settings = dict(settings or {})
+        self.cache_dir = cache_dir
+        self.split_method, self.split_ratios = split_method, tuple(split_ratios)
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.seed = int(seed)
+        self.extra_inputs = tuple(extra_inputs)
+        self.extra_settings = dict(extra_settings or {})
+        self.schema: DatasetSchema | None = None
+        self.columns: dict[str, np.ndarray] = {}
+        self.splits: dict[str, np.ndarray] = {}
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.cache_path = None
+
+    def load(self) -> DatasetSchema:
+        """Load (building on first use) the cached dataset, split it and build the batch tensors."""
+        if self.schema is not None:
+            return self.schema
+        source = DATASETS.get(self.name)(**self.settings)
+        self.schema, self.columns, self.cache_path = load_or_build(source, self.name, self.cache_dir)
+        self.splits = make_splits(self.schema, self.columns, self.split_method, self.split_ratios, self.seed)
+        from mtlbench.data.tensors import build_tensors
+
+        self.tensors = build_tensors(self.schema, self.columns)
+        for name in self.extra_inputs:
+            values = compute_derived(name, self.schema, self.columns, self.splits["train"],
+                                     **self.extra_settings.get(name, {}))
+            self.tensors[name] = torch.from_numpy(np.ascontiguousarray(values))
+        return self.schema
+
+    def prepare_data(self) -> None:
+        self.load()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def loader(self, split: str, train: bool = False) -> TensorBatchLoader:
+        rank, world = self._world()
+        rows = torch.from_numpy(self.splits[split])
+        if train:
+            return TensorBatchLoader(self.tensors, rows, max(1, self.batch_size // world), shuffle=True,
+                                     seed=self.seed, rank=rank, world=world, epoch_fn=self._epoch)
+        return TensorBatchLoader(self.tensors, rows, self.eval_batch_size, rank=rank, world=world)
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        return self.loader("train", train=True)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        return self.loader("valid")
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        return self.loader("test")

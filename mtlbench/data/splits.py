@@ -1,0 +1,68 @@
+"""Train / validation / test splits. Model selection uses validation only; test is read once at the end."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mtlbench.data.schema import DatasetSchema
+from mtlbench.errors import ConfigError
+
+SPLITS = ("train", "valid", "test")
+
+
+def _check_ratios(ratios: tuple[float, float, float]) -> None:
+    if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
+        raise ConfigError(f"split ratios must be three non-negative numbers summing to 1, got {list(ratios)}")
+
+
+def user_time_split(user: np.ndarray, time: np.ndarray, ratios: tuple[float, float, float]
+                    ) -> dict[str, np.ndarray]:
+    """Per-user time order: each user's earliest rows train, the next validate, the latest test."""
+    order = np.lexsort((np.arange(len(user)), time, user))
+    u = user[order]
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+    counts = np.diff(np.r_[starts, len(u)])
+    rank = np.arange(len(u)) - np.repeat(starts, counts)
+    pos = (rank + 0.5) / np.repeat(counts, counts)  # a user's single row goes to train
+    part = np.where(pos < ratios[0], 0, np.where(pos < ratios[0] + ratios[1], 1, 2))
+    out = {}
+    for i, name in enumerate(SPLITS):
+        rows = order[part == i]
+        out[name] = rows[np.argsort(time[rows], kind="stable")]
+    return out
+
+
+def global_time_split(time: np.ndarray, ratios: tuple[float, float, float]) -> dict[str, np.ndarray]:
+    """One global cut in time: all rows before the first boundary train, and so on."""
+    order = np.argsort(time, kind="stable")
+    a, b = (np.cumsum(ratios)[:2] * len(order)).astype(np.int64)
+    return dict(zip(SPLITS, (order[:a], order[a:b], order[b:])))
+
+
+def random_split(n: int, ratios: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
+    """A seeded random split, for datasets without a time field."""
+    order = np.random.default_rng(seed).permutation(n)
+    a, b = (np.cumsum(ratios)[:2] * n).astype(np.int64)
+    return {k: np.sort(v) for k, v in zip(SPLITS, (order[:a], order[a:b], order[b:]))}
+
+
+def make_splits(schema: DatasetSchema, columns: dict[str, np.ndarray], method: str = "auto",
+                ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+                ) -> dict[str, np.ndarray]:
+    """Row indices per split. ``auto``: per-user time order if the data has users and time, else random."""
+    ratios = tuple(float(r) for r in ratios)
+    _check_ratios(ratios)
+    n = len(columns[schema.tasks[0]])
+    if method == "auto":
+        method = "user_time" if schema.time_field and schema.user_field else "random"
+    if method in ("user_time", "global_time") and not schema.time_field:
+        raise ConfigError(f"split method {method!r} needs a time field; dataset {schema.name!r} has none")
+    if method == "user_time":
+        if not schema.user_field:
+            raise ConfigError(f"split method 'user_time' needs a user field; dataset {schema.name!r} has none")
+        return user_time_split(columns[schema.user_field], columns[schema.time_field], ratios)
+    if method == "global_time":
+        return global_time_split(columns[schema.time_field], ratios)
+    if method == "random":
+        return random_split(n, ratios, seed)
+    raise ConfigError(f"unknown split method {method!r}; known: auto, user_time, global_time, random")

@@ -1,0 +1,3 @@
+"""Built-in datasets; importing this package registers them."""
+
+from mtlbench.datasets import lifecycle, table  # noqa: F401

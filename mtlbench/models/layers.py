@@ -1,0 +1,147 @@
+"""Building blocks shared by every model: embeddings of a schema's inputs, MLPs, batched expert groups."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from mtlbench.data.schema import DatasetSchema, Feature
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
+
+
+def activation(name: str) -> nn.Module:
+    return ACTIVATIONS[name]()
+
+
+class MLP(nn.Sequential):
+    """Linear -> activation -> dropout per hidden layer; an optional final linear layer to ``out_dim``."""
+
+    def __init__(self, in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int | None = None,
+                 dropout: float = 0.0, act: str = "relu") -> None:
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers += [nn.Linear(in_dim, h), activation(act)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_dim = h
+        if out_dim is not None:
+            layers.append(nn.Linear(in_dim, out_dim))
+            in_dim = out_dim
+        super().__init__(*layers)
+        self.out_dim = in_dim
+
+
+class FeatureEmbedding(nn.Module):
+    """Embeds every categorical and sequence feature of a schema with one shared table.
+
+    All categorical fields live in a single ``nn.Embedding`` with per-field row offsets, so a batch
+    costs one lookup. A sequence field reuses the rows of the field it names in ``embedding`` and is
+    mean-pooled over its non-padding positions. Numeric features are appended to the flat input.
+    """
+
+    def __init__(self, schema: DatasetSchema, dim: int, fields: list[str] | None = None) -> None:
+        super().__init__()
+        self.schema = schema
+        self.dim = dim
+        cats = schema.categorical
+        sizes = [f.vocab_size for f in cats]
+        offsets = [0] + list(torch.tensor(sizes).cumsum(0).tolist()[:-1]) if sizes else []
+        self.offset_of = {f.name: o for f, o in zip(cats, offsets)}
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False)
+        self.table = nn.Embedding(max(1, sum(sizes) + sum(f.vocab_size for f in schema.sequences
+                                                            if f.embedding is None)), dim)
+        nn.init.normal_(self.table.weight, std=1.0 / math.sqrt(dim))
+        extra = sum(sizes)
+        self.seq_offset: dict[str, int] = {}
+        for f in schema.sequences:
+            if f.embedding is None:
+                self.seq_offset[f.name] = extra
+                extra += f.vocab_size
+            else:
+                self.seq_offset[f.name] = self.offset_of[f.embedding]
+        names = [f.name for f in cats] + [f.name for f in schema.sequences]
+        self.field_names = names if fields is None else fields
+        cat_pos = {f.name: i for i, f in enumerate(cats)}
+        self.cat_index = [cat_pos[n] for n in self.field_names if n in cat_pos]
+        self.seq_fields: list[Feature] = [f for f in schema.sequences if f.name in self.field_names]
+        self.num_numeric = len(schema.numeric)
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.cat_index) + len(self.seq_fields)
+
+    @property
+    def output_dim(self) -> int:
+        """Width of :meth:`flat`: all field embeddings concatenated plus the numeric features."""
+        return self.num_fields * self.dim + self.num_numeric
+
+    def sequence(self, batch: dict[str, Tensor], name: str) -> tuple[Tensor, Tensor]:
+        """Embeddings [B, L, D] of a sequence field and its mask [B, L] (True = real item)."""
+        ids = batch[f"seq:{name}"]
+        mask = ids >= 0
+        return self.table(ids.clamp_min(0) + self.seq_offset[name]), mask
+
+    def fields(self, batch: dict[str, Tensor]) -> Tensor:
+        """Field embeddings [B, F, D]: categorical fields, then mean-pooled sequence fields."""
+        cat = batch["categorical"]
+        parts = []
+        if self.cat_index:
+            idx = cat[:, self.cat_index] + self.offsets[self.cat_index]
+            parts.append(self.table(idx))
+        for f in self.seq_fields:
+            emb, mask = self.sequence(batch, f.name)
+            m = mask.unsqueeze(-1).to(emb.dtype)
+            parts.append(((emb * m).sum(1) / m.sum(1).clamp_min(1.0)).unsqueeze(1))
+        return torch.cat(parts, dim=1)
+
+    def flat(self, batch: dict[str, Tensor]) -> Tensor:
+        """Concatenated field embeddings and numeric features [B, output_dim]."""
+        x = self.fields(batch).flatten(1)
+        return torch.cat([x, batch["numeric"].to(x.dtype)], dim=1) if self.num_numeric else x
+
+
+class ExpertGroup(nn.Module):
+    """``n`` independent MLP experts on the same input, computed together with batched matmuls.
+
+    Returns [B, n, out]. Equivalent to ``n`` separate MLPs; one einsum per layer instead of ``n`` calls.
+    """
+
+    def __init__(self, n: int, in_dim: int, hidden: list[int] | tuple[int, ...], dropout: float = 0.0,
+                 act: str = "relu") -> None:
+        super().__init__()
+        self.n = n
+        dims = [in_dim, *hidden]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for a, b in zip(dims[:-1], dims[1:]):
+            w = torch.empty(n, a, b)
+            for i in range(n):  # same init as nn.Linear, expert by expert
+                nn.init.kaiming_uniform_(w[i].T, a=math.sqrt(5))
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.empty(n, 1, b).uniform_(-1 / math.sqrt(a), 1 / math.sqrt(a))))
+        self.act = activation(act)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out_dim = dims[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: [B, in] shared by all experts, or [n, B, in] one input per expert
+        h = x.unsqueeze(0).expand(self.n, -1, -1) if x.dim() == 2 else x
+        for w, b in zip(self.weights, self.biases):
+            h = self.dropout(self.act(torch.baddbmm(b, h, w)))
+        return h.transpose(0, 1)
+
+
+class Towers(nn.Module):
+    """One MLP tower per task ending in a single logit: Eq. 4 of STAN, ``f_T^k``."""
+
+    def __init__(self, tasks: list[str], in_dim: int, hidden: list[int], dropout: float = 0.0,
+                 act: str = "relu") -> None:
+        super().__init__()
+        self.tasks = list(tasks)
+        self.towers = nn.ModuleList(MLP(in_dim, hidden, 1, dropout, act) for _ in self.tasks)
+
+    def forward(self, inputs: list[Tensor]) -> dict[str, Tensor]:
+        return {t: tower(x).squeeze(-1) for t, tower, x in zip(self.tasks, self.towers, inputs)}

@@ -1,0 +1,80 @@
+"""Name -> factory registries for models, weighting strategies and datasets (timm-style).
+
+Third-party packages add entries through the ``mtlbench.plugins`` entry-point group: each entry point
+names a module (or callable) that, when imported/called, registers its components.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
+
+from mtlbench.errors import UnknownNameError
+
+T = TypeVar("T")
+ENTRY_POINT_GROUP = "mtlbench.plugins"
+
+
+class Registry(Generic[T]):
+    """A named collection of factories with helpful errors for unknown names."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def decorator(factory: Callable[..., T]) -> Callable[..., T]:
+            existing = self._entries.get(name)
+            if existing is not None and existing is not factory:
+                raise ValueError(f"{self.kind} {name!r} is already registered by {existing!r}")
+            self._entries[name] = factory
+            return factory
+
+        return decorator
+
+    def names(self, pattern: str = "*") -> list[str]:
+        load_plugins()
+        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+
+    def get(self, name: str) -> Callable[..., T]:
+        load_plugins()
+        if name not in self._entries:
+            known = sorted(self._entries)
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} Known: {', '.join(known)}")
+        return self._entries[name]
+
+    def __contains__(self, name: str) -> bool:
+        load_plugins()
+        return name in self._entries
+
+
+MODELS: Registry[Any] = Registry("model")
+WEIGHTINGS: Registry[Any] = Registry("weighting")
+DATASETS: Registry[Any] = Registry("dataset")
+
+register_model = MODELS.register
+register_weighting = WEIGHTINGS.register
+register_dataset = DATASETS.register
+
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the built-in components and every installed ``mtlbench.plugins`` entry point once."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    import mtlbench.datasets  # noqa: F401  (registers built-ins)
+    import mtlbench.models  # noqa: F401
+    import mtlbench.weighting  # noqa: F401
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        loaded = ep.load()
+        if callable(loaded) and not isinstance(loaded, type):
+            loaded()

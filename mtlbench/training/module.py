@@ -1,0 +1,192 @@
+"""One LightningModule for every model: model + loss weighting + per-task metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.classification import BinaryAUROC
+from torchmetrics.utilities import dim_zero_cat
+
+from mtlbench.data.schema import DatasetSchema
+from mtlbench.errors import ConfigError, TrainingError
+from mtlbench.metrics import GAUC, NDCG, LogLoss
+from mtlbench.models.base import ModelOutput, as_output
+from mtlbench.weighting.base import WeightingStrategy, task_means
+
+EVAL_SPLITS = ("valid", "test")
+
+
+class RowCollector(Metric):
+    """Gathers (row index, scores) of every evaluated row across processes, for predictions files."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("index", default=[], dist_reduce_fx="cat")
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+
+    def update(self, index: Tensor, scores: Tensor) -> None:
+        self.index.append(index)
+        self.scores.append(scores)
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        return dim_zero_cat(self.index), dim_zero_cat(self.scores)
+
+
+def task_metrics(ndcg_k: tuple[int, ...], grouped: bool) -> nn.ModuleDict:
+    metrics: dict[str, Metric] = {"auc": BinaryAUROC(), "logloss": LogLoss()}
+    if grouped:
+        metrics["gauc"] = GAUC()
+        metrics.update({f"ndcg@{k}": NDCG(k) for k in ndcg_k})
+    return nn.ModuleDict(metrics)
+
+
+class MultiTaskModule(pl.LightningModule):
+    """Trains ``model`` with ``weighting`` on binary cross-entropy per task, evaluates per task.
+
+    The loss of a task is its per-sample BCE averaged over the rows that carry its label; the
+    weighting strategy combines the tasks. Validation metrics drive checkpointing and early stopping;
+    test metrics are computed once, after training, with the selected checkpoint.
+    """
+
+    def __init__(self, model: nn.Module, weighting: WeightingStrategy, schema: DatasetSchema,
+                 optimizer: dict[str, Any] | None = None, ndcg_k: tuple[int, ...] = (1, 5),
+                 monitor_metric: str = "auc") -> None:
+        super().__init__()
+        self.model = model
+        self.weighting = weighting
+        self.schema = schema
+        self.tasks = list(schema.tasks)
+        self.optimizer_cfg = dict(optimizer or {})
+        self.ndcg_k = tuple(int(k) for k in ndcg_k)
+        self.monitor_metric = monitor_metric
+        grouped = schema.user_field is not None
+        self.metrics = nn.ModuleDict({
+            split: nn.ModuleDict({t: task_metrics(self.ndcg_k, grouped) for t in self.tasks}) for split in EVAL_SPLITS
+        })
+        self.rows = RowCollector()
+        self.results: dict[str, dict[str, dict[str, float]]] = {}
+        self.train_samples = 0
+        self.train_seconds = 0.0
+        self._t0: float | None = None
+
+    # -- training ----------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
+        return as_output(self.model(batch))
+
+    def task_logits(self, out: ModelOutput) -> Tensor:
+        return torch.stack([out.logits[t] for t in self.tasks], dim=1)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self(batch)
+        labels = batch["labels"]
+        mask = ~torch.isnan(labels)
+        losses = F.binary_cross_entropy_with_logits(self.task_logits(out), labels.nan_to_num(0.0),
+                                                    reduction="none") * mask
+        weighted = self.weighting(losses, mask, batch, out)
+        loss = weighted.loss + sum(out.aux_losses.values(), torch.zeros((), device=losses.device))
+        if not torch.isfinite(loss):
+            self._raise_non_finite(losses, mask, out)
+        self.train_samples += len(labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            for t, v in zip(self.tasks, task_means(losses.detach(), mask)):
+                self.log(f"train/loss_{t}", v, batch_size=len(labels))
+            if weighted.task_weights is not None:
+                w = weighted.task_weights.detach()
+                w = w.mean(0) if w.dim() == 2 else w
+                for t, v in zip(self.tasks, w):
+                    self.log(f"train/weight_{t}", v, batch_size=len(labels))
+            for name, v in out.aux_losses.items():
+                self.log(f"train/aux_{name}", v.detach(), batch_size=len(labels))
+        return loss
+
+    def _raise_non_finite(self, losses: Tensor, mask: Tensor, out: ModelOutput) -> None:
+        per_task = task_means(losses.detach(), mask)
+        bad = [t for t, v in zip(self.tasks, per_task) if not torch.isfinite(v)]
+        bad += [f"aux:{n}" for n, v in out.aux_losses.items() if not torch.isfinite(v)]
+        what = ", ".join(bad) or "the combined loss (weighting produced a non-finite value)"
+        raise TrainingError(f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}) in task "
+                            f"{what}; try a lower learning rate")
+
+    def on_train_epoch_start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_validation_start(self) -> None:  # validation time doesn't count as training time
+        if self._t0 is not None and self.trainer.training:
+            self.train_seconds += time.perf_counter() - self._t0
+            self._t0 = None
+
+    def on_validation_end(self) -> None:
+        if self.trainer.training:
+            self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        if self._t0 is not None:
+            self.train_seconds += time.perf_counter() - self._t0
+            self._t0 = None
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        cfg = dict(self.optimizer_cfg)
+        name = cfg.pop("name", "adam")
+        classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+                   "adagrad": torch.optim.Adagrad}
+        if name not in classes:
+            raise ConfigError(f"unknown optimizer {name!r}; known: {', '.join(classes)}")
+        if "betas" in cfg:
+            cfg["betas"] = tuple(cfg["betas"])
+        return classes[name](self.parameters(), **cfg)
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def _eval_step(self, batch: dict[str, Tensor], split: str) -> None:
+        probs = torch.sigmoid(self.task_logits(self(batch)).float())
+        labels = batch["labels"]
+        group = batch.get("user")
+        for k, t in enumerate(self.tasks):
+            keep = ~torch.isnan(labels[:, k])
+            p, y = probs[keep, k], labels[keep, k]
+            for name, m in self.metrics[split][t].items():
+                if name in ("auc", "logloss"):
+                    m.update(p, y.long() if name == "auc" else y)
+                else:
+                    m.update(p, y, group[keep])
+        if split == "test":
+            self.rows.update(batch["index"], probs)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "valid")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _finish(self, split: str) -> None:
+        values: dict[str, dict[str, float]] = {}
+        for t in self.tasks:
+            values[t] = {}
+            for name, m in self.metrics[split][t].items():
+                values[t][name] = float(m.compute()) if m.update_count else float("nan")
+                m.reset()
+                self.log(f"{split}/{t}/{name}", values[t][name], sync_dist=False, rank_zero_only=False)
+        mean = sum(values[t][self.monitor_metric] for t in self.tasks) / len(self.tasks)
+        self.log(f"{split}/{self.monitor_metric}_mean", mean, prog_bar=True)
+        self.results[split] = values
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._finish("valid")
+        else:
+            for t in self.tasks:
+                for m in self.metrics["valid"][t].values():
+                    m.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._finish("test")
+        self.test_predictions = self.rows.compute()
+        self.rows.reset()

@@ -1,0 +1,177 @@
+"""One training run from a resolved config: data -> model -> fit on train/valid -> test -> run directory."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import mtlbench
+from mtlbench.data.datamodule import MultiTaskDataModule
+from mtlbench.data.schema import DatasetSchema
+from mtlbench.errors import ConfigError
+from mtlbench.registry import MODELS, WEIGHTINGS
+from mtlbench.training.module import MultiTaskModule
+from mtlbench.training.results import PREDICTIONS_FILE, RESULTS_FILE, write_json, write_parquet
+
+DATASET_KEYS = ("name", "split")
+
+
+def _call_with_config(factory: Any, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
+    """Call a registered factory, turning unknown config keys into a one-line ConfigError."""
+    sig = inspect.signature(factory)
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        unknown = sorted(set(kwargs) - set(sig.parameters))
+        if unknown:
+            known = [p for p in sig.parameters if p not in ("self", "schema", "tasks")]
+            raise ConfigError(f"{kind} {name!r} has no setting(s) {unknown}; its settings are {known}")
+    return factory(*args, **kwargs)
+
+
+def create_model(name: str, schema: DatasetSchema, **cfg: Any) -> torch.nn.Module:
+    """Build a registered model for ``schema`` with keyword settings from its config."""
+    return _call_with_config(MODELS.get(name), "model", name, schema, **cfg)
+
+
+def create_weighting(name: str, tasks: list[str], **cfg: Any) -> torch.nn.Module:
+    return _call_with_config(WEIGHTINGS.get(name), "weighting", name, tasks, **cfg)
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def build_datamodule(cfg: DictConfig, extra_inputs: tuple[str, ...] = ()) -> MultiTaskDataModule:
+    ds = _plain(cfg.dataset)
+    split = ds.get("split") or {}
+    settings = {k: v for k, v in ds.items() if k not in DATASET_KEYS}
+    return MultiTaskDataModule(ds["name"], settings, cache_dir=cfg.get("cache_dir"),
+                               split_method=split.get("method", "auto"),
+                               split_ratios=tuple(split.get("ratios", (0.8, 0.1, 0.1))),
+                               batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, seed=cfg.seed,
+                               extra_inputs=extra_inputs, extra_settings=_plain(cfg.get("derived")) or {})
+
+
+def build_components(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskModule]:
+    """Data module and LightningModule for a config; loads (or prepares) the dataset."""
+    model_cfg = _plain(cfg.model)
+    weighting_cfg = _plain(cfg.weighting)
+    model_cls = MODELS.get(model_cfg["name"])
+    weighting_cls = WEIGHTINGS.get(weighting_cfg["name"])
+    extra = tuple(dict.fromkeys(getattr(model_cls, "required_inputs", ()) +
+                                getattr(weighting_cls, "required_inputs", ())))
+    dm = build_datamodule(cfg, extra)
+    schema = dm.load()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = create_model(model_cfg.pop("name"), schema, **model_cfg)
+    weighting = create_weighting(weighting_cfg.pop("name"), schema.tasks, **weighting_cfg)
+    module = MultiTaskModule(model, weighting, schema, optimizer=_plain(cfg.optimizer),
+                             ndcg_k=tuple(cfg.ndcg_k), monitor_metric=cfg.monitor)
+    return dm, module
+
+
+def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
+    lcfg = _plain(cfg.logger) or {"name": "none"}
+    name = lcfg.pop("name")
+    if name == "none":
+        return False
+    if name == "csv":
+        return pl.loggers.CSVLogger(save_dir=str(run_dir), name="logs", version="", **lcfg)
+    if name == "wandb":
+        from mtlbench.training.tracking import wandb_logger
+
+        return wandb_logger(run_dir, _plain(cfg), **lcfg)
+    raise ConfigError(f"unknown logger {name!r}; known: csv, wandb, none")
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
+    c = _plain(cfg.callbacks)
+    monitor = f"valid/{cfg.monitor}_mean"
+    callbacks: list[pl.Callback] = [
+        pl.callbacks.ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=monitor, mode="max",
+                                     save_top_k=1, save_last=bool(c.get("save_last", False)),
+                                     filename="best"),
+    ]
+    if c.get("early_stopping_patience") is not None:
+        callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode="max",
+                                                    patience=int(c["early_stopping_patience"])))
+    return callbacks
+
+
+def environment() -> dict[str, Any]:
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
+            "pytorch_lightning": pl.__version__, "numpy": np.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available()}
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train, select on validation, test once; write results.json and predictions.parquet in ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RESULTS_FILE).unlink(missing_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    dm, module = build_components(cfg)
+    trainer = pl.Trainer(**_plain(cfg.trainer), logger=build_logger(cfg, run_dir),
+                         callbacks=build_callbacks(cfg, run_dir), default_root_dir=str(run_dir),
+                         use_distributed_sampler=False)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    fit_seconds = time.perf_counter() - start
+    ckpt = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
+    trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
+    trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
+    if not trainer.is_global_zero:
+        return {}
+    world = trainer.world_size
+    samples = module.train_samples * world
+    results = {
+        "model": cfg.model.name, "dataset": cfg.dataset.name, "weighting": cfg.weighting.name,
+        "seed": int(cfg.seed), "version": mtlbench.__version__,
+        "metrics": module.results,
+        "train": {"seconds": round(module.train_seconds, 3), "fit_seconds": round(fit_seconds, 3),
+                  "samples": samples, "samples_per_second": samples / max(module.train_seconds, 1e-9),
+                  "epochs": trainer.current_epoch, "best_checkpoint": ckpt and str(
+                      Path(trainer.checkpoint_callback.best_model_path).relative_to(run_dir)),
+                  "world_size": world},
+        "params": sum(p.numel() for p in module.model.parameters()),
+        "environment": environment(),
+        "config": resolved,
+    }
+    extra = getattr(module.model, "run_summary", None)
+    if callable(extra):
+        results.update(extra(dm, run_dir))
+    if cfg.get("predictions", True):
+        write_predictions(run_dir / PREDICTIONS_FILE, dm, module)
+    (run_dir / "environment.json").write_text(json.dumps(results["environment"], indent=1))
+    write_json(run_dir / RESULTS_FILE, results)  # last: its presence means the run completed
+    return results
+
+
+def write_predictions(path: Path, dm: MultiTaskDataModule, module: MultiTaskModule) -> None:
+    index, scores = module.test_predictions
+    order = torch.argsort(index)
+    index, scores = index[order].cpu().numpy(), scores[order].cpu().numpy()
+    schema, columns = dm.schema, dm.columns
+    out: dict[str, np.ndarray] = {"row": index}
+    for key, field in (("user_id", schema.user_field), ("item_id", schema.item_field),
+                       ("session_id", schema.session_field), ("scenario", schema.scenario_field)):
+        if field is not None:
+            out[key] = np.asarray(columns[field])[index]
+    for field in schema.analysis_fields:
+        out[field] = np.asarray(columns[field])[index]
+    for k, t in enumerate(schema.tasks):
+        out[f"label_{t}"] = np.asarray(columns[t])[index]
+        out[f"score_{t}"] = scores[:, k]
+    write_parquet(path, out)

@@ -1,0 +1,44 @@
+"""Every config under configs/ composes, and the structured schema rejects bad values."""
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from conftest import REPO, compose_cfg
+
+GROUPS = sorted(p.name for p in (REPO / "configs").iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (REPO / "configs" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_config_composes(group: str, option: str):
+    overrides = [f"{group}={option}"]
+    if (group, option) == ("dataset", "table"):
+        overrides += ["dataset.path=x.parquet", "dataset.tasks=[y]"]
+    cfg = compose_cfg(overrides)
+    assert cfg.seed == 0
+    if group in ("dataset", "model", "weighting", "logger"):
+        assert cfg[group].name == option
+
+
+def test_unknown_top_level_key_is_rejected():
+    with pytest.raises(ConfigCompositionException, match="learning_rate"):
+        compose_cfg(["learning_rate=0.1"])
+
+
+def test_type_errors_are_caught_by_the_schema():
+    with pytest.raises((ValidationError, ConfigCompositionException)):
+        compose_cfg(["seed=abc"])
+    with pytest.raises((ValidationError, ConfigCompositionException)):
+        compose_cfg(["optimizer.lr=fast"])
+
+
+def test_every_group_has_at_least_one_option():
+    for g in GROUPS:
+        assert options(g), g
+    assert Path(REPO / "configs" / "train.yaml").exists()

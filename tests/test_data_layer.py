@@ -1,0 +1,103 @@
+"""Cache, splits and batch loader."""
+
+import numpy as np
+import pytest
+import torch
+
+from mtlbench.data.cache import entry_path, load_or_build
+from mtlbench.data.loader import TensorBatchLoader
+from mtlbench.data.schema import DatasetSchema, Feature
+from mtlbench.data.source import DatasetSource
+from mtlbench.data.splits import make_splits, user_time_split
+from mtlbench.errors import ConfigError, DataError
+
+
+class Counting(DatasetSource):
+    builds = 0
+
+    def build(self):
+        type(self).builds += 1
+        if self.settings.get("fail"):
+            raise DataError("boom")
+        n = self.settings.get("n", 100)
+        rng = np.random.default_rng(0)
+        schema = DatasetSchema("counting", [Feature("u", "categorical", 10, "user"), Feature("v", "numeric"),
+                                            Feature("h", "sequence", max_len=3, embedding="u")],
+                               tasks=["y"], user_field="u", time_field="t")
+        cols = {"u": rng.integers(0, 10, n), "v": rng.random(n).astype(np.float32),
+                "h": rng.integers(-1, 10, (n, 3)), "y": rng.integers(0, 2, n).astype(np.float32),
+                "t": np.arange(n)}
+        return schema, cols
+
+
+def test_cache_builds_once_then_memory_maps(tmp_path):
+    Counting.builds = 0
+    s1, c1, p1 = load_or_build(Counting(n=50), "counting", tmp_path, log=False)
+    s2, c2, p2 = load_or_build(Counting(n=50), "counting", tmp_path, log=False)
+    assert Counting.builds == 1 and p1 == p2 and s1 == s2
+    assert not c2["v"].flags.writeable  # a view of the memory-mapped file, not a parsed copy
+    assert c2["h"].shape == (50, 3)
+    for k in c1:
+        np.testing.assert_array_equal(c1[k], c2[k])
+    load_or_build(Counting(n=60), "counting", tmp_path, log=False)
+    assert Counting.builds == 2  # different settings -> different key
+
+
+def test_failed_build_leaves_no_cache_entry(tmp_path):
+    with pytest.raises(DataError):
+        load_or_build(Counting(fail=True), "counting", tmp_path, log=False)
+    assert not entry_path(Counting(fail=True), "counting", tmp_path).exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_user_time_split_puts_each_users_past_in_train():
+    rng = np.random.default_rng(1)
+    user = rng.integers(0, 50, 2000)
+    time = rng.permutation(2000)
+    parts = user_time_split(user, time, (0.8, 0.1, 0.1))
+    allrows = np.concatenate(list(parts.values()))
+    assert np.array_equal(np.sort(allrows), np.arange(2000))
+    for u in range(50):
+        tr, va, te = (time[p[user[p] == u]] for p in parts.values())
+        if len(va):
+            assert tr.max() < va.min()
+        if len(te):
+            assert max(tr.max(), va.max() if len(va) else -1) < te.min()
+    assert abs(len(parts["train"]) / 2000 - 0.8) < 0.03
+
+
+def test_random_split_is_seeded_and_ratios_are_checked():
+    s, c = Counting(n=1000).build()
+    s.time_field = None
+    a = make_splits(s, c, "auto", (0.6, 0.2, 0.2), seed=3)
+    b = make_splits(s, c, "auto", (0.6, 0.2, 0.2), seed=3)
+    assert all(np.array_equal(a[k], b[k]) for k in a) and len(a["train"]) == 600
+    with pytest.raises(ConfigError, match="sum"):
+        make_splits(s, c, "auto", (0.6, 0.2, 0.3))
+    with pytest.raises(ConfigError, match="needs a time field"):
+        make_splits(s, c, "user_time", (0.8, 0.1, 0.1))
+
+
+def _loader(rows, world, rank, shuffle, epoch=0, bs=7):
+    tensors = {"x": torch.arange(1000) * 10}
+    return TensorBatchLoader(tensors, rows, bs, shuffle=shuffle, seed=5, rank=rank, world=world,
+                             epoch_fn=lambda: epoch)
+
+
+def test_eval_loader_sees_every_row_exactly_once_across_uneven_ranks():
+    rows = torch.arange(3, 103)  # 100 rows, not divisible by 3
+    seen = torch.cat([b["x"] for r in range(3) for b in _loader(rows, 3, r, False)])
+    assert torch.equal(torch.sort(seen).values, rows * 10)
+    assert sum(len(_loader(rows, 3, r, False)) for r in range(3)) == sum(
+        len(list(_loader(rows, 3, r, False))) for r in range(3))
+
+
+def test_train_loader_shards_are_disjoint_equal_and_reshuffled_each_epoch():
+    rows = torch.arange(101)
+    shards = [torch.cat([b["x"] for b in _loader(rows, 2, r, True)]) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 50
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+    again = torch.cat([b["x"] for b in _loader(rows, 2, 0, True)])
+    assert torch.equal(again, shards[0])  # same seed and epoch: same order
+    other = torch.cat([b["x"] for b in _loader(rows, 2, 0, True, epoch=1)])
+    assert not torch.equal(other, shards[0])

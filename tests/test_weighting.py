@@ -1,0 +1,27 @@
+import pytest
+import torch
+
+from mtlbench.errors import ConfigError
+from mtlbench.models import ModelOutput
+from mtlbench.training.run import create_weighting
+
+
+def matrix():
+    losses = torch.tensor([[1.0, 2.0], [3.0, 0.0], [5.0, 4.0]])
+    mask = torch.tensor([[True, True], [True, False], [True, True]])
+    return losses * mask, mask
+
+
+def test_equal_is_sum_of_per_task_means_over_labelled_rows():
+    losses, mask = matrix()
+    out = create_weighting("equal", ["a", "b"])(losses, mask, {}, ModelOutput({}))
+    assert out.loss.item() == pytest.approx(3.0 + 3.0)  # a: (1+3+5)/3, b: (2+4)/2 (row 2 unlabelled)
+
+
+def test_fixed_uses_eta_per_task_and_rejects_unknown_tasks():
+    losses, mask = matrix()
+    out = create_weighting("fixed", ["a", "b"], weights={"b": 0.5})(losses, mask, {}, ModelOutput({}))
+    assert out.loss.item() == pytest.approx(3.0 + 0.5 * 3.0)
+    assert out.task_weights.tolist() == [1.0, 0.5]
+    with pytest.raises(ConfigError, match="unknown task"):
+        create_weighting("fixed", ["a", "b"], weights={"c": 1.0})
