@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
+import pkgutil
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
@@ -64,15 +66,21 @@ register_dataset = DATASETS.register
 _plugins_loaded = False
 
 
+def import_submodules(package: str) -> None:
+    """Import every module of a built-in package, so each registers what it defines."""
+    pkg = importlib.import_module(package)
+    for info in pkgutil.iter_modules(pkg.__path__, prefix=f"{package}."):
+        importlib.import_module(info.name)
+
+
 def load_plugins() -> None:
     """Import the built-in components and every installed ``mtlbench.plugins`` entry point once."""
     global _plugins_loaded
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    import mtlbench.datasets  # noqa: F401  (registers built-ins)
-    import mtlbench.models  # noqa: F401
-    import mtlbench.weighting  # noqa: F401
+    for package in ("mtlbench.datasets", "mtlbench.models", "mtlbench.weighting"):
+        import_submodules(package)
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         loaded = ep.load()

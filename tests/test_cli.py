@@ -25,7 +25,8 @@ def test_run_writes_results_and_predictions(tmp_path):
     for split in ("valid", "test"):
         for task in ("click", "long_view", "purchase"):
             m = res["metrics"][split][task]
-            assert set(m) == {"auc", "logloss", "gauc", "ndcg@1", "ndcg@5"}
+            assert {"auc", "logloss", "gauc", "ndcg@1", "ndcg@5", "sgauc"} <= set(m)
+            assert {"auc@scenario=0", "auc@scenario=2", "gauc@scenario=1"} <= set(m)
             assert 0.0 < m["auc"] < 1.0 and m["logloss"] > 0
     assert res["train"]["samples_per_second"] > 0 and res["train"]["seconds"] > 0
     assert (out / "config.yaml").exists() and (out / "environment.json").exists()

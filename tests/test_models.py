@@ -6,11 +6,13 @@ import torch
 from torch import nn
 
 import mtlbench
+from mtlbench.data.derived import compute_derived
 from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.tensors import build_tensors
 from mtlbench.errors import ConfigError
 from mtlbench.models import as_output
 from mtlbench.models.layers import MLP, ExpertGroup, FeatureEmbedding
+from mtlbench.registry import MODELS
 
 
 def toy(n=64):
@@ -26,15 +28,29 @@ def toy(n=64):
     return schema, build_tensors(schema, cols)
 
 
-@pytest.mark.parametrize("name", ["single_task", "shared_bottom", "mmoe", "ple"])
+def with_inputs(model_cls, schema, batch, n=64):
+    """Add the derived per-row inputs a model asks for (computed over the toy table)."""
+    for name in getattr(model_cls, "required_inputs", ()):
+        cols = {f.name: batch["categorical"][:, i].numpy() for i, f in enumerate(schema.categorical)}
+        cols.update({t: batch["labels"][:, k].numpy() for k, t in enumerate(schema.tasks)})
+        cols["time"] = np.arange(n)
+        schema.time_field = "time"
+        batch[name] = torch.from_numpy(np.ascontiguousarray(compute_derived(name, schema, cols, np.arange(n))))
+    return batch
+
+
+@pytest.mark.parametrize("name", mtlbench.list_models())
 def test_model_contract_forward_backward(name):
+    """Every registered model, built-in or plugin: logits per task in order, gradients everywhere."""
     schema, batch = toy()
+    batch = with_inputs(MODELS.get(name), schema, batch)
     model = mtlbench.create_model(name, schema, embedding_dim=4)
     out = as_output(model(batch))
     assert list(out.logits) == ["click", "buy"]
     assert all(v.shape == (64,) for v in out.logits.values())
     loss = sum(nn.functional.binary_cross_entropy_with_logits(out.logits[t], batch["labels"][:, k])
                for k, t in enumerate(schema.tasks))
+    loss = loss + sum(out.aux_losses.values(), torch.zeros(()))
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads), "every parameter should receive a gradient"

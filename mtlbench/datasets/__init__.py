@@ -1,3 +1,1 @@
-"""Built-in datasets; importing this package registers them."""
-
-from mtlbench.datasets import lifecycle, table  # noqa: F401
+"""Datasets. Every module in this package is imported by the registry and registers its datasets."""

@@ -1,6 +1,5 @@
-"""Built-in models; importing this package registers them."""
+"""Models. Every module in this package is imported by the registry and registers its models."""
 
-from mtlbench.models import mmoe, ple, shared_bottom, single_task  # noqa: F401
 from mtlbench.models.base import ModelOutput, MultiTaskModel, as_output
 
 __all__ = ["ModelOutput", "MultiTaskModel", "as_output"]

@@ -47,3 +47,10 @@ class MultiTaskModel(nn.Module):
             if getattr(schema, f"{role}_field", None) is None and not (role == "sequence" and schema.sequences):
                 raise ConfigError(f"model {type(self).__name__} needs a {role} field; dataset "
                                   f"{schema.name!r} has none")
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters shared by all tasks, for gradient-based weightings (GradNorm, PCGrad).
+
+        Default: every parameter outside the per-task ``towers``; models override when that's wrong.
+        """
+        return [p for n, p in self.named_parameters() if not n.startswith("towers.") and p.requires_grad]

@@ -16,6 +16,7 @@ from torchmetrics.utilities import dim_zero_cat
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import ConfigError, TrainingError
 from mtlbench.metrics import GAUC, NDCG, LogLoss
+from mtlbench.metrics.scenario import ScenarioMetrics
 from mtlbench.models.base import ModelOutput, as_output
 from mtlbench.weighting.base import WeightingStrategy, task_means
 
@@ -40,11 +41,18 @@ class RowCollector(Metric):
         return dim_zero_cat(self.index), dim_zero_cat(self.scores)
 
 
-def task_metrics(ndcg_k: tuple[int, ...], grouped: bool) -> nn.ModuleDict:
+def task_metrics(schema: DatasetSchema, ndcg_k: tuple[int, ...]) -> nn.ModuleDict:
+    """The metrics of one task: AUC and logloss always; GAUC and NDCG@k per user when the data has users;
+    per-scenario AUC/GAUC when it has scenarios; S-GAUC (AUC per session, SFPNet Eq. 13) with sessions."""
+    grouped = schema.user_field is not None
     metrics: dict[str, Metric] = {"auc": BinaryAUROC(), "logloss": LogLoss()}
     if grouped:
         metrics["gauc"] = GAUC()
         metrics.update({f"ndcg@{k}": NDCG(k) for k in ndcg_k})
+    if schema.session_field is not None:
+        metrics["sgauc"] = GAUC()
+    if schema.scenario_field is not None:
+        metrics["scenarios"] = ScenarioMetrics(with_users=grouped)
     return nn.ModuleDict(metrics)
 
 
@@ -62,14 +70,14 @@ class MultiTaskModule(pl.LightningModule):
         super().__init__()
         self.model = model
         self.weighting = weighting
+        weighting.attach(model)
         self.schema = schema
         self.tasks = list(schema.tasks)
         self.optimizer_cfg = dict(optimizer or {})
         self.ndcg_k = tuple(int(k) for k in ndcg_k)
         self.monitor_metric = monitor_metric
-        grouped = schema.user_field is not None
         self.metrics = nn.ModuleDict({
-            split: nn.ModuleDict({t: task_metrics(self.ndcg_k, grouped) for t in self.tasks}) for split in EVAL_SPLITS
+            split: nn.ModuleDict({t: task_metrics(schema, self.ndcg_k) for t in self.tasks}) for split in EVAL_SPLITS
         })
         self.rows = RowCollector()
         self.results: dict[str, dict[str, dict[str, float]]] = {}
@@ -132,6 +140,7 @@ class MultiTaskModule(pl.LightningModule):
         if self._t0 is not None:
             self.train_seconds += time.perf_counter() - self._t0
             self._t0 = None
+        self.weighting.on_train_epoch_end(self.current_epoch)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         cfg = dict(self.optimizer_cfg)
@@ -148,15 +157,21 @@ class MultiTaskModule(pl.LightningModule):
     def _eval_step(self, batch: dict[str, Tensor], split: str) -> None:
         probs = torch.sigmoid(self.task_logits(self(batch)).float())
         labels = batch["labels"]
-        group = batch.get("user")
+        user, session, scenario = batch.get("user"), batch.get("session"), batch.get("scenario")
         for k, t in enumerate(self.tasks):
             keep = ~torch.isnan(labels[:, k])
             p, y = probs[keep, k], labels[keep, k]
             for name, m in self.metrics[split][t].items():
-                if name in ("auc", "logloss"):
-                    m.update(p, y.long() if name == "auc" else y)
+                if name == "auc":
+                    m.update(p, y.long())
+                elif name == "logloss":
+                    m.update(p, y)
+                elif name == "sgauc":
+                    m.update(p, y, session[keep])
+                elif name == "scenarios":
+                    m.update(p, y, scenario[keep], user[keep] if user is not None else None)
                 else:
-                    m.update(p, y, group[keep])
+                    m.update(p, y, user[keep])
         if split == "test":
             self.rows.update(batch["index"], probs)
 
@@ -171,9 +186,11 @@ class MultiTaskModule(pl.LightningModule):
         for t in self.tasks:
             values[t] = {}
             for name, m in self.metrics[split][t].items():
-                values[t][name] = float(m.compute()) if m.update_count else float("nan")
+                value = m.compute() if m.update_count else float("nan")
                 m.reset()
-                self.log(f"{split}/{t}/{name}", values[t][name], sync_dist=False, rank_zero_only=False)
+                values[t].update(value if isinstance(value, dict) else {name: float(value)})
+            for name, v in values[t].items():
+                self.log(f"{split}/{t}/{name}", v)
         mean = sum(values[t][self.monitor_metric] for t in self.tasks) / len(self.tasks)
         self.log(f"{split}/{self.monitor_metric}_mean", mean, prog_bar=True)
         self.results[split] = values

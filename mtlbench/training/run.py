@@ -149,9 +149,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "environment": environment(),
         "config": resolved,
     }
-    extra = getattr(module.model, "run_summary", None)
-    if callable(extra):
-        results.update(extra(dm, run_dir))
+    for component in (module.model, module.weighting):  # optional extra analyses (e.g. STAN's stages)
+        summary = getattr(component, "run_summary", None)
+        if callable(summary):
+            results.update(summary(module=module, datamodule=dm, run_dir=run_dir))
     if cfg.get("predictions", True):
         write_predictions(run_dir / PREDICTIONS_FILE, dm, module)
     (run_dir / "environment.json").write_text(json.dumps(results["environment"], indent=1))

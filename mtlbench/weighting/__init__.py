@@ -1,6 +1,5 @@
-"""Built-in loss-weighting strategies; importing this package registers them."""
+"""Loss-weighting strategies. Every module in this package is imported by the registry and registers its own."""
 
-from mtlbench.weighting import simple  # noqa: F401
 from mtlbench.weighting.base import WeightedLoss, WeightingStrategy, task_means
 
 __all__ = ["WeightedLoss", "WeightingStrategy", "task_means"]

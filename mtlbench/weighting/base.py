@@ -31,7 +31,9 @@ class WeightingStrategy(nn.Module):
 
     ``forward(losses, mask, batch, output)``: ``losses`` [B, K] per-sample losses (zero where ``mask`` is
     False), ``batch`` the batch dict (user ids, scenario ids, ...), ``output`` the model's output. Strategies
-    may hold parameters or per-user state (buffers are saved in checkpoints).
+    may hold parameters (optimised with the model) or per-user state (buffers are saved in checkpoints).
+    Gradient-based strategies (GradNorm, PCGrad) get the model through :meth:`attach` and use
+    ``model.shared_parameters()``; the loss they return must carry the gradient they want applied.
     """
 
     required_inputs: tuple[str, ...] = ()
@@ -39,6 +41,12 @@ class WeightingStrategy(nn.Module):
     def __init__(self, tasks: list[str]) -> None:
         super().__init__()
         self.tasks = list(tasks)
+
+    def attach(self, model: nn.Module) -> None:
+        """Called once with the model being trained (kept out of this module's parameters)."""
+
+    def on_train_epoch_end(self, epoch: int) -> None:
+        """Called after every training epoch (e.g. DWA's loss history)."""
 
     def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor],
                 output: ModelOutput) -> WeightedLoss:
