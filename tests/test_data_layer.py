@@ -92,6 +92,16 @@ def test_eval_loader_sees_every_row_exactly_once_across_uneven_ranks():
         len(list(_loader(rows, 3, r, False))) for r in range(3))
 
 
+def test_ranks_together_see_the_global_batches_of_one_process():
+    rows = torch.arange(101)
+    single = [b["x"] for b in _loader(rows, 1, 0, True, bs=8)]
+    ranks = [list(_loader(rows, 2, r, True, bs=4)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(single) == len(_loader(rows, 2, 0, True, bs=4)) == 13
+    for i, whole in enumerate(single[:-1]):
+        assert torch.equal(torch.cat([ranks[0][i]["x"], ranks[1][i]["x"]]), whole)
+    assert torch.equal(torch.cat([ranks[0][-1]["x"], ranks[1][-1]["x"]]), single[-1][:4])  # 5 rows -> 2 + 2
+
+
 def test_train_loader_shards_are_disjoint_equal_and_reshuffled_each_epoch():
     rows = torch.arange(101)
     shards = [torch.cat([b["x"] for b in _loader(rows, 2, r, True)]) for r in range(2)]

@@ -11,10 +11,12 @@ from torch import Tensor
 class TensorBatchLoader:
     """Iterates over ``rows`` of a dict of row-aligned tensors in batches.
 
-    Training (``shuffle=True``): a permutation seeded by ``(seed, epoch)``; each of ``world`` processes
-    takes an equal share (the remainder of the global permutation is dropped for this epoch only), so
-    DDP ranks step together. Evaluation (``shuffle=False``): rows are split into ``world`` contiguous
-    parts of possibly unequal size, so every row is seen exactly once in total.
+    Training (``shuffle=True``): a permutation seeded by ``(seed, epoch)`` cut into global batches of
+    ``batch_size * world`` rows; process ``rank`` takes its slice of each global batch, so N processes
+    step together over exactly the global batches one process would see (the last global batch is
+    split evenly; at most ``world - 1`` rows are left out of that epoch). Evaluation
+    (``shuffle=False``): rows are split into ``world`` contiguous parts of possibly unequal size, so
+    every row is seen exactly once in total.
     """
 
     def __init__(self, tensors: dict[str, Tensor], rows: Tensor, batch_size: int, shuffle: bool = False,
@@ -29,21 +31,30 @@ class TensorBatchLoader:
         self.epoch_fn = epoch_fn or (lambda: 0)
         self.drop_last = drop_last
 
-    def _local_rows(self) -> Tensor:
+    def _batches(self) -> list[Tensor]:
+        """Row indices of this process's batches for the current epoch."""
         if not self.shuffle:
-            return torch.tensor_split(self.rows, self.world)[self.rank]
+            local = torch.tensor_split(self.rows, self.world)[self.rank]
+            return list(torch.split(local, self.batch_size))
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch_fn())
         perm = self.rows[torch.randperm(len(self.rows), generator=g)]
-        share = len(perm) // self.world
-        return perm[self.rank * share:(self.rank + 1) * share]
+        out = []
+        for glob in torch.split(perm, self.batch_size * self.world):
+            share = len(glob) // self.world
+            if share:
+                out.append(glob[self.rank * share:(self.rank + 1) * share])
+        return out
 
     def __len__(self) -> int:
-        n = len(self.rows) // self.world if self.shuffle else len(torch.tensor_split(self.rows, self.world)[self.rank])
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n = len(self.rows)
+        if not self.shuffle:
+            n = len(torch.tensor_split(self.rows, self.world)[self.rank])
+            return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        full, rest = divmod(n, self.batch_size * self.world)
+        return full + (0 if self.drop_last or rest < self.world else 1)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        local = self._local_rows()
-        stop = len(local) - len(local) % self.batch_size if self.drop_last else len(local)
-        for start in range(0, stop, self.batch_size):
-            idx = local[start:start + self.batch_size]
+        for idx in self._batches():
+            if self.drop_last and len(idx) < self.batch_size:
+                break
             yield {name: t[idx] for name, t in self.tensors.items()}

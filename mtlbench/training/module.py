@@ -189,10 +189,10 @@ class MultiTaskModule(pl.LightningModule):
                 value = m.compute() if m.update_count else float("nan")
                 m.reset()
                 values[t].update(value if isinstance(value, dict) else {name: float(value)})
-            for name, v in values[t].items():
-                self.log(f"{split}/{t}/{name}", v)
+            for name, v in values[t].items():  # identical on every process (metrics are gathered)
+                self.log(f"{split}/{t}/{name}", v, sync_dist=True)
         mean = sum(values[t][self.monitor_metric] for t in self.tasks) / len(self.tasks)
-        self.log(f"{split}/{self.monitor_metric}_mean", mean, prog_bar=True)
+        self.log(f"{split}/{self.monitor_metric}_mean", mean, prog_bar=True, sync_dist=True)
         self.results[split] = values
 
     def on_validation_epoch_end(self) -> None:
