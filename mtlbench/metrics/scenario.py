@@ -21,8 +21,9 @@ def per_scenario_gauc(preds: Tensor, target: Tensor, user: Tensor, scenario: Ten
     auc, n, valid = grouped_auc(preds, target, key)
     key_s = torch.unique(key) // len(users)
     w = n.to(torch.float64) * valid
-    num = torch.zeros(len(scenarios), dtype=torch.float64).index_add(0, key_s, w * auc.nan_to_num(0.0).double())
-    den = torch.zeros(len(scenarios), dtype=torch.float64).index_add(0, key_s, w)
+    zeros = torch.zeros(len(scenarios), dtype=torch.float64, device=preds.device)
+    num = zeros.index_add(0, key_s, w * auc.nan_to_num(0.0).double())
+    den = zeros.index_add(0, key_s, w)
     return scenarios, torch.where(den > 0, num / den.clamp_min(1e-12), torch.nan)
 
 

@@ -1,0 +1,8 @@
+"""Evaluation metrics: grouped AUC, GAUC, NDCG@k and log loss, as functions and torchmetrics classes."""
+
+from __future__ import annotations
+
+from mtlbench.metrics.classes import GAUC, NDCG, GroupedMetric, LogLoss
+from mtlbench.metrics.functional import gauc, grouped_auc, log_loss, ndcg_at_k
+
+__all__ = ["GAUC", "NDCG", "GroupedMetric", "LogLoss", "gauc", "grouped_auc", "log_loss", "ndcg_at_k"]

@@ -1,0 +1,367 @@
+"""Tests for mtlbench.metrics against independent computations (sklearn, group by group, and by hand)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import log_loss as sk_log_loss
+from sklearn.metrics import ndcg_score, roc_auc_score
+
+from mtlbench.metrics import GAUC, NDCG, LogLoss, gauc, grouped_auc, log_loss, ndcg_at_k
+
+# Each layout takes a different internal sort path: packed int64 key (small ids), the same after
+# re-indexing ids that span more than 2**30, and the generic lexsort (float64 scores).
+LAYOUTS = {
+    "float32-small-ids": (torch.float32, lambda ids: ids + 5),
+    "float32-huge-ids": (torch.float32, lambda ids: ids * 7_919_000_003 - 2**40),
+    "float64-ids": (torch.float64, lambda ids: ids * 13 - 1000),
+    "float16-ids": (torch.float16, lambda ids: ids * 3),
+}
+
+
+def make_data(
+    seed: int, n_groups: int = 400, decimals: int | None = 1, layout: str = "float32-small-ids"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random rows over ``n_groups`` groups of sizes 1..40, shuffled, with some single-class groups.
+
+    With ``decimals`` set, scores are rounded (many ties); otherwise they are continuous (no ties).
+    Scores lie in [-1, 1] so negative scores are covered too.
+    """
+    dtype, relabel = LAYOUTS[layout]
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 41, size=n_groups)
+    sizes[:20] = 1  # singleton groups
+    ids = np.repeat(rng.permutation(n_groups * 3)[:n_groups], sizes)  # non-contiguous ids
+    rate = np.repeat(rng.uniform(0.05, 0.6, size=n_groups), sizes)
+    target = (rng.uniform(size=ids.size) < rate).astype(np.float64)
+    kind = np.repeat(np.arange(n_groups) % 10, sizes)
+    target[kind == 1] = 0.0  # all-negative groups
+    target[kind == 2] = 1.0  # all-positive groups
+    scores = rng.uniform(-1.0, 1.0, size=ids.size) + 0.5 * target  # informative but imperfect
+    if decimals is not None:
+        scores = np.round(scores, decimals)
+    perm = rng.permutation(ids.size)
+    preds = torch.tensor(scores[perm]).to(dtype)
+    return preds, torch.tensor(target[perm]), relabel(torch.tensor(ids[perm], dtype=torch.int64))
+
+
+def sklearn_grouped_auc(preds, target, group) -> dict[int, float | None]:
+    """AUC per group id via sklearn, None for groups with a single class."""
+    p, y, g = preds.double().numpy(), target.numpy(), group.numpy()
+    out: dict[int, float | None] = {}
+    for gid in np.unique(g):
+        mask = g == gid
+        out[int(gid)] = roc_auc_score(y[mask], p[mask]) if len(np.unique(y[mask])) == 2 else None
+    return out
+
+
+def sklearn_ndcg(preds, target, group, k: int) -> float:
+    """Mean NDCG@k over groups with a positive; sklearn needs >= 2 items, a single positive item scores 1."""
+    p, y, g = preds.double().numpy(), target.numpy(), group.numpy()
+    values = []
+    for gid in np.unique(g):
+        mask = g == gid
+        if y[mask].sum() == 0:
+            continue
+        values.append(1.0 if mask.sum() == 1 else ndcg_score([y[mask]], [p[mask]], k=k))
+    return float(np.mean(values))
+
+
+# --- grouped AUC / GAUC ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_grouped_auc_and_gauc_match_sklearn(layout: str, seed: int) -> None:
+    preds, target, group = make_data(seed, layout=layout)
+    auc, impressions, valid = grouped_auc(preds, target, group)
+    expected = sklearn_grouped_auc(preds, target, group)
+    ids = sorted(expected)
+    assert auc.shape == impressions.shape == valid.shape == (len(ids),)
+    sizes = [int((group == gid).sum()) for gid in ids]
+    assert impressions.tolist() == sizes
+    assert valid.tolist() == [expected[gid] is not None for gid in ids]
+    assert 0 < int(valid.sum()) < len(ids) - 20  # single-class and singleton groups are present
+    assert torch.isnan(auc[~valid]).all()
+    want = torch.tensor([expected[gid] for gid in ids if expected[gid] is not None], dtype=torch.float64)
+    torch.testing.assert_close(auc[valid].double(), want, rtol=0, atol=1e-6)
+
+    # GAUC: impression-weighted mean over the groups sklearn can score.
+    pairs = [(sizes[i], expected[gid]) for i, gid in enumerate(ids) if expected[gid] is not None]
+    expected_gauc = sum(n * value for n, value in pairs) / sum(n for n, _ in pairs)
+    assert gauc(preds, target, group).item() == pytest.approx(expected_gauc, abs=1e-6)
+
+
+def test_grouped_auc_hand_examples() -> None:
+    # group 7: positive above both negatives -> 1; group 3: tie between the positive and one negative
+    # -> (1 + 0.5) / 2; group 9: one class only; -0.0 and +0.0 are tied in group 4.
+    preds = torch.tensor([0.9, 0.1, 0.2, 0.5, 0.5, 0.2, 0.3, 0.4, -0.0, 0.0, -0.5])
+    target = torch.tensor([1, 0, 0, 1, 0, 0, 1, 1, 1, 0, 0])
+    group = torch.tensor([7, 7, 7, 3, 3, 3, 9, 9, 4, 4, 4])
+    auc, impressions, valid = grouped_auc(preds, target, group)
+    assert impressions.tolist() == [3, 3, 3, 2]  # ids 3, 4, 7, 9
+    assert valid.tolist() == [True, True, True, False]
+    torch.testing.assert_close(auc[:3], torch.tensor([0.75, 0.75, 1.0]))
+    assert gauc(preds, target, group).item() == pytest.approx((3 * 0.75 + 3 * 0.75 + 3 * 1.0) / 9)
+
+
+def test_float64_scores_keep_full_precision() -> None:
+    # These scores are equal once rounded to float32; in float64 the positive is strictly above.
+    preds = torch.tensor([0.5, 0.5 + 1e-12, 0.5], dtype=torch.float64)
+    target, group = torch.tensor([0.0, 1.0, 0.0]), torch.zeros(3, dtype=torch.long)
+    assert gauc(preds, target, group).item() == 1.0
+    assert ndcg_at_k(preds, target, group, 1).item() == 1.0
+    assert gauc(preds.float(), target, group).item() == 0.5
+
+
+def test_gauc_is_nan_without_valid_group() -> None:
+    preds, group = torch.tensor([0.1, 0.2, 0.3]), torch.tensor([1, 1, 2])
+    assert torch.isnan(gauc(preds, torch.tensor([1.0, 1.0, 0.0]), group))
+    assert torch.isnan(gauc(preds[:0], preds[:0], group[:0]))
+
+
+# --- NDCG -------------------------------------------------------------------------------------------
+
+
+def test_ndcg_hand_examples() -> None:
+    log2 = math.log2
+    preds = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.4, 0.9, 0.5, 0.5, 0.5, 0.3])
+    target = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0])
+    group = torch.tensor([1, 1, 1, 2, 2, 3, 4, 4, 4, 5])
+    # group 1: ranks neg, pos, pos; group 2: no positive (skipped); group 3: a single positive item;
+    # group 4: all tied, the positive is ranked last (pessimistic); group 5: single positive item.
+    at1 = (0.0 + 1.0 + 0.0 + 1.0) / 4
+    g1_at5 = (1 / log2(3) + 1 / log2(4)) / (1 + 1 / log2(3))
+    at5 = (g1_at5 + 1.0 + 1 / log2(4) + 1.0) / 4
+    assert ndcg_at_k(preds, target, group, 1).item() == pytest.approx(at1)
+    assert ndcg_at_k(preds, target, group, 5).item() == pytest.approx(at5)
+    assert ndcg_at_k(preds[:3], target[:3], group[:3], 1).item() == 0.0
+    assert ndcg_at_k(preds[:3], target[:3], group[:3], 5).item() == pytest.approx(g1_at5)
+    assert ndcg_at_k(preds[:3], target[:3], group[:3], 2).item() == pytest.approx(
+        (1 / log2(3)) / (1 + 1 / log2(3))
+    )
+
+
+def test_ndcg_ties_are_pessimistic() -> None:
+    # Order within the tie is negative first, whatever the row order.
+    preds = torch.tensor([0.5, 0.5, 0.9])
+    target = torch.tensor([1.0, 0.0, 0.0])
+    group = torch.zeros(3, dtype=torch.long)
+    assert ndcg_at_k(preds, target, group, 2).item() == 0.0
+    assert ndcg_at_k(preds, target, group, 3).item() == pytest.approx(0.5)
+    assert ndcg_at_k(preds.flip(0), target.flip(0), group, 3).item() == pytest.approx(0.5)
+    # -0.0 ties with +0.0 too.
+    assert ndcg_at_k(torch.tensor([0.0, -0.0]), torch.tensor([1.0, 0.0]), group[:2], 1).item() == 0.0
+
+
+def test_ndcg_without_positive_is_nan_and_k_is_checked() -> None:
+    assert torch.isnan(ndcg_at_k(torch.rand(4), torch.zeros(4), torch.arange(4), 3))
+    with pytest.raises(ValueError, match="k must be"):
+        ndcg_at_k(torch.rand(4), torch.ones(4), torch.arange(4), 0)
+
+
+@pytest.mark.parametrize("layout", ["float32-small-ids", "float32-huge-ids", "float64-ids"])
+@pytest.mark.parametrize("k", [1, 5])
+def test_ndcg_matches_sklearn_without_ties(layout: str, k: int) -> None:
+    preds, target, group = make_data(4, decimals=None, layout=layout)
+    assert torch.unique(preds).numel() == preds.numel()
+    expected = sklearn_ndcg(preds, target, group, k)
+    assert ndcg_at_k(preds, target, group, k).item() == pytest.approx(expected, abs=1e-6)
+
+
+# --- invariances and NaN targets --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["float32-small-ids", "float64-ids"])
+def test_row_order_and_group_labels_do_not_matter(layout: str) -> None:
+    preds, target, group = make_data(5, layout=layout)
+    auc, impressions, valid = grouped_auc(preds, target, group)
+    base = torch.stack([gauc(preds, target, group), ndcg_at_k(preds, target, group, 3)])
+
+    perm = torch.randperm(preds.numel(), generator=torch.Generator().manual_seed(0))
+    permuted = preds[perm], target[perm], group[perm]
+    assert torch.equal(torch.stack([gauc(*permuted), ndcg_at_k(*permuted, 3)]), base)
+    p_auc, p_imp, p_valid = grouped_auc(*permuted)
+    torch.testing.assert_close(p_auc, auc, equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(p_imp, impressions) and torch.equal(p_valid, valid)
+
+    # Relabel ids with a non-monotone injective map: per-group values follow their group.
+    ids = torch.unique(group)
+    new_ids = torch.randperm(ids.numel(), generator=torch.Generator().manual_seed(1)) * 1_000_003 - 77
+    relabelled = new_ids[torch.searchsorted(ids, group)]
+    assert torch.equal(
+        torch.stack([gauc(preds, target, relabelled), ndcg_at_k(preds, target, relabelled, 3)]), base
+    )
+    r_auc, r_imp, r_valid = grouped_auc(preds, target, relabelled)
+    back = torch.argsort(torch.argsort(new_ids))  # position of each original group in the new id order
+    torch.testing.assert_close(r_auc[back], auc, equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(r_imp[back], impressions) and torch.equal(r_valid[back], valid)
+
+
+def test_nan_targets_are_ignored() -> None:
+    preds, target, group = make_data(6)
+    probs = torch.sigmoid(preds)
+    masked = target.clone()
+    drop = torch.rand(target.shape, generator=torch.Generator().manual_seed(0)) < 0.3
+    masked[drop] = float("nan")
+    keep = ~drop
+    assert gauc(preds, masked, group) == gauc(preds[keep], target[keep], group[keep])
+    assert ndcg_at_k(preds, masked, group, 5) == ndcg_at_k(preds[keep], target[keep], group[keep], 5)
+    assert log_loss(probs, masked) == log_loss(probs[keep], target[keep])
+    auc, impressions, _ = grouped_auc(preds, masked, group)
+    assert int(impressions.sum()) == int(keep.sum())
+    assert not torch.isnan(gauc(preds, masked, group))
+
+
+# --- log loss ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_loss_matches_sklearn(dtype: torch.dtype) -> None:
+    rng = np.random.default_rng(7)
+    p = rng.uniform(0.01, 0.99, size=5000)
+    y = (rng.uniform(size=5000) < p).astype(np.float64)
+    value = log_loss(torch.tensor(p, dtype=dtype), torch.tensor(y))
+    assert value.dtype == dtype
+    assert value.item() == pytest.approx(sk_log_loss(y, p, labels=[0, 1]), rel=1e-6)
+
+
+def test_log_loss_clips_probabilities() -> None:
+    value = log_loss(
+        torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64), torch.tensor([1.0, 0.0, 1.0]), eps=1e-4
+    )
+    assert value.item() == pytest.approx((2 * -math.log(1e-4) - math.log(1 - 1e-4)) / 3)
+    assert math.isfinite(log_loss(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0])).item())
+
+
+# --- torchmetrics classes ---------------------------------------------------------------------------
+
+
+def _chunks(*tensors: torch.Tensor, n: int = 4):
+    size = math.ceil(tensors[0].numel() / n)
+    for start in range(0, tensors[0].numel(), size):
+        yield tuple(t[start : start + size] for t in tensors)
+
+
+def test_grouped_metric_classes_match_functional_and_reset() -> None:
+    preds, target, group = make_data(8)
+    target[::17] = float("nan")
+    metrics = {"gauc": GAUC(), "ndcg": NDCG(k=5)}
+    expected = {"gauc": gauc(preds, target, group), "ndcg": ndcg_at_k(preds, target, group, 5)}
+    for name, metric in metrics.items():
+        with pytest.warns(UserWarning, match="before the ``update``"):
+            assert torch.isnan(metric.compute())  # nothing seen yet
+        for chunk in _chunks(preds, target, group):  # groups are split across chunks
+            metric.update(*chunk)
+        torch.testing.assert_close(metric.compute(), expected[name], rtol=0, atol=1e-7)
+        metric.reset()
+        other = make_data(9)
+        metric.update(*other)
+        want = gauc(*other) if name == "gauc" else ndcg_at_k(*other, 5)
+        torch.testing.assert_close(metric.compute(), want, rtol=0, atol=1e-7)
+
+
+def _ddp_compute(make_metric, shards: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+    """Simulate DDP: one metric per rank, each synced by a fake all-gather over all ranks' states."""
+    world: list[dict[str, torch.Tensor]] = []
+    ranks = []
+    for shard in shards:
+        calls: list[str] = []
+
+        def gather(tensor: torch.Tensor, group=None, _calls=calls) -> list[torch.Tensor]:
+            name = list(world[0])[len(_calls)]  # states are gathered one by one, in declaration order
+            _calls.append(name)
+            return [state[name] for state in world]
+
+        metric = make_metric(dist_sync_fn=gather, distributed_available_fn=lambda: True)
+        metric.update(*shard)
+        ranks.append((metric, calls))
+        world.append({k: torch.cat(v) if isinstance(v, list) else v for k, v in metric.metric_state.items()})
+    results = []
+    for metric, calls in ranks:
+        results.append(metric.compute())
+        assert calls == list(world[0])  # every state was synced
+    return results
+
+
+def test_distributed_sync_gathers_then_computes() -> None:
+    # Groups are split across ranks, so averaging per-rank values would give a different number.
+    preds, target, group = make_data(10)
+    target[::13] = float("nan")
+    cuts = [0, preds.numel() // 3, preds.numel() // 2, preds.numel()]
+    shards = [(preds[a:b], target[a:b], group[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    expected = {
+        GAUC: gauc(preds, target, group),
+        NDCG: ndcg_at_k(preds, target, group, 3),
+        LogLoss: log_loss(torch.sigmoid(preds), target),
+    }
+    for cls, want in expected.items():
+        if cls is LogLoss:
+            results = _ddp_compute(cls, [(torch.sigmoid(p), t) for p, t, _ in shards])
+        else:
+            results = _ddp_compute((lambda **kw: NDCG(3, **kw)) if cls is NDCG else cls, shards)
+        for value in results:
+            torch.testing.assert_close(value, want, rtol=1e-6, atol=1e-7)
+
+
+def test_log_loss_class_chunks_nan_and_reset() -> None:
+    rng = np.random.default_rng(11)
+    p = torch.tensor(rng.uniform(0.01, 0.99, size=3001), dtype=torch.float32)
+    y = torch.tensor((rng.uniform(size=3001) < 0.4).astype(np.float32))
+    y[::10] = float("nan")
+    metric = LogLoss()
+    for chunk in _chunks(p, y, n=7):
+        metric.update(*chunk)
+    keep = ~torch.isnan(y)
+    want = sk_log_loss(y[keep].numpy(), p[keep].double().numpy(), labels=[0, 1])
+    assert metric.compute().item() == pytest.approx(want, rel=1e-6)
+    other = LogLoss()
+    other.update(p[:5], y[:5])
+    metric.reset()
+    metric.update(p[:5], y[:5])
+    assert metric.compute() == other.compute()
+    assert metric.sum_loss.dtype == torch.float64
+
+
+def test_ndcg_class_checks_k() -> None:
+    with pytest.raises(ValueError, match="k must be"):
+        NDCG(k=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    preds, target, group = make_data(12)
+    cuda = [t.cuda() for t in (preds, target, group)]
+    torch.testing.assert_close(gauc(*cuda).cpu(), gauc(preds, target, group))
+    torch.testing.assert_close(ndcg_at_k(*cuda, 5).cpu(), ndcg_at_k(preds, target, group, 5))
+    torch.testing.assert_close(
+        log_loss(torch.sigmoid(cuda[0]), cuda[1]).cpu(), log_loss(torch.sigmoid(preds), target)
+    )
+
+
+def test_per_scenario_auc_and_gauc_match_sklearn_on_each_scenario():
+    from mtlbench.metrics.scenario import ScenarioMetrics
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    scen = rng.integers(0, 3, n)
+    user = rng.integers(0, 60, n)
+    y = rng.integers(0, 2, n).astype(np.float32)
+    p = np.clip(0.3 * y + rng.random(n) * 0.7, 0, 1).round(2).astype(np.float32)
+    m = ScenarioMetrics()
+    for chunk in np.array_split(np.arange(n), 4):
+        m.update(*(torch.from_numpy(a[chunk]) for a in (p, y, scen, user)))
+    got = m.compute()
+    for s in range(3):
+        rows = scen == s
+        assert got[f"auc@scenario={s}"] == pytest.approx(roc_auc_score(y[rows], p[rows]), abs=1e-6)
+        num = den = 0.0
+        for u in np.unique(user[rows]):
+            r = rows & (user == u)
+            if 0 < y[r].sum() < r.sum():
+                num += r.sum() * roc_auc_score(y[r], p[r])
+                den += r.sum()
+        assert got[f"gauc@scenario={s}"] == pytest.approx(num / den, abs=1e-6)
