@@ -20,7 +20,7 @@ class OptimizerConfig:
 @dataclass
 class CallbacksConfig:
     early_stopping_patience: int | None = 2
-    save_last: bool = False
+    save_last: bool = True  # last.ckpt after every epoch, so `resume=true` can continue a killed run
 
 
 @dataclass
@@ -41,6 +41,7 @@ class RunConfig:
     cache_dir: str | None = None
     threads: int | None = None
     predictions: bool = True
+    resume: bool = False
     print_summary: bool = True
 
 

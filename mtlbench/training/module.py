@@ -153,6 +153,14 @@ class MultiTaskModule(pl.LightningModule):
             cfg["betas"] = tuple(cfg["betas"])
         return classes[name](self.parameters(), **cfg)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the global torch RNG drives sampling inside some weightings (e.g. STAN's Beta draws)
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "torch_rng_state" in checkpoint and self.trainer is not None and self.trainer.state.fn == "fit":
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+
     # -- evaluation --------------------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, Tensor], split: str) -> None:
         probs = torch.sigmoid(self.task_logits(self(batch)).float())

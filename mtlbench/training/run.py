@@ -107,6 +107,26 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     return callbacks
 
 
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint a ``resume=true`` run continues from; its run dir must hold the same config."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    saved = run_dir / "config.yaml"
+    if not last.exists():
+        print(f"[mtlbench] resume=true but {last} does not exist: starting from scratch")
+        return None
+    if saved.exists():
+        before = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+        now = OmegaConf.to_container(cfg, resolve=True)
+        before.pop("resume", None)
+        now.pop("resume", None)
+        if before != now:
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            raise ConfigError(f"resume=true: {run_dir} was started with a different config (differs in "
+                              f"{', '.join(changed)}); use the same overrides or another run dir")
+    print(f"[mtlbench] resuming from {last}")
+    return str(last)
+
+
 def environment() -> dict[str, Any]:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
             "pytorch_lightning": pl.__version__, "numpy": np.__version__, "threads": torch.get_num_threads(),
@@ -119,6 +139,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RESULTS_FILE).unlink(missing_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    ckpt_path = resume_checkpoint(cfg, run_dir) if cfg.get("resume") else None
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -127,11 +148,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                          callbacks=build_callbacks(cfg, run_dir), default_root_dir=str(run_dir),
                          use_distributed_sampler=False)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     fit_seconds = time.perf_counter() - start
     ckpt = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
-    trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
-    trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
+    trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
+    trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
     if not trainer.is_global_zero:
         return {}
     world = trainer.world_size

@@ -1,0 +1,79 @@
+"""Runs that survive faults: resume after a kill, non-finite losses, safe checkpoint loading."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+BASE = ["dataset.n_rows=60000", "dataset.n_users=800", "dataset.n_items=400", "trainer.max_epochs=4",
+        "callbacks.early_stopping_patience=null", "batch_size=512", "trainer.enable_progress_bar=false",
+        "logger=none", "model=mmoe", "seed=4"]
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path):
+    ref = tmp_path / "ref"
+    proc = run_cli([*BASE, f"hydra.run.dir={ref}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "mtlbench.cli.train", *BASE, f"hydra.run.dir={out}"]
+    p = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+    last = out / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)  # mid-training: after the first epoch's checkpoint
+    p.wait()
+    assert last.exists() and not (out / "results.json").exists()
+    killed_at = torch.load(last, weights_only=True)["epoch"]
+    assert killed_at < 3, "the run finished before it could be killed; make it longer"
+
+    proc = run_cli([*BASE, f"hydra.run.dir={out}", "resume=true"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from" in proc.stdout
+    a = json.loads((ref / "results.json").read_text())
+    b = json.loads((out / "results.json").read_text())
+    for split in ("valid", "test"):
+        for task, m in a["metrics"][split].items():
+            for metric in ("auc", "logloss", "gauc"):
+                assert b["metrics"][split][task][metric] == pytest.approx(m[metric], abs=1e-6), (split, task)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    out = tmp_path / "run"
+    small = [*BASE[:3], "dataset.n_rows=8000", "trainer.max_epochs=1", *BASE[5:]]
+    assert run_cli([*small, f"hydra.run.dir={out}"], cwd=tmp_path).returncode == 0
+    proc = run_cli([*small, "seed=5", f"hydra.run.dir={out}", "resume=true"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "different config" in proc.stderr and "seed" in proc.stderr
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    out = tmp_path / "run"
+    small = [*BASE[:3], "dataset.n_rows=8000", "trainer.max_epochs=1", *BASE[5:]]
+    assert run_cli([*small, f"hydra.run.dir={out}"], cwd=tmp_path).returncode == 0
+    for name in ("best.ckpt", "last.ckpt"):
+        ckpt = torch.load(out / "checkpoints" / name, weights_only=True)
+        assert "state_dict" in ckpt and "optimizer_states" in ckpt
+
+
+def test_non_finite_loss_stops_the_run_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    small = [*BASE[:3], "dataset.n_rows=8000", "trainer.max_epochs=1", *BASE[5:]]
+    proc = run_cli(["-m", *small, "optimizer.lr=1e30,1e-3", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mtlbench: error:")]
+    assert len(errors) == 1 and "non-finite loss at step" in errors[0] and "task click" in errors[0]
+    results = list(sweep.rglob("results.json"))
+    assert len(results) == 1  # the diverged run wrote none; the next run of the sweep still ran
+    assert json.loads(results[0].read_text())["config"]["optimizer"]["lr"] == pytest.approx(1e-3)
