@@ -45,7 +45,7 @@ def plain_epoch(cfg) -> tuple[float, int]:
         labels = batch["labels"]
         mask = ~torch.isnan(labels)
         losses = F.binary_cross_entropy_with_logits(logits, labels.nan_to_num(0.0), reduction="none") * mask
-        loss = ((losses.sum(0) / mask.sum(0).clamp_min(1))).sum()
+        loss = (losses.sum(0) / mask.sum(0).clamp_min(1)).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

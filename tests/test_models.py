@@ -17,9 +17,10 @@ from mtlbench.registry import MODELS
 
 def toy(n=64):
     rng = np.random.default_rng(0)
-    schema = DatasetSchema("toy", [Feature("user", "categorical", 20, "user"), Feature("item", "categorical", 30, "item"),
-                                   Feature("scenario", "categorical", 3), Feature("price", "numeric"),
-                                   Feature("hist", "sequence", max_len=4, embedding="item", role="user")],
+    features = [Feature("user", "categorical", 20, "user"), Feature("item", "categorical", 30, "item"),
+                Feature("scenario", "categorical", 3), Feature("price", "numeric"),
+                Feature("hist", "sequence", max_len=4, embedding="item", role="user")]
+    schema = DatasetSchema("toy", features,
                            tasks=["click", "buy"], user_field="user", item_field="item", scenario_field="scenario")
     cols = {"user": rng.integers(0, 20, n), "item": rng.integers(0, 30, n), "scenario": rng.integers(0, 3, n),
             "price": rng.random(n).astype(np.float32), "hist": rng.integers(-1, 30, (n, 4)),
