@@ -23,7 +23,7 @@ from mtlbench.registry import MODELS, WEIGHTINGS
 from mtlbench.training.module import MultiTaskModule
 from mtlbench.training.results import PREDICTIONS_FILE, RESULTS_FILE, write_json, write_parquet
 
-DATASET_KEYS = ("name", "split")
+DATASET_KEYS = ("name", "split")  # data-module settings, not the source's
 
 
 def _call_with_config(factory: Any, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -58,7 +58,8 @@ def build_datamodule(cfg: DictConfig, extra_inputs: tuple[str, ...] = ()) -> Mul
                                split_method=split.get("method", "auto"),
                                split_ratios=tuple(split.get("ratios", (0.8, 0.1, 0.1))),
                                batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, seed=cfg.seed,
-                               extra_inputs=extra_inputs, extra_settings=_plain(cfg.get("derived")) or {})
+                               extra_inputs=extra_inputs, extra_settings=_plain(cfg.get("derived")) or {},
+                               hash_buckets=_plain(cfg.get("hash_buckets")))
 
 
 def build_components(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskModule]:
