@@ -42,3 +42,22 @@ def test_every_group_has_at_least_one_option():
     for g in GROUPS:
         assert options(g), g
     assert Path(REPO / "configs" / "train.yaml").exists()
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_configs_are_valid_lightning_trainer_arguments(option):
+    import inspect
+
+    import pytorch_lightning as pl
+
+    cfg = compose_cfg([f"trainer={option}"])
+    params = inspect.signature(pl.Trainer.__init__).parameters
+    assert set(cfg.trainer) <= set(params), set(cfg.trainer) - set(params)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_trainer_runs_a_step(tmp_path):
+    from conftest import TINY, run_cli
+
+    proc = run_cli([*TINY, "trainer=gpu", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
