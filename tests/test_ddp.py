@@ -35,5 +35,5 @@ def test_two_processes_match_one_process_and_see_every_row_once(tmp_path):
     assert len(preds["ddp"]) == len(set(preds["ddp"])) == len(preds["single"])
     assert sorted(preds["ddp"]) == sorted(preds["single"])
     # one checkpoint and one metrics log, written by rank 0 only
-    assert [p.name for p in (ddp_dir / "checkpoints").iterdir()] == ["best.ckpt"]
+    assert sorted(p.name for p in (ddp_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert len(list(ddp_dir.rglob("metrics.csv"))) == 1
