@@ -104,7 +104,8 @@ class MultiTaskModule(pl.LightningModule):
             self._raise_non_finite(losses, mask, out)
         self.train_samples += len(labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
-        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+        # Lightning writes step metrics when (steps so far + 1) is a multiple of log_every_n_steps
+        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
             for t, v in zip(self.tasks, task_means(losses.detach(), mask)):
                 self.log(f"train/loss_{t}", v, batch_size=len(labels))
             if weighted.task_weights is not None:
