@@ -1,0 +1,75 @@
+"""PCGrad (Yu et al., NeurIPS 2020): gradient surgery on the shared parameters.
+
+For every task i (Algorithm 1), g_i^PC starts at g_i = ∇_θ L_i; for every other task j in a random order,
+if g_i^PC · g_j < 0 (conflict), project g_i^PC onto the normal plane of g_j:
+g_i^PC -= (g_i^PC · g_j / ‖g_j‖²) g_j.
+The shared parameters are then updated with Σ_i g_i^PC; task-specific parameters with the plain Σ_i ∇L_i.
+
+With automatic optimisation (the module calls backward on the returned scalar) this is done with a
+surrogate: loss = Σ_k L_k + Σ_p ⟨p, (g^PC - Σ_k g_k)_p⟩ with the correction detached, so backward puts exactly
+g^PC on the shared parameters p and Σ_k ∇L_k on the others; the correction's value is subtracted again, so
+the reported loss is Σ_k L_k. The random task orders are drawn with ``torch.randperm`` from the global RNG
+(one permutation per task i per step, tasks i in schema order), so seeded runs repeat exactly. The shared
+parameters are ``model.shared_parameters()``; the model's own auxiliary losses are added outside the
+surgery. Reported task weights are 1 (the surgery changes directions, not weights).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mtlbench.errors import ConfigError
+from mtlbench.models.base import ModelOutput
+from mtlbench.registry import register_weighting
+from mtlbench.weighting.base import WeightedLoss, WeightingStrategy, task_means
+from mtlbench.weighting.gradnorm import reached_by, shared_parameters_of, task_gradients
+
+
+def project_conflicting(grads: Tensor, orders: list[list[int]]) -> Tensor:
+    """PCGrad's projection (Algorithm 1) of per-task gradients [K, P]; ``orders[i]``: task order for i."""
+    out = grads.clone()
+    sq = grads.pow(2).sum(1).clamp_min(1e-20)
+    for i, order in enumerate(orders):  # a loop over tasks (K²), never over samples
+        for j in order:
+            if j == i:
+                continue
+            dot = out[i] @ grads[j]
+            out[i] = out[i] - torch.clamp(dot, max=0.0) / sq[j] * grads[j]  # only when g_i · g_j < 0
+    return out
+
+
+@register_weighting("pcgrad")
+class PCGrad(WeightingStrategy):
+    def __init__(self, tasks: list[str]) -> None:
+        super().__init__(tasks)
+        self.register_buffer("ones", torch.ones(len(tasks)), persistent=False)
+        self._model: list[nn.Module] = []
+        self._params: list[nn.Parameter] = []
+        self._shared: bool | None = None
+
+    def attach(self, model: nn.Module) -> None:
+        self._model = [model]
+        self._params = shared_parameters_of("pcgrad", model)
+        self._shared = None
+
+    def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor],
+                output: ModelOutput) -> WeightedLoss:
+        if not self._params:
+            raise ConfigError("weighting 'pcgrad' needs attach(model) first: it works on shared weights")
+        k = len(self.tasks)
+        task_loss = task_means(losses, mask)
+        if self._shared is None:  # does any parameter feed two or more tasks' logits? (architecture)
+            self._shared = bool((reached_by(output, self.tasks, self._params).sum(0) >= 2).any())
+        if not self._shared:
+            raise ConfigError(f"weighting 'pcgrad' needs parameters shared by two or more tasks; model "
+                              f"{type(self._model[0]).__name__} shares none, so there is nothing to project")
+        grads = task_gradients(task_loss, self._params)
+        flat = torch.stack([torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                       for g, p in zip(gk, self._params)]) for gk in grads])  # [K, P]
+        orders = [torch.randperm(k).tolist() for _ in range(k)]
+        correction = (project_conflicting(flat, orders).sum(0) - flat.sum(0)).detach()
+        surrogate = sum((p * c.view_as(p)).sum()
+                        for p, c in zip(self._params, correction.split([p.numel() for p in self._params])))
+        loss = task_loss.sum() + surrogate - surrogate.detach()
+        return WeightedLoss(loss, self.ones)
