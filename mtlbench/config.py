@@ -39,6 +39,7 @@ class RunConfig:
     ndcg_k: list[int] = field(default_factory=lambda: [1, 5])
     monitor: str = "auc"
     cache_dir: str | None = None
+    tasks: list[str] | None = None  # train and evaluate only these tasks of the dataset
     hash_buckets: Any = None  # int, or {field: buckets}: hash large id vocabularies into fixed tables
     threads: int | None = None
     predictions: bool = True

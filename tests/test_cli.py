@@ -43,6 +43,12 @@ def test_run_writes_results_and_predictions(tmp_path):
                                                                          abs=1e-6)
 
 
+def test_a_task_subset_trains_a_single_task_model(tmp_path):
+    out, res = run_ok(["model=sfpnet", "tasks=[click]"], tmp_path)
+    assert list(res["metrics"]["test"]) == ["click"]
+    assert res["metrics"]["test"]["click"]["auc"] > 0.5
+
+
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
     _, a = run_ok(["model=ple", "seed=7"], tmp_path, "a")
     _, b = run_ok(["model=ple", "seed=7"], tmp_path, "b")
@@ -70,6 +76,7 @@ def test_multirun_sweeps_models_and_prints_a_table(tmp_path):
     (["learning_rate=0.1"], ["learning_rate"]),
     (["seed=abc"], ["seed", "abc"]),
     (["model.num_expert=3"], ["num_expert"]),
+    (["tasks=[clik]"], ["clik", "click"]),
     (["+model.num_expert=3"], ["num_expert", "mmoe"]),
     (["dataset=table", "dataset.path=/nonexistent/log.parquet", "dataset.tasks=[y]"],
      ["/nonexistent/log.parquet", "does not exist"]),

@@ -12,7 +12,7 @@ from mtlbench.data.cache import load_or_build
 from mtlbench.data.derived import compute_derived
 from mtlbench.data.hashing import apply_hashing
 from mtlbench.data.loader import TensorBatchLoader
-from mtlbench.data.schema import DatasetSchema
+from mtlbench.data.schema import DatasetSchema, select_tasks
 from mtlbench.data.splits import make_splits
 from mtlbench.registry import DATASETS
 
@@ -28,7 +28,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
                  split_method: str = "auto", split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
                  batch_size: int = 2048, eval_batch_size: int = 16384, seed: int = 0,
                  extra_inputs: tuple[str, ...] = (), extra_settings: dict[str, Any] | None = None,
-                 hash_buckets: int | dict[str, int] | None = None) -> None:
+                 hash_buckets: int | dict[str, int] | None = None, tasks: list[str] | None = None) -> None:
         super().__init__()
         self.name = name
         self.settings = dict(settings or {})
@@ -39,6 +39,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.extra_inputs = tuple(extra_inputs)
         self.extra_settings = dict(extra_settings or {})
         self.hash_buckets = hash_buckets
+        self.tasks = list(tasks) if tasks else None
         self.schema: DatasetSchema | None = None
         self.columns: dict[str, np.ndarray] = {}
         self.splits: dict[str, np.ndarray] = {}
@@ -52,6 +53,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
         source = DATASETS.get(self.name)(**self.settings)
         schema, columns, self.cache_path = load_or_build(source, self.name, self.cache_dir)
         self.schema, self.columns = apply_hashing(schema, columns, self.hash_buckets)
+        if self.tasks:
+            self.schema = select_tasks(self.schema, self.tasks)
         self.splits = make_splits(self.schema, self.columns, self.split_method, self.split_ratios, self.seed)
         from mtlbench.data.tensors import build_tensors
 

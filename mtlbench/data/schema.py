@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -144,3 +144,11 @@ class DatasetSchema:
                 raise DataError(f"dataset {self.name!r}{where}: column {f.name!r} has id "
                                 f"{v[row].tolist()} at row {row}, outside the declared vocabulary "
                                 f"[0, {vocab})")
+
+
+def select_tasks(schema: DatasetSchema, tasks: list[str]) -> DatasetSchema:
+    """The same dataset restricted to some of its tasks (e.g. SFPNet's single-task CTR setting)."""
+    unknown = [t for t in tasks if t not in schema.tasks]
+    if unknown:
+        raise DataError(f"dataset {schema.name!r} has no task(s) {unknown}; its tasks are {schema.tasks}")
+    return replace(schema, tasks=list(tasks))

@@ -45,7 +45,8 @@ class MultiTaskModel(nn.Module):
         self.tasks = list(schema.tasks)
         for role in self.required_fields:
             if getattr(schema, f"{role}_field", None) is None and not (role == "sequence" and schema.sequences):
-                raise ConfigError(f"model {type(self).__name__} needs a {role} field; dataset "
+                article = "an" if role[0] in "aeiou" else "a"
+                raise ConfigError(f"model {type(self).__name__} needs {article} {role} field; dataset "
                                   f"{schema.name!r} has none")
 
     def shared_parameters(self) -> list[nn.Parameter]:

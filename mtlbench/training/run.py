@@ -59,7 +59,7 @@ def build_datamodule(cfg: DictConfig, extra_inputs: tuple[str, ...] = ()) -> Mul
                                split_ratios=tuple(split.get("ratios", (0.8, 0.1, 0.1))),
                                batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, seed=cfg.seed,
                                extra_inputs=extra_inputs, extra_settings=_plain(cfg.get("derived")) or {},
-                               hash_buckets=_plain(cfg.get("hash_buckets")))
+                               hash_buckets=_plain(cfg.get("hash_buckets")), tasks=_plain(cfg.get("tasks")))
 
 
 def build_components(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskModule]:
