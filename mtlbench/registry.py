@@ -50,6 +50,10 @@ class Registry(Generic[T]):
             raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} Known: {', '.join(known)}")
         return self._entries[name]
 
+    def peek(self, name: str) -> Callable[..., T] | None:
+        """The entry registered so far under ``name``, without importing plugins (cheap CLIs use it)."""
+        return self._entries.get(name)
+
     def __contains__(self, name: str) -> bool:
         load_plugins()
         return name in self._entries

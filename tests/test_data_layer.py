@@ -111,3 +111,12 @@ def test_train_loader_shards_are_disjoint_equal_and_reshuffled_each_epoch():
     assert torch.equal(again, shards[0])  # same seed and epoch: same order
     other = torch.cat([b["x"] for b in _loader(rows, 2, 0, True, epoch=1)])
     assert not torch.equal(other, shards[0])
+
+
+def test_column_split_uses_the_datasets_own_assignment():
+    s, c = Counting(n=30).build()
+    c["part"] = np.arange(30) % 3
+    parts = make_splits(s, c, "column:part")
+    assert [p.tolist() for p in parts.values()] == [list(range(i, 30, 3)) for i in range(3)]
+    with pytest.raises(ConfigError, match="no column 'nope'"):
+        make_splits(s, c, "column:nope")

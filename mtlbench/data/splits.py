@@ -65,4 +65,10 @@ def make_splits(schema: DatasetSchema, columns: dict[str, np.ndarray], method: s
         return global_time_split(columns[schema.time_field], ratios)
     if method == "random":
         return random_split(n, ratios, seed)
-    raise ConfigError(f"unknown split method {method!r}; known: auto, user_time, global_time, random")
+    if method.startswith("column:"):  # the dataset's own split, e.g. MMoE's census split or WeChat's days
+        name = method.split(":", 1)[1]
+        if name not in columns:
+            raise ConfigError(f"split method {method!r}: dataset {schema.name!r} has no column {name!r}")
+        part = np.asarray(columns[name])
+        return {s: np.flatnonzero(part == i) for i, s in enumerate(SPLITS)}
+    raise ConfigError(f"unknown split method {method!r}; known: auto, user_time, global_time, random, column:<name>")

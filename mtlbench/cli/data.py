@@ -1,0 +1,301 @@
+"""The ``mtlbench-data`` command: describe, prepare and download datasets.
+
+    mtlbench-data describe movielens path=/data/ml-100k scenario=age_bucket
+    mtlbench-data prepare census_income path=/data/census cache_dir=/scratch/mtlbench
+    mtlbench-data download movielens-100k --dest /data
+
+``key=value`` arguments are Hydra overrides of the dataset's config group (``path=...`` is
+``dataset.path=...``; ``split.method=random`` too); ``cache_dir=`` and ``seed=`` are the run's top-level
+keys. The config is composed exactly as ``mtlbench`` composes it, so ``describe`` shows the data and the
+splits a run with the same overrides would train on. User errors print ``mtlbench-data: error: <one line>``
+and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtlbench.cli.errors import USER_ERRORS, one_line
+from mtlbench.errors import ConfigError
+
+TOP_LEVEL = ("cache_dir", "seed")
+
+
+def dataset_overrides(dataset: str, args: list[str]) -> list[str]:
+    """``key=value`` -> ``dataset.key=value`` (top-level run keys and ``dataset.``/``+``/``~`` forms kept)."""
+    out = [f"dataset={dataset}"]
+    for a in args:
+        if "=" not in a and not a.startswith("~"):
+            raise ConfigError(f"expected key=value, got {a!r}")
+        prefix = a[0] if a[0] in "+~" else ""
+        body = a[len(prefix):]
+        key = body.split("=", 1)[0]
+        if key in TOP_LEVEL or key.startswith("dataset.") or key.startswith("hydra."):
+            out.append(a)
+        else:
+            out.append(f"{prefix}dataset.{body}")
+    return out
+
+
+def compose(dataset: str, args: list[str]):
+    """The run config ``mtlbench dataset=<dataset> <overrides>`` would use."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from mtlbench.config import register_configs
+
+    register_configs()
+    with initialize_config_module("mtlbench.configs", version_base="1.3"):
+        return hydra_compose("train", overrides=dataset_overrides(dataset, args))
+
+
+DATASET_KEYS = ("name", "split")  # the dataset config keys that are not the source's settings (as in run.py)
+
+
+def dataset_factory(name: str) -> Any:
+    """The registered dataset class, importing only the dataset modules when it is a built-in one.
+
+    ``DATASETS.get`` imports every plugin, models included (torch: ~250 MB of memory that preparing data
+    does not need); built-in datasets are found without it, anything else through the full registry.
+    """
+    from mtlbench.registry import DATASETS, import_submodules
+
+    import_submodules("mtlbench.datasets")
+    return DATASETS.peek(name) or DATASETS.get(name)
+
+
+def dataset_source(cfg) -> tuple[str, Any, dict]:
+    """(registered name, the DatasetSource, split settings) of a composed config."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    ds = OmegaConf.to_container(cfg.dataset, resolve=True)
+    name = ds["name"]
+    settings = {k: v for k, v in ds.items() if k not in DATASET_KEYS}
+    missing = [k for k, v in settings.items() if v == "???"]
+    if missing:
+        raise ConfigError(f"dataset {name!r} needs {', '.join(f'{k}=...' for k in missing)}")
+    factory = dataset_factory(name)
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(settings) - set(params))
+        if unknown:
+            raise ConfigError(f"dataset {name!r} has no setting(s) {unknown}; its settings are "
+                              f"{[p for p in params if p != 'self']}")
+    return name, factory(**settings), dict(ds.get("split") or {})
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _fmt_time(v: float) -> str:
+    """A time value as a date when it looks like unix seconds or milliseconds, else as is."""
+    if 1e11 <= v < 1e14:
+        v = v / 1000.0
+    elif not 1e8 <= v < 1e11:
+        return f"{v:g}"
+    return datetime.fromtimestamp(v, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _distinct(ids: np.ndarray, vocab: int) -> int:
+    return int(np.count_nonzero(np.bincount(np.asarray(ids, dtype=np.int64), minlength=vocab)))
+
+
+def describe_data(schema, columns: dict[str, np.ndarray], splits: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Rows, users, items, time span, label rate per task (overall, per scenario, per split)."""
+    n = len(columns[schema.tasks[0]])
+    out: dict[str, Any] = {"dataset": schema.name, "rows": n}
+    for key, field in (("users", schema.user_field), ("items", schema.item_field)):
+        out[key] = _distinct(columns[field], schema.feature(field).vocab_size) if field else None
+    if schema.time_field:
+        t = np.asarray(columns[schema.time_field])
+        out["time"] = {"field": schema.time_field, "min": _fmt_time(float(t.min())),
+                       "max": _fmt_time(float(t.max()))}
+    scen = np.asarray(columns[schema.scenario_field], dtype=np.int64) if schema.scenario_field else None
+    out["scenario"] = ({"field": schema.scenario_field, "count": schema.num_scenarios,
+                        "rows": np.bincount(scen, minlength=schema.num_scenarios).tolist()}
+                       if scen is not None else None)
+    out["features"] = [{"name": f.name, "kind": f.kind,
+                        "vocab": schema.vocab_of(f) if f.kind != "numeric" else None, "role": f.role,
+                        **({"max_len": f.max_len} if f.kind == "sequence" else {})} for f in schema.features]
+    tasks = {}
+    for t in schema.tasks:
+        y = np.asarray(columns[t], dtype=np.float64)
+        m = ~np.isnan(y)
+        entry: dict[str, Any] = {"labelled": int(m.sum()), "rate": float(y[m].mean()) if m.any() else None}
+        if scen is not None:
+            cnt = np.bincount(scen[m], minlength=schema.num_scenarios)
+            pos = np.bincount(scen[m], weights=y[m], minlength=schema.num_scenarios)
+            entry["rate_by_scenario"] = [float(p / c) if c else None for p, c in zip(pos, cnt)]
+        entry["rate_by_split"] = {}
+        for name, rows in splits.items():
+            ys = y[rows]
+            ys = ys[~np.isnan(ys)]
+            entry["rate_by_split"][name] = float(ys.mean()) if len(ys) else None
+        tasks[t] = entry
+    out["tasks"] = tasks
+    out["splits"] = {name: int(len(rows)) for name, rows in splits.items()}
+    return out
+
+
+def format_description(d: dict[str, Any]) -> str:
+    lines = [f"dataset {d['dataset']}: {d['rows']:,} rows"
+             + (f", {d['users']:,} users" if d.get("users") is not None else "")
+             + (f", {d['items']:,} items" if d.get("items") is not None else "")]
+    if d.get("time"):
+        lines.append(f"time ({d['time']['field']}): {d['time']['min']} .. {d['time']['max']}")
+    if d.get("scenario"):
+        s = d["scenario"]
+        lines.append(f"scenarios ({s['field']}): {s['count']}, rows per scenario {s['rows']}")
+    if d.get("cache"):
+        lines.append(f"cache: {d['cache']['path']} ({d['cache']['bytes'] / 2**20:,.1f} MiB)")
+    lines.append("schema:")
+    for f in d["features"]:
+        extra = f" max_len={f['max_len']}" if "max_len" in f else ""
+        vocab = f"{f['vocab']:>9,}" if f["vocab"] is not None else " " * 9
+        lines.append(f"  {f['name']:<28} {f['kind']:<11} {vocab}  {f['role']}{extra}")
+    split = d["split"]
+    how = split["method"]
+    if split["resolved"] != how:
+        how += f" -> {split['resolved']}"
+    lines.append(f"splits ({how}, ratios {split['ratios']}): "
+                 + ", ".join(f"{k} {v:,}" for k, v in d["splits"].items()))
+    lines.append("label rate per task (labelled rows; per split; per scenario):")
+    for t, e in d["tasks"].items():
+        rate = "-" if e["rate"] is None else f"{e['rate']:.4f}"
+        by_split = " ".join(f"{k}={'-' if v is None else f'{v:.4f}'}" for k, v in e["rate_by_split"].items())
+        lines.append(f"  {t:<16} {rate} on {e['labelled']:,} rows; {by_split}")
+        if "rate_by_scenario" in e:
+            lines.append("  " + " " * 16 + " by scenario: " + " ".join(
+                f"{i}={'-' if v is None else f'{v:.4f}'}" for i, v in enumerate(e["rate_by_scenario"])))
+    return "\n".join(lines)
+
+
+# -- commands -----------------------------------------------------------------------------------------------
+def cmd_describe(args: argparse.Namespace) -> int:
+    from mtlbench.data.cache import load_or_build
+    from mtlbench.data.splits import make_splits
+
+    cfg = compose(args.dataset, args.overrides)
+    name, src, split = dataset_source(cfg)
+    schema, columns, path = load_or_build(src, name, cfg.get("cache_dir"), log=not args.json)
+    method, ratios = split.get("method", "auto"), tuple(split.get("ratios", (0.8, 0.1, 0.1)))
+    splits = make_splits(schema, columns, method, ratios, int(cfg.seed))
+    d = describe_data(schema, columns, splits)
+    resolved = method
+    if method == "auto":  # as make_splits resolves it
+        resolved = "user_time" if schema.time_field and schema.user_field else "random"
+    d["split"] = {"method": method, "resolved": resolved, "ratios": list(ratios)}
+    d["cache"] = {"path": str(path), "bytes": dir_size(path)}
+    print(json.dumps(d, indent=1) if args.json else format_description(d))
+    return 0
+
+
+def build_entry(src: Any, name: str, cache_dir: str | None) -> tuple[Path, dict, bool]:
+    """Build, validate and write a cache entry (as ``load_or_build`` does) without reading it back.
+
+    Returns (entry folder, its meta.json, whether it already existed). Not reading the entry back keeps the
+    peak memory of ``prepare`` at the built columns plus the parsing buffers.
+    """
+    from mtlbench.data.cache import entry_path, write_entry
+
+    path = entry_path(src, name, cache_dir)
+    if (path / "meta.json").exists():
+        return path, json.loads((path / "meta.json").read_text()), True
+    start = time.perf_counter()
+    schema, columns = src.build()
+    schema.validate(columns, source=name)
+    meta = {"dataset": name, "settings": src.settings, "rows": len(columns[schema.tasks[0]]),
+            "build_seconds": round(time.perf_counter() - start, 3), "fingerprint": path.name,
+            "columns": len(columns)}
+    write_entry(path, schema, columns, meta)
+    return path, meta, False
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from mtlbench.data.cache import entry_path
+
+    cfg = compose(args.dataset, args.overrides)
+    name, src, _ = dataset_source(cfg)
+    if args.force:
+        shutil.rmtree(entry_path(src, name, cfg.get("cache_dir")), ignore_errors=True)
+    start = time.perf_counter()
+    path, meta, existed = build_entry(src, name, cfg.get("cache_dir"))
+    seconds = time.perf_counter() - start
+    columns = meta.get("columns") or len(json.loads((path / "schema.json").read_text())["features"])
+    report = {"dataset": name, "cache": str(path), "bytes": dir_size(path), "rows": meta["rows"],
+              "columns": columns, "seconds": round(seconds, 3), "build_seconds": meta["build_seconds"],
+              "rows_per_second": round(meta["rows"] / max(meta["build_seconds"], 1e-9)),
+              "already_prepared": existed}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        what = "already prepared" if existed else (f"prepared in {meta['build_seconds']:.1f}s "
+                                                    f"({report['rows_per_second']:,} rows/s)")
+        print(f"{name}: {what}: {meta['rows']:,} rows, {columns} columns, {report['bytes'] / 2**20:,.1f} MiB "
+              f"-> {path}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from mtlbench.data.download import download
+    from mtlbench.datasets.readers import progress_enabled
+
+    download(args.name, args.dest or Path.cwd(), url=args.url, sha256=args.sha256, retries=args.retries,
+             progress=progress_enabled())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--progress", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                        help="show progress bars (default: when stderr is a terminal)")
+    p = argparse.ArgumentParser(prog="mtlbench-data", description="Describe, prepare and download datasets.",
+                                parents=[common])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, helptext in (("describe", "schema, rows, users, items, time span, label rates, split sizes"),
+                           ("prepare", "build the cache entry and report its size and time")):
+        c = sub.add_parser(name, help=helptext, parents=[common])
+        c.add_argument("dataset", help="a dataset config name (configs/dataset/<name>.yaml)")
+        c.add_argument("overrides", nargs="*",
+                       help="key=value overrides of the dataset config, e.g. path=...")
+        c.add_argument("--json", action="store_true", help="print JSON")
+        if name == "prepare":
+            c.add_argument("--force", action="store_true", help="rebuild even when the cache has the entry")
+    d = sub.add_parser("download", parents=[common],
+                       help="fetch a dataset whose licence allows it (SHA-256 checked, resumable)")
+    d.add_argument("name",
+                   help="movielens-100k, movielens-1m, census_income (others print where to get them)")
+    d.add_argument("--dest", help="destination folder (default: the current folder)")
+    d.add_argument("--url", help="another location of the file (a mirror); needs --sha256")
+    d.add_argument("--sha256", help="expected SHA-256 of the file")
+    d.add_argument("--retries", type=int, default=3, help="resume attempts after an interrupted transfer")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from mtlbench.datasets import readers
+
+    readers.set_progress(getattr(args, "progress", None))
+    commands = {"describe": cmd_describe, "prepare": cmd_prepare, "download": cmd_download}
+    try:
+        return commands[args.command](args)
+    except USER_ERRORS as ex:
+        sys.stderr.write(f"mtlbench-data: error: {one_line(ex)}\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

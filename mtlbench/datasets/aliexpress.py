@@ -1,0 +1,126 @@
+"""AliExpress search logs (Li et al., CIKM 2020): per-country CSVs of the MTReclib / AITM / PLE benchmarks.
+
+Each country ships as its own files (MTReclib layout: ``AliExpress_NL/train.csv``, ``AliExpress_NL/test.csv``)
+with the columns ``search_id``, ``categorical_1..16``, ``numerical_1..63``, ``click``, ``conversion``.
+``path`` is one file or a folder; the country of a file is the two-letter code in its folder or file name
+(``AliExpress_NL``, ``aliexpress_es_train.csv``), else the file's folder name. With files of several
+countries, ``country`` becomes a categorical feature and the scenario field; ``countries`` keeps a subset.
+
+Tasks: ``ctr`` (click), ``ctcvr`` (conversion over all impressions, the label these benchmarks train) by
+default; ``cvr`` (conversion on clicked impressions, NaN elsewhere) is also available. A conversion without
+a click fails with its line unless ``purchase_without_click: ignore``. ``search_id`` (one search request)
+is the session field, per country. Categorical ids are re-indexed over all files; numerical features are
+published already normalised and are kept as they are (empty cells -> 0). The publisher's train/test files
+are kept in ``split_part`` (0 / 2); there is no user, item or time, so ``split.method: auto`` is random.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from mtlbench.data.schema import DatasetSchema, Feature
+from mtlbench.data.source import DatasetSource
+from mtlbench.datasets.ali_ccp import check_funnel_settings, funnel_labels, split_part_of
+from mtlbench.datasets.readers import (
+    Layout,
+    check_header,
+    encode,
+    find_files,
+    first_line,
+    read_csv,
+    require_path,
+)
+from mtlbench.errors import ConfigError
+from mtlbench.registry import register_dataset
+
+CATEGORICAL = tuple(f"categorical_{i}" for i in range(1, 17))
+NUMERICAL = tuple(f"numerical_{i}" for i in range(1, 64))
+HINT = ("an AliExpress country CSV (search_id, categorical_*, numerical_*, click, conversion) or a folder of "
+        "them")
+COUNTRY_RE = re.compile(r"(?:^|[^a-z])aliexpress[_\-]?([a-z]{2})(?:[^a-z]|$)", re.IGNORECASE)
+
+
+def country_of(path: Path) -> str:
+    """Two-letter country code from the file's or its folders' names (AliExpress_NL/train.csv -> NL)."""
+    for part in (path.name, *(p.name for p in path.parents)):
+        m = COUNTRY_RE.search(part)
+        if m:
+            return m.group(1).upper()
+    return path.parent.name or path.stem
+
+
+@register_dataset("aliexpress")
+class AliExpress(DatasetSource):
+    """AliExpress per-country CSVs; tasks CTR and CTCVR (CVR optional); country as the scenario."""
+
+    version = "1"
+
+    def __init__(self, path: str, pattern: str = "*.csv", countries: tuple[str, ...] | None = None,
+                 tasks: tuple[str, ...] = ("ctr", "ctcvr"), min_count: int = 1,
+                 purchase_without_click: str = "error", max_rows: int | None = None) -> None:
+        super().__init__(path=str(path), pattern=pattern, countries=list(countries) if countries else None,
+                         tasks=list(tasks), min_count=min_count,
+                         purchase_without_click=purchase_without_click, max_rows=max_rows)
+        self.path = require_path(path, "aliexpress", HINT)
+        check_funnel_settings("aliexpress", list(tasks), purchase_without_click)
+        self.tasks = list(tasks)
+
+    def files(self) -> list[tuple[Path, str]]:
+        found = find_files(self.path, [self.settings["pattern"]], "aliexpress", HINT)
+        files = [(f, country_of(f)) for f in found]
+        wanted = self.settings["countries"]
+        if wanted:
+            wanted = [c.upper() for c in wanted]
+            found = sorted({c for _, c in files})
+            missing = [c for c in wanted if c not in found]
+            if missing:
+                raise ConfigError(f"aliexpress: no files for countries {missing} in {self.path} "
+                                  f"(found {found})")
+            files = [(f, c) for f, c in files if c in wanted]
+        return files
+
+    def build(self) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
+        s = self.settings
+        files = self.files()
+        layout = Layout(",")
+        wanted = {"search_id": "cat", "click": "label", "conversion": "label"}
+        wanted |= {c: "cat" for c in CATEGORICAL} | {c: "float" for c in NUMERICAL}
+        for f, _ in files:  # every header first, so a bad file fails before any parsing
+            check_header(f, first_line(f), layout, list(wanted))
+        raws = [read_csv(f, wanted, layout, max_rows=s["max_rows"]) for f, _ in files]
+        labels: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
+        for raw in raws:
+            got = funnel_labels(self.tasks, raw.label("click"), raw.label("conversion"), raw, "conversion",
+                                s["purchase_without_click"])
+            for t in self.tasks:
+                labels[t].append(got[t])
+        out = {t: np.concatenate(v) for t, v in labels.items()}
+        names = sorted({c for _, c in files})
+        multi = len(names) > 1
+        features = []
+        if multi:
+            country = encode([pa.array(np.full(raw.num_rows, c)) for raw, (_, c) in zip(raws, files)])
+            out["country"] = country.ids
+            features.append(Feature("country", "categorical", country.size, "context"))
+        for c in CATEGORICAL:
+            enc = encode([raw.pop(c) for raw in raws], s["min_count"])
+            out[c] = enc.ids
+            features.append(Feature(c, "categorical", enc.size, "context"))
+        for c in NUMERICAL:
+            out[c] = np.concatenate([raw.numeric(c) for raw in raws])
+            features.append(Feature(c, "numeric"))
+        # session: one search request of one country
+        sid = encode([raw.pop("search_id") for raw in raws]).ids.astype(np.int64)
+        ci = np.concatenate([np.full(raw.num_rows, names.index(c)) for raw, (_, c) in zip(raws, files)])
+        out["search_session"] = np.unique(ci * (int(sid.max()) + 1) + sid, return_inverse=True)[1].reshape(-1)
+        out["split_part"] = np.concatenate([np.full(raw.num_rows, split_part_of(raw.path), np.int8)
+                                            for raw in raws])
+        schema = DatasetSchema(name="aliexpress", features=features, tasks=list(self.tasks),
+                               scenario_field="country" if multi else None, session_field="search_session",
+                               analysis_fields=["split_part"])
+        schema.validate(out, source=str(self.path))
+        return schema, out
