@@ -19,7 +19,16 @@ def columns(**over):
 
 
 def test_valid_columns_pass_and_nan_label_means_missing():
-    schema().validate(columns())
+    from mtlbench.data.tensors import build_tensors
+
+    schema().validate(columns())  # raises on any problem
+    labels = build_tensors(schema(), columns())["labels"]
+    assert labels.isnan().sum() == 1 and labels[2, 0].isnan()
+
+
+def test_non_finite_numeric_feature_is_named():
+    with pytest.raises(DataError, match=r"numeric column 'x' has nan at row 1"):
+        schema().validate(columns(x=np.array([0.0, np.nan, 1.0], np.float32)))
 
 
 @pytest.mark.parametrize("over, words", [

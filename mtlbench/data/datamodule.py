@@ -13,7 +13,8 @@ from mtlbench.data.derived import compute_derived
 from mtlbench.data.hashing import apply_hashing
 from mtlbench.data.loader import TensorBatchLoader
 from mtlbench.data.schema import DatasetSchema, select_tasks
-from mtlbench.data.splits import make_splits
+from mtlbench.data.splits import check_not_empty, make_splits
+from mtlbench.errors import ConfigError
 from mtlbench.registry import DATASETS
 
 
@@ -50,12 +51,15 @@ class MultiTaskDataModule(pl.LightningDataModule):
         """Load (building on first use) the cached dataset, split it and build the batch tensors."""
         if self.schema is not None:
             return self.schema
-        source = DATASETS.get(self.name)(**self.settings)
+        from mtlbench.training.run import call_with_config
+
+        source = call_with_config(DATASETS.get(self.name), "dataset", self.name, **self.settings)
         schema, columns, self.cache_path = load_or_build(source, self.name, self.cache_dir)
         self.schema, self.columns = apply_hashing(schema, columns, self.hash_buckets)
         if self.tasks:
             self.schema = select_tasks(self.schema, self.tasks)
         self.splits = make_splits(self.schema, self.columns, self.split_method, self.split_ratios, self.seed)
+        check_not_empty(self.splits, self.split_method, self.schema)
         from mtlbench.data.tensors import build_tensors
 
         self.tensors = build_tensors(self.schema, self.columns)
@@ -81,6 +85,11 @@ class MultiTaskDataModule(pl.LightningDataModule):
     def loader(self, split: str, train: bool = False) -> TensorBatchLoader:
         rank, world = self._world()
         rows = torch.from_numpy(self.splits[split])
+        if train and self.batch_size % world:
+            raise ConfigError(f"batch_size={self.batch_size} is the global batch and must divide by the {world} "
+                              "processes")
+        if len(rows) < world:
+            raise ConfigError(f"split {split!r} has {len(rows)} rows, fewer than the {world} processes")
         if train:
             return TensorBatchLoader(self.tensors, rows, max(1, self.batch_size // world), shuffle=True,
                                      seed=self.seed, rank=rank, world=world, epoch_fn=self._epoch)

@@ -131,6 +131,11 @@ class DatasetSchema:
                                 f"row {row}; labels must be 0, 1 or missing")
         for f in self.features:
             if f.kind == "numeric":
+                bad = ~np.isfinite(np.asarray(columns[f.name], dtype=np.float64))
+                if bad.any():
+                    row = int(np.flatnonzero(bad)[0])
+                    raise DataError(f"dataset {self.name!r}{where}: numeric column {f.name!r} has "
+                                    f"{float(columns[f.name][row])!r} at row {row}; fill missing values first")
                 continue
             v = np.asarray(columns[f.name])
             if not np.issubdtype(v.dtype, np.integer):

@@ -46,6 +46,13 @@ def random_split(n: int, ratios: tuple[float, float, float], seed: int) -> dict[
     return {k: np.sort(v) for k, v in zip(SPLITS, (order[:a], order[a:b], order[b:]))}
 
 
+def check_not_empty(parts: dict[str, np.ndarray], method: str, schema: DatasetSchema) -> None:
+    """Training needs rows in every split: model selection reads valid, the result reads test."""
+    empty = [k for k, v in parts.items() if len(v) == 0]
+    if empty:
+        raise ConfigError(f"split method {method!r} leaves split(s) {empty} of dataset {schema.name!r} empty")
+
+
 def make_splits(schema: DatasetSchema, columns: dict[str, np.ndarray], method: str = "auto",
                 ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
                 ) -> dict[str, np.ndarray]:

@@ -33,6 +33,7 @@ from scipy.special import expit, ndtr
 
 from mtlbench.data.schema import PAD, DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
+from mtlbench.errors import ConfigError
 from mtlbench.registry import register_dataset
 
 TASKS = ["click", "long_view", "purchase"]
@@ -103,7 +104,7 @@ class Simulation(NamedTuple):
 class LifecycleSimulator(DatasetSource):
     """Synthetic multi-task, multi-scenario data whose label distributions follow latent user stages."""
 
-    version = "1"
+    version = "2"  # 2: item_popularity from the catalogue rank (no future counts)
 
     def __init__(self, n_users: int = 20000, n_items: int = 5000, n_rows: int = 300000, seq_len: int = 10,
                  n_scenarios: int = 3, seed: int = 0, stage_persistence: float = 0.97,
@@ -114,11 +115,11 @@ class LifecycleSimulator(DatasetSource):
                          n_scenarios=n_scenarios, seed=seed, stage_persistence=stage_persistence,
                          noise=noise)
         if min(n_users, n_items, n_rows, seq_len, n_scenarios) <= 0:
-            raise ValueError("lifecycle: n_users, n_items, n_rows, seq_len and n_scenarios must be positive")
+            raise ConfigError("lifecycle: n_users, n_items, n_rows, seq_len and n_scenarios must be positive")
         if not 0.0 <= stage_persistence < 1.0:
-            raise ValueError(f"lifecycle: stage_persistence must be in [0, 1), got {stage_persistence}")
+            raise ConfigError(f"lifecycle: stage_persistence must be in [0, 1), got {stage_persistence}")
         if noise < 0:
-            raise ValueError(f"lifecycle: noise must be >= 0, got {noise}")
+            raise ConfigError(f"lifecycle: noise must be >= 0, got {noise}")
         self.n_users, self.n_items, self.n_rows = int(n_users), int(n_items), int(n_rows)
         self.seq_len, self.n_scenarios, self.seed = int(seq_len), int(n_scenarios), int(seed)
         self.stage_persistence, self.noise = float(stage_persistence), float(noise)
@@ -254,8 +255,11 @@ class LifecycleSimulator(DatasetSource):
         valid = pos[:, None] >= lag
         hist = np.where(valid, item[np.maximum(np.arange(n)[:, None] - lag, 0)], PAD)
 
-        item_freq = np.bincount(item, minlength=n_items)
-        popularity = (np.log1p(item_freq) / np.log1p(item_freq.max())).astype(np.float32)
+        # the item's a-priori catalogue popularity (its rank), not counts over all rows: those would leak
+        # impressions of the validation and test periods into a training feature
+        rank_of_item = np.empty(n_items, dtype=np.int64)
+        rank_of_item[item_of_rank] = np.arange(n_items)
+        popularity = (1.0 - np.log1p(rank_of_item) / np.log1p(n_items)).astype(np.float32)
 
         columns = {
             "user_id": user, "age_bucket": age[user], "gender": gender[user], "city": city[user],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mtlbench.metrics.classes import GAUC, NDCG, GroupedMetric, LogLoss
+from mtlbench.metrics.classes import AUC, GAUC, NDCG, GroupedMetric, LogLoss
 from mtlbench.metrics.functional import gauc, grouped_auc, log_loss, ndcg_at_k
 
-__all__ = ["GAUC", "NDCG", "GroupedMetric", "LogLoss", "gauc", "grouped_auc", "log_loss", "ndcg_at_k"]
+__all__ = ["AUC", "GAUC", "NDCG", "GroupedMetric", "LogLoss", "gauc", "grouped_auc", "log_loss", "ndcg_at_k"]

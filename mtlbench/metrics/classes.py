@@ -9,7 +9,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from mtlbench.metrics.functional import _flatten_and_filter, _log_loss_sum, gauc, ndcg_at_k
+from mtlbench.metrics.functional import _flatten_and_filter, _log_loss_sum, gauc, grouped_auc, ndcg_at_k
 
 __all__ = ["LogLoss", "GroupedMetric", "GAUC", "NDCG"]
 
@@ -81,6 +81,17 @@ class GroupedMetric(Metric):
             return torch.tensor(float("nan"), device=self.device)
         preds, target, group = (dim_zero_cat(x) for x in (self.preds, self.target, self.group))
         return self._compute_grouped(preds, target, group)
+
+
+class AUC(GroupedMetric):
+    """ROC AUC over all rows (one group): NaN, not 0, when the rows hold a single label class or none."""
+
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        super().update(preds, target, torch.zeros(target.shape, dtype=torch.long, device=target.device))
+
+    def _compute_grouped(self, preds: Tensor, target: Tensor, group: Tensor) -> Tensor:
+        auc, _, _ = grouped_auc(preds, target, group)
+        return auc[0] if auc.numel() else torch.tensor(float("nan"), device=preds.device)
 
 
 class GAUC(GroupedMetric):

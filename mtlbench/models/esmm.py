@@ -68,7 +68,10 @@ def cvr_summary(module: Any, datamodule: Any, ctr_task: str, cvr_task: str) -> d
     was_training = module.model.training
     module.model.eval()
     scores, labels = [], []
-    for batch in datamodule.test_dataloader():
+    from mtlbench.data.loader import TensorBatchLoader
+
+    rows = torch.from_numpy(datamodule.splits["test"])  # all test rows, also under DDP (this runs on rank 0)
+    for batch in TensorBatchLoader(datamodule.tensors, rows, datamodule.eval_batch_size):
         batch = {k: v.to(module.device) for k, v in batch.items()}
         out = module(batch)
         y = batch["labels"]

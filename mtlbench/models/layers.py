@@ -95,6 +95,8 @@ class FeatureEmbedding(nn.Module):
             emb, mask = self.sequence(batch, f.name)
             m = mask.unsqueeze(-1).to(emb.dtype)
             parts.append(((emb * m).sum(1) / m.sum(1).clamp_min(1.0)).unsqueeze(1))
+        if not parts:  # numeric-only data
+            return self.table.weight.new_zeros(len(cat), 0, self.dim)
         return torch.cat(parts, dim=1)
 
     def flat(self, batch: dict[str, Tensor]) -> Tensor:

@@ -10,12 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
-from torchmetrics.classification import BinaryAUROC
 from torchmetrics.utilities import dim_zero_cat
 
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import ConfigError, TrainingError
-from mtlbench.metrics import GAUC, NDCG, LogLoss
+from mtlbench.metrics import AUC, GAUC, NDCG, LogLoss
 from mtlbench.metrics.scenario import ScenarioMetrics
 from mtlbench.models.base import ModelOutput, as_output
 from mtlbench.weighting.base import WeightingStrategy, task_means
@@ -45,7 +44,7 @@ def task_metrics(schema: DatasetSchema, ndcg_k: tuple[int, ...]) -> nn.ModuleDic
     """The metrics of one task: AUC and logloss always; GAUC and NDCG@k per user when the data has users;
     per-scenario AUC/GAUC when it has scenarios; S-GAUC (AUC per session, SFPNet Eq. 13) with sessions."""
     grouped = schema.user_field is not None
-    metrics: dict[str, Metric] = {"auc": BinaryAUROC(), "logloss": LogLoss()}
+    metrics: dict[str, Metric] = {"auc": AUC(), "logloss": LogLoss()}
     if grouped:
         metrics["gauc"] = GAUC()
         metrics.update({f"ndcg@{k}": NDCG(k) for k in ndcg_k})
@@ -76,6 +75,10 @@ class MultiTaskModule(pl.LightningModule):
         self.optimizer_cfg = dict(optimizer or {})
         self.ndcg_k = tuple(int(k) for k in ndcg_k)
         self.monitor_metric = monitor_metric
+        known = sorted(set(task_metrics(schema, self.ndcg_k)) - {"scenarios"})
+        if monitor_metric not in known:
+            raise ConfigError(f"monitor={monitor_metric!r} is not computed on dataset {schema.name!r}; "
+                              f"choose one of {known}")
         self.metrics = nn.ModuleDict({
             split: nn.ModuleDict({t: task_metrics(schema, self.ndcg_k) for t in self.tasks}) for split in EVAL_SPLITS
         })
@@ -98,9 +101,15 @@ class MultiTaskModule(pl.LightningModule):
         mask = ~torch.isnan(labels)
         losses = F.binary_cross_entropy_with_logits(self.task_logits(out), labels.nan_to_num(0.0),
                                                     reduction="none") * mask
+        distributed = getattr(self.trainer, "world_size", 1) > 1
+        if distributed:
+            losses = losses * self._global_count_scale(mask)
         weighted = self.weighting(losses, mask, batch, out)
         loss = weighted.loss + sum(out.aux_losses.values(), torch.zeros((), device=losses.device))
-        if not torch.isfinite(loss):
+        bad = not bool(torch.isfinite(loss))
+        if distributed:  # every process takes the same decision: none is left waiting in the all-reduce
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
             self._raise_non_finite(losses, mask, out)
         self.train_samples += len(labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
@@ -116,6 +125,14 @@ class MultiTaskModule(pl.LightningModule):
             for name, v in out.aux_losses.items():
                 self.log(f"train/aux_{name}", v.detach(), batch_size=len(labels))
         return loss
+
+    def _global_count_scale(self, mask: Tensor) -> Tensor:
+        """Per-task factor that turns this process's mean over its labelled rows into its share of the
+        mean over all processes' labelled rows, so DDP averages to the one-process loss even when a
+        task's labels are sparse (e.g. CVR only on clicks)."""
+        local = mask.sum(0).to(torch.float32)
+        total = self.trainer.strategy.reduce(local.clone(), reduce_op="sum")
+        return local * self.trainer.world_size / total.clamp_min(1.0)
 
     def _raise_non_finite(self, losses: Tensor, mask: Tensor, out: ModelOutput) -> None:
         per_task = task_means(losses.detach(), mask)
@@ -171,9 +188,7 @@ class MultiTaskModule(pl.LightningModule):
             keep = ~torch.isnan(labels[:, k])
             p, y = probs[keep, k], labels[keep, k]
             for name, m in self.metrics[split][t].items():
-                if name == "auc":
-                    m.update(p, y.long())
-                elif name == "logloss":
+                if name in ("auc", "logloss"):
                     m.update(p, y)
                 elif name == "sgauc":
                     m.update(p, y, session[keep])
@@ -195,7 +210,7 @@ class MultiTaskModule(pl.LightningModule):
         for t in self.tasks:
             values[t] = {}
             for name, m in self.metrics[split][t].items():
-                value = m.compute() if m.update_count else float("nan")
+                value = m.compute()  # every rank calls it: it gathers the states of all processes
                 m.reset()
                 values[t].update(value if isinstance(value, dict) else {name: float(value)})
             for name, v in values[t].items():  # identical on every process (metrics are gathered)

@@ -23,10 +23,11 @@ from mtlbench.registry import MODELS, WEIGHTINGS
 from mtlbench.training.module import MultiTaskModule
 from mtlbench.training.results import PREDICTIONS_FILE, RESULTS_FILE, write_json, write_parquet
 
+LOWER_IS_BETTER = {"logloss"}
 DATASET_KEYS = ("name", "split")  # data-module settings, not the source's
 
 
-def _call_with_config(factory: Any, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
+def call_with_config(factory: Any, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
     """Call a registered factory, turning unknown config keys into a one-line ConfigError."""
     sig = inspect.signature(factory)
     if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
@@ -39,11 +40,11 @@ def _call_with_config(factory: Any, kind: str, name: str, *args: Any, **kwargs: 
 
 def create_model(name: str, schema: DatasetSchema, **cfg: Any) -> torch.nn.Module:
     """Build a registered model for ``schema`` with keyword settings from its config."""
-    return _call_with_config(MODELS.get(name), "model", name, schema, **cfg)
+    return call_with_config(MODELS.get(name), "model", name, schema, **cfg)
 
 
 def create_weighting(name: str, tasks: list[str], **cfg: Any) -> torch.nn.Module:
-    return _call_with_config(WEIGHTINGS.get(name), "weighting", name, tasks, **cfg)
+    return call_with_config(WEIGHTINGS.get(name), "weighting", name, tasks, **cfg)
 
 
 def _plain(cfg: Any) -> Any:
@@ -97,13 +98,14 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     c = _plain(cfg.callbacks)
     monitor = f"valid/{cfg.monitor}_mean"
+    mode = "min" if cfg.monitor in LOWER_IS_BETTER else "max"
     callbacks: list[pl.Callback] = [
-        pl.callbacks.ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=monitor, mode="max",
+        pl.callbacks.ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=monitor, mode=mode,
                                      save_top_k=1, save_last=bool(c.get("save_last", False)),
                                      filename="best"),
     ]
     if c.get("early_stopping_patience") is not None:
-        callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode="max",
+        callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode=mode,
                                                     patience=int(c["early_stopping_patience"])))
     return callbacks
 
@@ -138,9 +140,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train, select on validation, test once; write results.json and predictions.parquet in ``run_dir``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resume_checkpoint(cfg, run_dir) if cfg.get("resume") else None  # may refuse: before deleting
     (run_dir / RESULTS_FILE).unlink(missing_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    ckpt_path = resume_checkpoint(cfg, run_dir) if cfg.get("resume") else None
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
