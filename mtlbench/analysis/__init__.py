@@ -1,0 +1,1 @@
+"""Analyses run after training, e.g. how well learned user representations recover lifecycle stages (STAN RQ3)."""

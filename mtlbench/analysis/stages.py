@@ -1,0 +1,292 @@
+"""Stage recovery (STAN's RQ3, section 4.4) with numbers: do learned user representations separate the true stages?
+
+For each user the analysis takes one row, the user's *last test interaction* (users without test rows
+are left out), and the dataset's ground-truth stage there (analysis column ``true_stage``, never seen by
+a model). For every representation of those rows it reports
+
+* ``kmeans_nmi``: normalised mutual information between a k-means clustering (k = number of true stages,
+  columns standardised, 10 restarts) and the true stage, the paper's "clustering the stage
+  representation vectors" turned into a number (0 = unrelated, 1 = the same partition);
+* ``probe_accuracy``: 5-fold cross-validated accuracy of a multinomial logistic regression predicting the
+  true stage from the representation (its top 50 principal components when wider): how much stage
+  information is linearly decodable, next to ``majority_accuracy`` (always guessing the commonest stage).
+
+Representations: ``backbone`` (the towers' inputs, i.e. the PLE/MMoE task representations g_B^k of
+Eq. 3, concatenated; any model with ``towers``), and for STAN ``preference`` (y~, Eq. 9),
+``user_representation`` (s^k of Eq. 8, concatenated), ``gamma_mean`` (alpha / (alpha + beta) of
+Algorithm 1) and ``pseudo_label`` (Eq. 10, the raw running label means, a no-learning baseline). The
+rule-based stage of section 2.1 is compared directly (``rule_stage_nmi``). ``stage_tsne.png`` is the
+Fig. 6 picture: 2-D t-SNE of the representations coloured by true stage.
+
+``python -m mtlbench.analysis.stages RUN_DIR ...`` runs the analysis on finished runs of any model with
+towers (e.g. vanilla ``ple`` for the paper's STAN-vs-PLE comparison) and prints it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtlbench.data.lifecycle_inputs import STAGE_NAMES, UNKNOWN_STAGE, rule_stage
+from mtlbench.models.base import as_output
+from mtlbench.training.results import write_parquet
+from mtlbench.weighting.stan_stage import StanWithoutBeta
+
+STAGE_FIELD = "true_stage"
+USER_STAGES_FILE = "user_stages.parquet"
+TSNE_FILE = "stage_tsne.png"
+
+
+# -- rows and representations ----------------------------------------------------------------------------
+def last_rows(user: np.ndarray, time: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's last row in time order (ties: the highest row number): (row indices, user ids)."""
+    user = np.asarray(user)
+    n = len(user)
+    time = np.arange(n) if time is None else np.asarray(time)
+    order = np.lexsort((np.arange(n), time, user))
+    u = user[order]
+    last = np.ones(n, dtype=bool)
+    last[:-1] = u[1:] != u[:-1]
+    return order[last], u[last]
+
+
+@torch.no_grad()
+def model_representations(module: Any, datamodule: Any, rows: np.ndarray, batch_size: int = 16384
+                          ) -> dict[str, np.ndarray]:
+    """Run the trained model on ``rows``: the towers' inputs (``backbone``) and every ``extras`` tensor."""
+    model = module.model
+    was_training = model.training
+    model.eval()
+    captured: list[torch.Tensor] = []
+    hook = None
+    if isinstance(getattr(model, "towers", None), torch.nn.Module):
+        hook = model.towers.register_forward_pre_hook(
+            lambda _m, args: captured.append(torch.cat([t.flatten(1) for t in args[0]], 1).float().cpu()))
+    extras: dict[str, list[torch.Tensor]] = {}
+    try:
+        device = next(model.parameters()).device
+        for chunk in torch.split(torch.as_tensor(rows, dtype=torch.int64), batch_size):
+            batch = {k: v[chunk].to(device) for k, v in datamodule.tensors.items()}
+            out = as_output(model(batch))
+            for name, v in out.extras.items():
+                extras.setdefault(name, []).append(v.float().cpu().reshape(len(chunk), -1))
+    finally:
+        if hook is not None:
+            hook.remove()
+        model.train(was_training)
+    reps = {name: torch.cat(v).numpy() for name, v in extras.items()}
+    if captured:
+        reps["backbone"] = torch.cat(captured).numpy()
+    return reps
+
+
+# -- numbers --------------------------------------------------------------------------------------------
+def _standardise(x: np.ndarray, max_dims: int | None = None, seed: int = 0) -> np.ndarray:
+    """Columns to zero mean and unit variance (NaN -> column mean); optionally PCA down to ``max_dims``."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    x = np.where(np.isnan(x), np.nanmean(x, axis=0, keepdims=True), x) if np.isnan(x).any() else x
+    std = x.std(0)
+    x = (x - x.mean(0)) / np.where(std > 0, std, 1.0)
+    if max_dims is not None and x.shape[1] > max_dims:
+        from sklearn.decomposition import PCA
+
+        x = PCA(max_dims, random_state=seed).fit_transform(x)
+    return x
+
+
+def kmeans_nmi(x: np.ndarray, stage: np.ndarray, seed: int = 0) -> float:
+    """NMI between k-means clusters of ``x`` (k = number of distinct stages) and the true stages."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    k = len(np.unique(stage))
+    if k < 2 or len(x) <= k:
+        return float("nan")
+    clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(_standardise(x))
+    return float(normalized_mutual_info_score(stage, clusters))
+
+
+def probe_accuracy(x: np.ndarray, stage: np.ndarray, seed: int = 0, folds: int = 5, max_dims: int = 50) -> float:
+    """Cross-validated accuracy of a multinomial logistic regression predicting the stage from ``x``
+    (representations wider than ``max_dims`` are first projected on their top principal components)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    classes, counts = np.unique(stage, return_counts=True)
+    folds = min(folds, int(counts.min()))
+    if len(classes) < 2 or folds < 2:
+        return float("nan")
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = cross_val_score(LogisticRegression(max_iter=500), _standardise(x, max_dims, seed), stage, cv=cv)
+    return float(scores.mean())
+
+
+def stage_recovery(reps: dict[str, np.ndarray], stage: np.ndarray, seed: int = 0, probe: bool = True
+                   ) -> dict[str, dict[str, float]]:
+    """``kmeans_nmi`` (and ``probe_accuracy``) of every representation against the true stages."""
+    out = {}
+    for name, x in reps.items():
+        x = np.asarray(x).reshape(len(stage), -1)
+        out[name] = {"dims": int(x.shape[1]), "kmeans_nmi": kmeans_nmi(x, stage, seed)}
+        if probe:
+            out[name]["probe_accuracy"] = probe_accuracy(x, stage, seed)
+    return out
+
+
+def plot_tsne(reps: dict[str, np.ndarray], stage: np.ndarray, path: Path, seed: int = 0,
+              titles: dict[str, str] | None = None) -> None:
+    """Fig. 6: one 2-D t-SNE panel per representation, points coloured by true stage (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    fig, axes = plt.subplots(1, len(reps), figsize=(5 * len(reps), 4.6), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, (name, x) in zip(axes[0], reps.items()):
+        x = _standardise(x, 50, seed)
+        xy = TSNE(2, init="pca", random_state=seed, perplexity=min(30.0, (len(x) - 1) / 3.0)).fit_transform(x)
+        for s in np.unique(stage):
+            m = stage == s
+            label = STAGE_NAMES[s] if 0 <= s < len(STAGE_NAMES) else str(s)
+            ax.scatter(xy[m, 0], xy[m, 1], s=5, alpha=0.6, color=colours(int(s)), label=label)
+        ax.set_title((titles or {}).get(name, name))
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(markerscale=3, fontsize=8, title="true stage")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- one run ----------------------------------------------------------------------------------------------
+TITLES = {"preference": "STAN preference y~ (Eq. 9)", "user_representation": "STAN user embedding s^k (Eq. 8)",
+          "backbone": "backbone task representations (Eq. 3)"}
+
+
+def stage_analysis(module: Any, datamodule: Any, run_dir: Path, enabled: bool = True, max_users: int = 5000,
+                   tsne_users: int = 1000, probe: bool = True, stage_field: str = STAGE_FIELD,
+                   extra: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """``{"stage_analysis": {...}}`` for a trained module, or ``{}`` without a ``stage_field`` column.
+
+    ``extra``: more per-user representations, aligned with the users' last rows (see :func:`last_rows`).
+    """
+    schema, columns = datamodule.schema, datamodule.columns
+    if not enabled or stage_field not in columns or schema.user_field is None:
+        return {}
+    seed = int(getattr(datamodule, "seed", 0))
+    rows, users = last_rows(columns[schema.user_field],
+                            columns[schema.time_field] if schema.time_field in columns else None)
+    in_test = np.isin(rows, datamodule.splits["test"])
+    pick = np.flatnonzero(in_test)
+    rng = np.random.default_rng(seed)
+    if len(pick) > max_users:
+        pick = np.sort(rng.choice(pick, max_users, replace=False))
+    stage = np.asarray(columns[stage_field])[rows[pick]].astype(np.int64)
+    if len(pick) < 10 or len(np.unique(stage)) < 2:
+        return {"stage_analysis": {"skipped": f"only {len(pick)} users with a test row"}}
+    reps = model_representations(module, datamodule, rows[pick], datamodule.eval_batch_size)
+    reps.update({name: np.asarray(v)[pick] for name, v in (extra or {}).items()})
+    if "stan_pseudo_label" in datamodule.tensors:
+        reps["pseudo_label"] = datamodule.tensors["stan_pseudo_label"][rows[pick]].numpy()
+    rules = rule_stage(schema, columns, datamodule.splits["train"])[rows[pick]]
+    from sklearn.metrics import normalized_mutual_info_score
+
+    result: dict[str, Any] = {
+        "rows": "each user's last test interaction", "users": int(len(pick)), "seed": seed,
+        "stage_counts": {STAGE_NAMES[s] if s < len(STAGE_NAMES) else str(s): int(c)
+                         for s, c in zip(*np.unique(stage, return_counts=True))},
+        "majority_accuracy": float(np.bincount(stage).max() / len(stage)),
+        "representations": stage_recovery(reps, stage, seed, probe),
+        "rule_stage_nmi": float(normalized_mutual_info_score(stage, rules)),
+        "rule_stage_unknown_share": float(np.mean(rules == UNKNOWN_STAGE)),
+    }
+    shown = {k: reps[k] for k in ("preference", "user_representation", "backbone") if k in reps}
+    if shown and tsne_users > 0:
+        sub = np.sort(rng.choice(len(pick), min(tsne_users, len(pick)), replace=False))
+        plot_tsne({k: v[sub] for k, v in shown.items()}, stage[sub], run_dir / TSNE_FILE, seed, TITLES)
+        result["tsne"] = TSNE_FILE
+    return {"stage_analysis": result}
+
+
+def stan_run_summary(module: Any, datamodule: Any, run_dir: Path, **settings: Any) -> dict[str, Any]:
+    """STAN after testing: ``user_stages.parquet`` (every user's last y~, gamma, alpha, beta) + stage analysis.
+
+    The user's last row is their last interaction in time order over all splits (for users with test
+    rows, their last test row); y~ is computed on it. ``gamma_<task>`` is one draw from the user's final
+    Beta(alpha, beta) (seeded), ``gamma_mean_<task>`` its mean; with ``stan_wo_beta``, gamma = y~.
+    """
+    schema, columns = datamodule.schema, datamodule.columns
+    rows, users = last_rows(columns[schema.user_field],
+                            columns[schema.time_field] if schema.time_field in columns else None)
+    reps = model_representations(module, datamodule, rows, datamodule.eval_batch_size)
+    pref = reps["preference"]
+    out: dict[str, np.ndarray] = {"user_id": users, "row": rows}
+    weighting = module.weighting
+    gamma_mean = None
+    for k, t in enumerate(schema.tasks):
+        out[f"preference_{t}"] = pref[:, k]
+    if hasattr(weighting, "expected_gamma") and hasattr(weighting, "alpha"):
+        u = torch.as_tensor(users, device=weighting.alpha.device)
+        alpha, beta = weighting.alpha[u], weighting.beta[u]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(getattr(datamodule, "seed", 0)))
+            draw = torch.distributions.Beta(alpha, beta).sample().cpu().numpy()
+        gamma_mean = weighting.expected_gamma()[u].cpu().numpy()
+        for k, t in enumerate(schema.tasks):
+            out[f"gamma_{t}"] = draw[:, k]
+            out[f"gamma_mean_{t}"] = gamma_mean[:, k]
+            out[f"alpha_{t}"] = alpha[:, k].cpu().numpy()
+            out[f"beta_{t}"] = beta[:, k].cpu().numpy()
+        out["count"] = weighting.count[u].cpu().numpy()
+    elif isinstance(weighting, StanWithoutBeta):
+        for k, t in enumerate(schema.tasks):
+            out[f"gamma_{t}"] = pref[:, k]
+    stage_field = settings.get("stage_field", STAGE_FIELD)
+    if stage_field in columns:
+        out[stage_field] = np.asarray(columns[stage_field])[rows]
+    write_parquet(run_dir / USER_STAGES_FILE, out)
+    return stage_analysis(module, datamodule, run_dir, extra={"gamma_mean": gamma_mean} if gamma_mean is not None
+                          else None, **settings)
+
+
+# -- command line -----------------------------------------------------------------------------------------
+def analyse_run(run_dir: str | Path, **settings: Any) -> dict[str, Any]:
+    """Rebuild a finished run from its ``config.yaml`` and best checkpoint and run :func:`stage_analysis`."""
+    from omegaconf import OmegaConf
+
+    from mtlbench.training.run import build_components
+
+    run_dir = Path(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    dm, module = build_components(cfg)
+    ckpt = results["train"].get("best_checkpoint")
+    if ckpt:
+        state = torch.load(run_dir / ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    return stage_analysis(module, dm, run_dir, **settings)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("--max-users", type=int, default=5000)
+    parser.add_argument("--tsne-users", type=int, default=0, help="0 = no picture")
+    args = parser.parse_args(argv)
+    for d in args.run_dirs:
+        res = analyse_run(d, max_users=args.max_users, tsne_users=args.tsne_users)
+        print(json.dumps({"run": str(d), **res}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

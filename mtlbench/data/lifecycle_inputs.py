@@ -1,0 +1,179 @@
+"""Per-row inputs derived from a user's history, for STAN and PLE_stage (computed once in preprocessing).
+
+* ``stan_pseudo_label`` [N, K] float32: STAN Eq. 10, the running mean of the user's own earlier labels.
+* ``stan_position`` [N] int64: the 1-based position of a row in its user's training rows in time order,
+  the counter ``c_u`` of STAN Algorithm 1.
+* ``rule_stage`` [N] int64: the rule-based lifecycle stage of STAN section 2.1 (New / Wander / Stick /
+  Loyal), from per-user task rates over training rows only; PLE_stage's extra input.
+
+"Time order" is ``(timestamp, row number)`` within a user; without a time field the table's row order
+is taken as time order. Everything is vectorised over the whole table (one sort, cumulative sums).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from mtlbench.data.derived import register_derived
+from mtlbench.data.schema import DatasetSchema
+from mtlbench.errors import ConfigError, DataError
+
+STAGE_NAMES = ("New", "Wander", "Stick", "Loyal")
+#: id of ``rule_stage`` for users without training rows
+UNKNOWN_STAGE = len(STAGE_NAMES)
+NUM_RULE_STAGES = len(STAGE_NAMES) + 1
+
+
+def _user_time_order(schema: DatasetSchema, columns: dict[str, np.ndarray], what: str
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows sorted by (user, time, row); returns the order, the sorted user ids and sorted times."""
+    if schema.user_field is None:
+        raise DataError(f"{what} needs a user field; dataset {schema.name!r} has none")
+    user = np.asarray(columns[schema.user_field])
+    n = len(user)
+    if schema.time_field is None or schema.time_field not in columns:
+        warnings.warn(f"{what}: dataset {schema.name!r} has no time field; using row order as time order",
+                      stacklevel=3)
+        time = np.arange(n)
+    else:
+        time = np.asarray(columns[schema.time_field])
+    order = np.lexsort((np.arange(n), time, user))
+    return order, user[order], time[order]
+
+
+def _run_starts(*keys: np.ndarray) -> np.ndarray:
+    """For sorted keys, the index of the first row of each row's run of equal keys."""
+    n = len(keys[0])
+    new = np.ones(n, dtype=bool)
+    if n:
+        new[1:] = np.zeros(n - 1, dtype=bool)
+        for k in keys:
+            new[1:] |= k[1:] != k[:-1]
+    return np.maximum.accumulate(np.where(new, np.arange(n), 0))
+
+
+def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
+    """``out[i] = x[:i].sum(0)``, with one extra leading row so ``out[n]`` is the total."""
+    out = np.zeros((len(x) + 1, *x.shape[1:]), dtype=np.float64)
+    np.cumsum(x, axis=0, out=out[1:])
+    return out
+
+
+@register_derived("stan_pseudo_label")
+def stan_pseudo_label(schema: DatasetSchema, columns: dict[str, np.ndarray], train_rows: np.ndarray,
+                      prior: float | str | None = "global", history: str = "train") -> np.ndarray:
+    """STAN Eq. 10: ``l_i^k`` = mean of the user's labels of task k over rows strictly earlier in time.
+
+    Rows at the same timestamp as the current row do not count (no leakage of the current label, nor of
+    simultaneous ones); missing labels (NaN) are skipped. ``history``: ``"train"`` (default) averages
+    the user's earlier *training* rows only, so no validation or test label can ever reach a training
+    target under any split (with the default per-user time split a training row's earlier rows are all
+    training rows, so this is Eq. 10 exactly); ``"all"`` averages every earlier row, the paper's literal
+    reading. ``prior``: the value where the user has no earlier label (e.g. the first interaction):
+    ``"global"`` = the task's mean label over training rows, a number, or ``None`` = undefined (NaN;
+    such rows are left out of the preference loss, Eq. 11).
+    """
+    if history not in ("train", "all"):
+        raise ConfigError(f"stan_pseudo_label: history must be 'train' or 'all', got {history!r}")
+    order, user, time = _user_time_order(schema, columns, "STAN's pseudo-labels (Eq. 10)")
+    n = len(order)
+    labels = np.stack([np.asarray(columns[t], dtype=np.float64) for t in schema.tasks], axis=1)[order]
+    counts = ~np.isnan(labels)
+    if history == "train":
+        in_train = np.zeros(n, dtype=bool)
+        in_train[np.asarray(train_rows, dtype=np.int64)] = True
+        counts &= in_train[order][:, None]
+    sums = _exclusive_cumsum(np.where(counts, labels, 0.0))
+    cnts = _exclusive_cumsum(counts.astype(np.float64))
+    first_of_user, first_of_time = _run_starts(user), _run_starts(user, time)
+    s = sums[first_of_time] - sums[first_of_user]  # labels of the user's rows strictly before this time
+    c = cnts[first_of_time] - cnts[first_of_user]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s / c
+    mean[c == 0] = np.broadcast_to(_prior(prior, schema, columns, train_rows), mean.shape)[c == 0]
+    out = np.empty_like(mean)
+    out[order] = mean
+    return out.astype(np.float32)
+
+
+def _prior(prior: float | str | None, schema: DatasetSchema, columns: dict[str, np.ndarray],
+           train_rows: np.ndarray) -> np.ndarray:
+    if prior is None:
+        return np.full(len(schema.tasks), np.nan)
+    if prior == "global":
+        train_rows = np.asarray(train_rows, dtype=np.int64)
+        y = np.stack([np.asarray(columns[t], dtype=np.float64)[train_rows] for t in schema.tasks], axis=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nan_to_num(np.nanmean(y, axis=0), nan=0.5) if len(y) else np.full(len(schema.tasks), 0.5)
+    if isinstance(prior, str):
+        raise ConfigError(f"stan_pseudo_label: prior must be 'global', a number or null, got {prior!r}")
+    if not 0.0 <= float(prior) <= 1.0:
+        raise ConfigError(f"stan_pseudo_label: prior must lie in [0, 1], got {prior}")
+    return np.full(len(schema.tasks), float(prior))
+
+
+@register_derived("stan_position")
+def stan_position(schema: DatasetSchema, columns: dict[str, np.ndarray], train_rows: np.ndarray) -> np.ndarray:
+    """STAN Algorithm 1's counter: 1 + the number of the user's training rows before this row.
+
+    For a training row this is the value ``c_u`` takes when Algorithm 1 (lines 5-6) reaches it in time
+    order (ties broken by row number); for other rows it is the value it would take if the row were
+    appended. Feeding it with the row makes the Beta update order-independent (see ``stan_stage``).
+    """
+    order, user, _ = _user_time_order(schema, columns, "STAN's counter (Algorithm 1)")
+    in_train = np.zeros(len(order), dtype=bool)
+    in_train[np.asarray(train_rows, dtype=np.int64)] = True
+    before = _exclusive_cumsum(in_train[order].astype(np.float64))
+    first = _run_starts(user)
+    out = np.empty(len(order), dtype=np.int64)
+    out[order] = (before[:-1] - before[first]).astype(np.int64) + 1
+    return out
+
+
+@register_derived("rule_stage")
+def rule_stage(schema: DatasetSchema, columns: dict[str, np.ndarray], train_rows: np.ndarray,
+               tasks: list[str] | None = None) -> np.ndarray:
+    """STAN section 2.1: a user's stage from the medians of per-user (CTR, staytime, CVR) rates.
+
+    The rates of a user are the means of the three tasks' labels over the user's *training* rows
+    (missing labels skipped, so a CVR label defined only on clicks gives a per-click CVR); each median
+    is taken over the users with training rows, and a rate is *high* when it is strictly above its
+    median (so a median of 0, common for purchases, still separates users with and without one). The
+    paper's descriptions become a decision list:
+
+    * New (0): low CTR;
+    * Wander (1): high CTR, low staytime;
+    * Stick (2): high CTR and staytime, low CVR;
+    * Loyal (3): high CTR, staytime and CVR;
+    * 4: the user has no training rows.
+
+    ``tasks`` names the (CTR-like, staytime-like, CVR-like) tasks, default the schema's first three; with
+    fewer tasks the list stops early (two tasks: stages 0-2). The stage is a per-user constant.
+    """
+    if schema.user_field is None:
+        raise DataError(f"rule_stage needs a user field; dataset {schema.name!r} has none")
+    tasks = list(tasks) if tasks is not None else list(schema.tasks[:3])
+    unknown = [t for t in tasks if t not in schema.tasks]
+    if unknown or not 1 <= len(tasks) <= 3:
+        raise ConfigError(f"rule_stage: tasks must be 1-3 of the dataset's tasks {schema.tasks}, got {tasks}")
+    user = np.asarray(columns[schema.user_field], dtype=np.int64)
+    rows = np.asarray(train_rows, dtype=np.int64)
+    n_users = int(user.max()) + 1 if len(user) else 0
+    seen = np.bincount(user[rows], minlength=n_users) > 0
+    stage = np.full(n_users, len(tasks), dtype=np.int64)  # high on every listed task
+    decided = np.zeros(n_users, dtype=bool)
+    for level, t in enumerate(tasks):
+        y = np.asarray(columns[t], dtype=np.float64)[rows]
+        ok = ~np.isnan(y)
+        total = np.bincount(user[rows][ok], weights=y[ok], minlength=n_users)
+        count = np.bincount(user[rows][ok], minlength=n_users)
+        rate = np.where(count > 0, total / np.maximum(count, 1), -np.inf)  # no label: low
+        median = np.median(rate[seen & (count > 0)]) if (seen & (count > 0)).any() else 0.0
+        low = ~decided & (rate <= median)
+        stage[low] = level
+        decided |= low
+    stage[~seen] = UNKNOWN_STAGE
+    return stage[user]
