@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -10,8 +9,6 @@ from typing import Any
 import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
-
-from mtlbench.training.results import RESULTS_FILE
 
 METRICS = ("auc", "gauc", "ndcg@5")
 
@@ -28,19 +25,15 @@ def format_run(results: dict[str, Any], metrics: tuple[str, ...] = METRICS) -> s
 
 def collect(root: str | Path) -> tuple[list[dict[str, Any]], list[Path]]:
     """All complete runs under ``root`` and the run directories that have no results.json."""
-    root = Path(root)
-    complete, incomplete = [], []
-    for cfg in sorted(root.rglob("config.yaml")):
-        res = cfg.parent / RESULTS_FILE
-        if res.exists():
-            complete.append(json.loads(res.read_text()))
-        else:
-            incomplete.append(cfg.parent)
-    return complete, incomplete
+    from mtlbench.report.collect import find_runs
+
+    runs, incomplete = find_runs([root])
+    return [r.results for r in runs], incomplete
 
 
-def mean_std_table(runs: list[dict[str, Any]], split: str = "test", metrics: tuple[str, ...] = METRICS) -> str:
-    """Markdown-style table: one row per (dataset, model, weighting), mean ± std over seeds per task metric."""
+def mean_std_table(runs: list[dict[str, Any]], split: str = "test",
+                   metrics: tuple[str, ...] = METRICS) -> str:
+    """Markdown-style table: a row per (dataset, model, weighting), mean ± std over seeds per task metric."""
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for r in runs:
         groups[(r["dataset"], r["model"], r["weighting"])].append(r)
@@ -66,7 +59,8 @@ class PrintSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         runs, incomplete = collect(config.hydra.sweep.dir)
-        print(f"\nTest metrics, mean ± std over seeds ({len(runs)} complete runs in {config.hydra.sweep.dir}):")
+        sweep = config.hydra.sweep.dir
+        print(f"\nTest metrics, mean ± std over seeds ({len(runs)} complete runs in {sweep}):")
         print(mean_std_table(runs))
         if incomplete:
             print(f"incomplete runs (no results.json, not counted): {', '.join(map(str, incomplete))}")

@@ -1,0 +1,114 @@
+"""Statistics of a leaderboard: mean ± std over seeds, RelaImpr (STAN Eq. 15-16), significance tests."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from mtlbench.errors import ConfigError
+
+#: significance tests by name: the STAN paper's paired t-test and SFPNet's Mann-Whitney U test
+TESTS = {"ttest": "paired t-test", "mannwhitney": "Mann-Whitney U test"}
+MIN_SEEDS_FOR_TEST = 3
+
+
+def base_metric(metric: str) -> str:
+    """``auc@scenario=2`` -> ``auc``."""
+    return metric.split("@scenario=", 1)[0]
+
+
+def higher_is_better(metric: str) -> bool:
+    return base_metric(metric) != "logloss"
+
+
+def is_auc_like(metric: str) -> bool:
+    """AUC-type metrics, whose random-guess value is 0.5 (AUC, GAUC, S-GAUC and their per-scenario forms)."""
+    return base_metric(metric) in ("auc", "gauc", "sgauc")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (ddof=1; 0 for one value) and count."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan, 0
+    return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0, len(x)
+
+
+def relaimpr(metric: str, measured: float, base: float) -> float | None:
+    """Relative improvement over the base model in percent.
+
+    STAN Eq. 15 for AUC-type metrics (relative to the random guesser's 0.5):
+    ``(AUC(measured) - 0.5) / (AUC(base) - 0.5) - 1``; Eq. 16 for NDCG@k: ``NDCG(measured) / NDCG(base) - 1``.
+    Not defined for logloss (lower is better) nor for a base at 0.5 (AUC) or 0 (NDCG): None.
+    """
+    if measured is None or base is None or not (math.isfinite(measured) and math.isfinite(base)):
+        return None
+    if is_auc_like(metric):
+        if base == 0.5:
+            return None
+        return ((measured - 0.5) / (base - 0.5) - 1.0) * 100.0  # Eq. 15
+    if base_metric(metric).startswith("ndcg"):
+        if base == 0:
+            return None
+        return (measured / base - 1.0) * 100.0  # Eq. 16
+    return None
+
+
+@dataclass
+class TestResult:
+    """Outcome of a significance test of ``best`` against ``baseline`` in one column."""
+
+    test: str
+    n: int
+    p: float | None
+    statistic: float | None = None
+    note: str = ""
+
+    @property
+    def mark(self) -> str:
+        """``**`` for p < 0.01, ``*`` for p < 0.05, else empty."""
+        if self.p is None or not math.isfinite(self.p):
+            return ""
+        return "**" if self.p < 0.01 else "*" if self.p < 0.05 else ""
+
+
+def significance(best: dict[int, float], baseline: dict[int, float], test: str = "ttest") -> TestResult:
+    """Two-sided test of the best model against the best baseline over seeds.
+
+    ``ttest``: paired t-test over the seeds both have (the STAN paper's). ``mannwhitney``: Mann-Whitney U
+    test (SFPNet's), which does not need pairs: all seeds of each side. With fewer than
+    :data:`MIN_SEEDS_FOR_TEST` seeds on a side no test is run (``p`` is None and ``note`` says why).
+    Note that with 3 seeds per side the smallest two-sided Mann-Whitney p-value is 0.1.
+    """
+    if test not in TESTS:
+        raise ConfigError(f"unknown significance test {test!r}; known: {', '.join(TESTS)}")
+    if test == "ttest":
+        seeds = sorted(set(best) & set(baseline))
+        a = np.array([best[s] for s in seeds])
+        b = np.array([baseline[s] for s in seeds])
+        n = len(seeds)
+        if n < MIN_SEEDS_FOR_TEST:
+            return TestResult(test, n, None, note=f"no test: {n} paired seed(s), needs {MIN_SEEDS_FOR_TEST}")
+        d = a - b
+        if np.all(d == d[0]):  # constant differences: t is infinite (or undefined for 0)
+            p = 1.0 if d[0] == 0 else 0.0
+            return TestResult(test, n, p, None, "constant paired differences")
+        r = stats.ttest_rel(a, b)
+        return TestResult(test, n, float(r.pvalue), float(r.statistic))
+    a, b = np.array(list(best.values())), np.array(list(baseline.values()))
+    n = min(len(a), len(b))
+    if n < MIN_SEEDS_FOR_TEST:
+        return TestResult(test, n, None, note=f"no test: {n} seed(s) on one side, needs {MIN_SEEDS_FOR_TEST}")
+    r = stats.mannwhitneyu(a, b, alternative="two-sided")
+    return TestResult(test, n, float(r.pvalue), float(r.statistic))
+
+
+def ranks(means: Sequence[float], higher: bool = True) -> list[int | None]:
+    """Dense rank of each value (1 = best, ties share a rank); None for NaN."""
+    finite = sorted({m for m in means if m is not None and math.isfinite(m)}, reverse=higher)
+    pos = {m: i + 1 for i, m in enumerate(finite)}
+    return [pos.get(m) if m is not None and math.isfinite(m) else None for m in means]

@@ -1,0 +1,525 @@
+"""Leaderboards as the seed papers print them: models as rows, one column per task and metric.
+
+Each cell is mean ± std over seeds; per column the best value is bold and the second underlined
+(lower is better only for logloss); RelaImpr against a base model follows STAN Eq. 15 (AUC-type) and
+Eq. 16 (NDCG); the best model of each column is tested against the best of the other models (the
+"best baseline") over seeds, and marked ``*`` (p < 0.05) or ``**`` (p < 0.01). Per-scenario metrics
+(``auc@scenario=s``) get their own tables, one column per task and scenario.
+
+Writers: Markdown, CSV (long format: one line per group and column, with the p-values) and LaTeX
+(booktabs); the HTML page is in :mod:`mtlbench.report.html`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtlbench.errors import ConfigError
+from mtlbench.report import stats
+from mtlbench.report.collect import (
+    IGNORED_KEYS,
+    Group,
+    Section,
+    find_runs,
+    group_label,
+    group_runs,
+    weighting_varies,
+)
+
+METRIC_NAMES = {"auc": "AUC", "gauc": "GAUC", "sgauc": "S-GAUC", "logloss": "LogLoss"}
+
+
+@dataclass
+class ReportSettings:
+    """What a report shows; every field is a flag of ``mtlbench-report`` and a key of the report callback."""
+
+    metrics: list[str] = field(default_factory=lambda: ["auc", "gauc", "ndcg@5"])
+    scenario_metrics: list[str] = field(default_factory=lambda: ["auc"])
+    split: str = "test"
+    base: str | None = "single_task"
+    test: str = "ttest"
+    candidate: str | None = None
+    tasks: list[str] | None = None
+    task_labels: dict[str, str] = field(default_factory=dict)
+    model_labels: dict[str, str] = field(default_factory=dict)
+    models: list[str] | None = None
+    ignore: list[str] = field(default_factory=lambda: list(IGNORED_KEYS))
+    title: str = "Leaderboard"
+
+    def __post_init__(self) -> None:
+        if self.split not in ("valid", "test"):
+            raise ConfigError(f"report split must be 'valid' or 'test', not {self.split!r}")
+        if self.test not in stats.TESTS:
+            raise ConfigError(f"unknown significance test {self.test!r}; known: {', '.join(stats.TESTS)}")
+        for m in self.metrics:
+            if "@scenario" in m:
+                raise ConfigError(f"report metric {m!r}: list per-scenario metrics as scenario_metrics "
+                                  f"(e.g. scenario_metrics=[{stats.base_metric(m)}])")
+
+
+def metric_name(metric: str) -> str:
+    base = stats.base_metric(metric)
+    return METRIC_NAMES.get(base) or (base.upper() if base.startswith("ndcg") else base)
+
+
+@dataclass
+class Column:
+    task: str
+    metric: str  # key in results.json, e.g. "auc" or "auc@scenario=2"
+    header: str
+
+
+@dataclass
+class Cell:
+    mean: float
+    std: float
+    n: int
+    relaimpr: float | None = None
+    rank: int | None = None
+    mark: str = ""
+    p: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.n == 0
+
+
+@dataclass
+class Row:
+    group: Group
+    label: str
+    cells: list[Cell]
+
+
+@dataclass
+class Comparison:
+    """The significance test of one column."""
+
+    column: Column
+    best: str
+    baseline: str
+    result: stats.TestResult
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[Column]
+    rows: list[Row]
+    show_relaimpr: bool
+    comparisons: list[Comparison]
+
+
+@dataclass
+class SectionBoard:
+    section: Section
+    base_label: str | None
+    tables: list[Table]
+    rows: list[Row]  # the rows of the first table (labels, speed, params)
+    speed: dict[str, float | None]
+    params: dict[str, int | None]
+
+
+@dataclass
+class Leaderboard:
+    settings: ReportSettings
+    sections: list[SectionBoard]
+    incomplete: list[Path]
+    missing_models: list[str] = field(default_factory=list)
+
+
+# -- building ------------------------------------------------------------------------------------------
+def build(paths: Sequence[str | Path], settings: ReportSettings | None = None) -> Leaderboard:
+    """Collect the runs under ``paths`` and compute every table of the report."""
+    settings = settings or ReportSettings()
+    runs, incomplete = find_runs(paths)
+    sections = group_runs(runs, settings.ignore)
+    boards = [_section_board(s, settings) for s in sections]
+    present = {g.model for s in sections for g in s.groups}
+    missing = [m for m in (settings.models or []) if m not in present]
+    return Leaderboard(settings, boards, incomplete, missing)
+
+
+def _order(groups: list[Group], settings: ReportSettings) -> list[Group]:
+    order = list(settings.models or [])
+    if settings.base and settings.base not in order:
+        order.insert(0, settings.base)
+
+    def key(g: Group) -> tuple:
+        idx = order.index(g.model) if g.model in order else len(order)
+        return idx, g.label
+
+    return sorted(groups, key=key)
+
+
+def _tasks(groups: list[Group], settings: ReportSettings) -> list[str]:
+    found: dict[str, None] = {}
+    for g in groups:
+        for r in g.runs:
+            for t in r.results["metrics"].get(settings.split, {}):
+                found[t] = None
+    if settings.tasks:
+        unknown = [t for t in settings.tasks if t not in found]
+        if unknown:
+            raise ConfigError(f"report tasks {unknown} are not in the runs; their tasks are {list(found)}")
+        return list(settings.tasks)
+    return list(found)
+
+
+def _scenarios(groups: list[Group], split: str, metric: str) -> list[str]:
+    prefix = f"{metric}@scenario="
+    found: set[str] = set()
+    for g in groups:
+        for r in g.runs:
+            for vals in r.results["metrics"].get(split, {}).values():
+                found.update(k[len(prefix):] for k in vals if k.startswith(prefix))
+    return sorted(found, key=lambda s: (0, int(s)) if s.lstrip("-").isdigit() else (1, s))
+
+
+def _has(groups: list[Group], split: str, task: str, metric: str) -> bool:
+    return any(g.values(split, task, metric) for g in groups)
+
+
+def _section_board(section: Section, settings: ReportSettings) -> SectionBoard:
+    multi_weighting = weighting_varies(section.groups)
+    for g in section.groups:
+        g.label = group_label(g, multi_weighting, settings.model_labels)
+    groups = _order(section.groups, settings)
+    tasks = _tasks(groups, settings)
+    tl = settings.task_labels
+
+    base = _base_group(groups, settings.base)
+    tables = []
+    main = [Column(t, m, f"{tl.get(t, t)} {metric_name(m)}") for t in tasks for m in settings.metrics
+            if _has(groups, settings.split, t, m)]
+    if main:
+        tables.append(_table("Overall", main, groups, base, settings, show_relaimpr=base is not None))
+    for sm in settings.scenario_metrics:
+        scen = _scenarios(groups, settings.split, sm)
+        cols = [Column(t, f"{sm}@scenario={s}", f"{tl.get(t, t)} #{s}") for t in tasks for s in scen
+                if _has(groups, settings.split, t, f"{sm}@scenario={s}")]
+        if cols:
+            tables.append(_table(f"Per scenario: {metric_name(sm)}", cols, groups, base, settings, False))
+    rows = tables[0].rows if tables else [Row(g, g.label, []) for g in groups]
+    speed = {}
+    params = {}
+    for g in groups:
+        sps = [r.results.get("train", {}).get("samples_per_second") for r in g.runs]
+        sps = [s for s in sps if s is not None]
+        speed[g.label] = sum(sps) / len(sps) if sps else None
+        params[g.label] = g.runs[0].results.get("params")
+    return SectionBoard(section, base.label if base else None, tables, rows, speed, params)
+
+
+def _base_group(groups: list[Group], base: str | None) -> Group | None:
+    if not base:
+        return None
+    matches = [g for g in groups if g.model == base or g.label == base]
+    return matches[0] if matches else None
+
+
+def _table(title: str, columns: list[Column], groups: list[Group], base: Group | None,
+           settings: ReportSettings, show_relaimpr: bool) -> Table:
+    split = settings.split
+    rows = [Row(g, g.label, []) for g in groups]
+    comparisons = []
+    for col in columns:
+        values = [g.values(split, col.task, col.metric) for g in groups]
+        cells = [Cell(*stats.mean_std(list(v.values()))) for v in values]
+        higher = stats.higher_is_better(col.metric)
+        for cell, rank in zip(cells, stats.ranks([c.mean for c in cells], higher)):
+            cell.rank = rank
+        if base is not None:
+            b = cells[groups.index(base)].mean
+            for g, cell in zip(groups, cells):
+                if g is not base and not cell.empty:
+                    cell.relaimpr = stats.relaimpr(col.metric, cell.mean, b)
+        comp = _compare(col, groups, cells, values, settings)
+        if comp is not None:
+            comparisons.append(comp)
+        for row, cell in zip(rows, cells):
+            row.cells.append(cell)
+    return Table(title, columns, rows, show_relaimpr, comparisons)
+
+
+def _compare(col: Column, groups: list[Group], cells: list[Cell], values: list[dict[int, float]],
+             settings: ReportSettings) -> Comparison | None:
+    """Test the best model (or the configured candidate) against the best of the other models."""
+    higher = stats.higher_is_better(col.metric)
+    scored = [i for i, c in enumerate(cells) if not c.empty]
+    if len(scored) < 2:
+        return None
+    sign = 1.0 if higher else -1.0
+    cand = [i for i in scored if settings.candidate in (groups[i].model, groups[i].label)]
+    best = cand[0] if cand else max(scored, key=lambda i: sign * cells[i].mean)
+    others = [i for i in scored if i != best]
+    baseline = max(others, key=lambda i: sign * cells[i].mean)
+    result = stats.significance(values[best], values[baseline], settings.test)
+    better = sign * (cells[best].mean - cells[baseline].mean) > 0
+    cells[best].p = result.p
+    if better:
+        cells[best].mark = result.mark
+    return Comparison(col, groups[best].label, groups[baseline].label, result)
+
+
+# -- formatting ----------------------------------------------------------------------------------------
+def fmt_value(c: Cell, seeds: int) -> str:
+    if c.empty:
+        return "n/a"
+    text = f"{c.mean:.4f}" if c.n == 1 else f"{c.mean:.4f} ± {c.std:.4f}"
+    if c.n < seeds:
+        text += f" (n={c.n})"
+    return text
+
+
+def fmt_relaimpr(c: Cell, is_base: bool) -> str:
+    if is_base:
+        return "-"
+    return "n/a" if c.relaimpr is None else f"{c.relaimpr:.2f}%"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None or not math.isfinite(p):
+        return "-"
+    return f"{p:.2g}" if p < 1e-3 else f"{p:.4f}"
+
+
+def fmt_speed(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def fmt_params(v: int | None) -> str:
+    return "n/a" if v is None else f"{v:,}"
+
+
+def legend(settings: ReportSettings, markup: str = "md") -> str:
+    test = stats.TESTS[settings.test]
+    best, second = ("**best**", "<u>second</u>") if markup == "md" else ("best in bold", "second underlined")
+    star = "\\*" if markup == "md" else "*"
+    parts = [f"Split: {settings.split}; cells are mean ± std over seeds (sample std)",
+             f"{best}, {second} per column",
+             f"significance of the best model against the best baseline per column: {test} over seeds, "
+             f"{star} p < 0.05, {star}{star} p < 0.01 "
+             f"(no test with fewer than {stats.MIN_SEEDS_FOR_TEST} seeds)"]
+    if settings.base:
+        parts.insert(2, f"RelaImpr against {settings.model_labels.get(settings.base, settings.base)}: "
+                        "STAN Eq. 15 for AUC-type metrics (relative to 0.5), Eq. 16 for NDCG")
+    return "; ".join(parts) + "."
+
+
+def to_markdown(board: Leaderboard) -> str:
+    s = board.settings
+    out = [f"# {s.title}", "", legend(s), ""]
+    if not board.sections:
+        out += ["(no complete runs)", ""]
+    for sb in board.sections:
+        out += [f"## {sb.section.title}", ""]
+        for table in sb.tables:
+            out += [f"### {table.title}", ""]
+            out += _md_table(sb, table, with_extra=table is sb.tables[0])
+            out.append("")
+        comps = [(t, c) for t in sb.tables for c in t.comparisons]
+        if comps:
+            out += ["### Significance", "", "| column | best | best baseline | test | seeds | p-value | |",
+                    "|---|---|---|---|---:|---:|---|"]
+            for _, c in comps:
+                r = c.result
+                out.append(f"| {c.column.header} | {c.best} | {c.baseline} | {stats.TESTS[r.test]} | {r.n} | "
+                           f"{fmt_p(r.p)} | {_md_escape(r.mark) or r.note} |")
+            out.append("")
+    if board.missing_models:
+        out += [f"Models of this experiment without complete runs here (not available yet, or not run): "
+                f"{', '.join(board.missing_models)}.", ""]
+    if board.incomplete:
+        out += ["Incomplete runs (no results.json; listed, not counted):", ""]
+        out += [f"- `{p}`" for p in board.incomplete]
+        out.append("")
+    return "\n".join(out)
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("*", "\\*")
+
+
+def _md_cell(c: Cell, text: str) -> str:
+    if c.rank == 1:
+        text = f"**{text}**"
+    elif c.rank == 2:
+        text = f"<u>{text}</u>"
+    return text + _md_escape(c.mark)
+
+
+def _md_table(sb: SectionBoard, table: Table, with_extra: bool) -> list[str]:
+    head = ["model", "seeds"]
+    align = ["---", "---:"]
+    for col in table.columns:
+        head.append(col.header)
+        align.append("---:")
+        if table.show_relaimpr:
+            head.append("RelaImpr")
+            align.append("---:")
+    if with_extra:
+        head += ["train samples/s", "params"]
+        align += ["---:", "---:"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    for row in table.rows:
+        seeds = len(row.group.runs)
+        cells = [row.label, str(seeds)]
+        for cell in row.cells:
+            cells.append(_md_cell(cell, fmt_value(cell, seeds)))
+            if table.show_relaimpr:
+                cells.append(fmt_relaimpr(cell, row.label == sb.base_label))
+        if with_extra:
+            cells += [fmt_speed(sb.speed[row.label]), fmt_params(sb.params[row.label])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+CSV_FIELDS = ["dataset", "section", "table", "label", "model", "weighting", "variant", "task", "metric",
+              "seeds", "n", "mean", "std", "relaimpr_pct", "rank", "test", "compared_with", "p_value",
+              "mark", "note", "params", "train_samples_per_second"]
+
+
+def to_csv(board: Leaderboard) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for sb in board.sections:
+        for table in sb.tables:
+            comps = {c.column.header: c for c in table.comparisons}
+            for row in table.rows:
+                g = row.group
+                for col, cell in zip(table.columns, row.cells):
+                    comp = comps.get(col.header)
+                    tested = comp is not None and comp.best == row.label
+                    w.writerow({
+                        "dataset": g.dataset, "section": sb.section.title, "table": table.title,
+                        "label": row.label, "model": g.model, "weighting": g.weighting,
+                        "variant": json.dumps(g.variant, sort_keys=True) if g.variant else "",
+                        "task": col.task, "metric": col.metric, "seeds": " ".join(map(str, g.seeds)),
+                        "n": cell.n, "mean": _num(cell.mean), "std": _num(cell.std),
+                        "relaimpr_pct": _num(cell.relaimpr), "rank": cell.rank or "",
+                        "test": comp.result.test if tested else "",
+                        "compared_with": comp.baseline if tested else "",
+                        "p_value": _num(comp.result.p) if tested else "",
+                        "mark": cell.mark, "note": comp.result.note if tested else "",
+                        "params": sb.params[row.label] if sb.params[row.label] is not None else "",
+                        "train_samples_per_second": _num(sb.speed[row.label]),
+                    })
+    return buf.getvalue()
+
+
+def _num(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return repr(float(v))
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(text: str) -> str:
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: _TEX_ESCAPES[m.group()], text)
+
+
+def _tex_cell(c: Cell, seeds: int) -> str:
+    if c.empty:
+        return "n/a"
+    body = f"{c.mean:.4f}" if c.n == 1 else f"{c.mean:.4f} \\pm {c.std:.4f}"
+    if c.rank == 1:
+        text = f"$\\mathbf{{{body}}}$"
+    elif c.rank == 2:
+        text = f"\\underline{{${body}$}}"
+    else:
+        text = f"${body}$"
+    if c.mark:
+        text += f"$^{{{c.mark}}}$"
+    if c.n < seeds:
+        text += f" ($n={c.n}$)"
+    return text
+
+
+def to_latex(board: Leaderboard) -> str:
+    """One booktabs table per section and table (needs ``\\usepackage{booktabs}``)."""
+    s = board.settings
+    out = [f"% {s.title}: generated by mtlbench-report. Needs \\usepackage{{booktabs}}.",
+           f"% {legend(s, 'tex')}"]
+    for sb in board.sections:
+        for table in sb.tables:
+            extra = table is sb.tables[0]
+            ncols = len(table.columns) * (2 if table.show_relaimpr else 1) + (2 if extra else 0)
+            head = ["Model", "Seeds"]
+            for col in table.columns:
+                head.append(tex_escape(col.header))
+                if table.show_relaimpr:
+                    head.append("RelaImpr")
+            if extra:
+                head += ["Samples/s", "Params"]
+            caption = (f"{tex_escape(s.title)}: {tex_escape(sb.section.title)}, {tex_escape(table.title)} "
+                       f"({s.split}). Mean $\\pm$ std over seeds; best in bold, second underlined; "
+                       f"$^{{*}}$ p $<$ 0.05, $^{{**}}$ p $<$ 0.01 ({stats.TESTS[s.test]} of the best model "
+                       f"against the best baseline).")
+            out += ["", "\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{caption}}}",
+                    f"\\begin{{tabular}}{{lr{'r' * ncols}}}", "\\toprule", " & ".join(head) + " \\\\",
+                    "\\midrule"]
+            for row in table.rows:
+                seeds = len(row.group.runs)
+                cells = [tex_escape(row.label), str(seeds)]
+                for cell in row.cells:
+                    cells.append(_tex_cell(cell, seeds))
+                    if table.show_relaimpr:
+                        cells.append(tex_escape(fmt_relaimpr(cell, row.label == sb.base_label)))
+                if extra:
+                    cells += [fmt_speed(sb.speed[row.label]).replace(",", "{,}"),
+                              fmt_params(sb.params[row.label]).replace(",", "{,}")]
+                out.append(" & ".join(cells) + " \\\\")
+            out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+def write_report(paths: Sequence[str | Path], out: str | Path, settings: ReportSettings | None = None,
+                 html: bool = True) -> Leaderboard:
+    """Write leaderboard.{md,csv,tex,html} for the runs under ``paths`` into ``out``."""
+    board = build(paths, settings)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "leaderboard.md").write_text(to_markdown(board))
+    (out / "leaderboard.csv").write_text(to_csv(board))
+    (out / "leaderboard.tex").write_text(to_latex(board))
+    if html:
+        from mtlbench.report.html import to_html
+
+        (out / "leaderboard.html").write_text(to_html(board))
+    return board
+
+
+NULLABLE = ("base", "candidate", "tasks", "models")
+
+
+def settings_from(**kwargs: Any) -> ReportSettings:
+    """ReportSettings from config values (lists/dicts may be OmegaConf containers; None keeps a default)."""
+    from omegaconf import OmegaConf
+
+    clean = {}
+    for k, v in kwargs.items():
+        if OmegaConf.is_config(v):
+            v = OmegaConf.to_container(v, resolve=True)
+        if v is not None or k in NULLABLE:
+            clean[k] = v
+    unknown = set(clean) - set(ReportSettings.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown report setting(s) {sorted(unknown)}; known: "
+                          f"{sorted(ReportSettings.__dataclass_fields__)}")
+    for k in ("base", "candidate"):
+        if clean.get(k) in ("none", "null", ""):
+            clean[k] = None
+    return ReportSettings(**clean)
