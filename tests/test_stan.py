@@ -405,7 +405,7 @@ def run_ok(args, tmp_path, name):
 
 @pytest.mark.slow
 def test_stan_trains_from_the_cli_and_writes_the_stage_analysis(tmp_path):
-    out, res = run_ok(["model=stan", "weighting=stan_stage", "model.stage_analysis.tsne_users=200"], tmp_path, "stan")
+    out, res = run_ok(["model=stan", "model.stage_analysis.tsne_users=200"], tmp_path, "stan")
     assert (res["model"], res["weighting"]) == ("stan", "stan_stage")
     for t in ("click", "long_view", "purchase"):
         assert 0.5 < res["metrics"]["test"][t]["auc"] < 1.0
@@ -428,7 +428,7 @@ def test_stan_trains_from_the_cli_and_writes_the_stage_analysis(tmp_path):
 
 @pytest.mark.slow
 def test_stan_wo_beta_and_ple_stage_train_from_the_cli(tmp_path):
-    out, res = run_ok(["model=stan_wo_beta", "weighting=stan_wo_beta", "model.stage_analysis.tsne_users=0"],
+    out, res = run_ok(["model=stan_wo_beta", "model.stage_analysis.tsne_users=0"],
                       tmp_path, "wo")
     assert (res["model"], res["weighting"]) == ("stan_wo_beta", "stan_wo_beta") and "stage_analysis" in res
     users = pq.read_table(out / "user_stages.parquet").to_pydict()
@@ -444,3 +444,12 @@ def test_stan_weighting_with_another_model_is_one_clear_line(tmp_path):
     assert proc.returncode != 0
     assert "model=stan" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "bad" / "results.json").exists()
+
+
+def test_model_configs_select_their_weighting_and_the_command_line_wins():
+    assert compose_cfg(["model=stan"]).weighting.name == "stan_stage"
+    assert compose_cfg(["model=stan_wo_beta"]).weighting.name == "stan_wo_beta"
+    assert compose_cfg(["model=stan", "weighting=equal"]).weighting.name == "equal"
+    assert compose_cfg(["model=ple"]).weighting.name == "equal"
+    cfg = compose_cfg(["model=stan", "+derived.stan_pseudo_label.prior=0.5"])
+    assert cfg.derived.stan_pseudo_label.prior == 0.5 and cfg.weighting.reset_each_epoch is True

@@ -66,7 +66,7 @@ def test_two_gloo_processes_end_with_identical_state_equal_to_the_union(tmp_path
 @pytest.mark.slow
 def test_stan_trains_with_lightning_ddp_on_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
-    proc = run_cli([*TINY, "model=stan", "weighting=stan_stage", "trainer=ddp", "trainer.devices=2",
+    proc = run_cli([*TINY, "model=stan", "trainer=ddp", "trainer.devices=2",
                     "model.stage_analysis.tsne_users=0", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
