@@ -107,7 +107,7 @@ def test_the_command_runs_as_a_module_and_exits_2_on_bad_data(tmp_path):
     bad = write_csv(tmp_path / "bad.csv", ALI_HEADER, [[3, 0, 7, 100, 1, 0.5]])
     proc = subprocess.run([sys.executable, "-m", "mtlbench.cli.data", "describe", "ali_ccp", f"path={bad}",
                            f"cache_dir={tmp_path / 'cache'}"], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"), cwd=tmp_path)  # the installed package
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.csv: line 2: label column 'click' has value 3" in lines[0]

@@ -28,11 +28,11 @@ def env_with(path):
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(path), os.environ.get("PYTHONPATH", "")]))
 
 
-def test_plugin_model_is_listed_only_when_installed(plugin_path):
+def test_plugin_model_is_listed_only_when_installed(plugin_path, tmp_path):
     code = "import mtlbench; print(mtlbench.list_models('example*'))"
     with_plugin = subprocess.run([sys.executable, "-c", code], env=env_with(plugin_path), capture_output=True,
-                                 text=True)
-    without = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+                                 text=True, cwd=tmp_path)  # cwd: import the installed package, not the checkout
+    without = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert with_plugin.stdout.strip() == "['example_gated']", with_plugin.stderr
     assert without.stdout.strip() == "[]"
 

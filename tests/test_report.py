@@ -315,7 +315,7 @@ def test_cli_writes_all_files_and_fails_in_one_line(three_models, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "mtlbench.cli.report", str(three_models), "--out", str(out), "--metrics",
            "auc", "--label", "single_task=MLP_Single", "--test", "mannwhitney", "--quiet"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.tex", "leaderboard.html"):
         assert (out / name).stat().st_size > 0, name
@@ -323,6 +323,6 @@ def test_cli_writes_all_files_and_fails_in_one_line(three_models, tmp_path):
     assert "| MLP_Single | 3 |" in md and "Mann-Whitney U test" in md
     assert "9 complete run(s), 1 incomplete" in proc.stderr
     bad = subprocess.run([sys.executable, "-m", "mtlbench.cli.report", str(tmp_path / "nope"), "--out",
-                          str(out)], capture_output=True, text=True, timeout=120)
+                          str(out)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert bad.stderr.startswith("mtlbench-report: error:") and "nope" in bad.stderr
