@@ -15,6 +15,7 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-6
     weight_decay: float = 0.0
+    fused: bool | None = None  # None: the fused Adam/AdamW kernel (same maths, one kernel for all parameters)
 
 
 @dataclass

@@ -62,3 +62,12 @@ def test_gpu_trainer_runs_a_step(tmp_path):
 
     proc = run_cli([*TINY, "trainer=gpu", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_every_config_file_ships_in_the_installed_package():
+    from importlib.resources import files
+
+    packaged = files("mtlbench.configs")
+    for path in (REPO / "configs").rglob("*.yaml"):
+        rel = path.relative_to(REPO / "configs")
+        assert packaged.joinpath(*rel.parts).is_file(), f"{rel} is missing from the package data (pyproject.toml)"
