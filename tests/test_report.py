@@ -326,3 +326,19 @@ def test_cli_writes_all_files_and_fails_in_one_line(three_models, tmp_path):
                           str(out)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert bad.stderr.startswith("mtlbench-report: error:") and "nope" in bad.stderr
+
+
+def test_terminal_summary_keeps_different_hyper_parameters_apart():
+    from mtlbench.report.summary import mean_std_table
+
+    def run(lr, seed, auc):
+        cfg = {"seed": seed, "model": {"name": "mmoe"}, "optimizer": {"lr": lr}, "dataset": {"name": "d"},
+               "weighting": {"name": "equal"}}
+        return {"dataset": "d", "model": "mmoe", "weighting": "equal", "seed": seed, "config": cfg,
+                "metrics": {"test": {"click": {"auc": auc}}}}
+
+    table = mean_std_table([run(1e-3, 0, .7), run(1e-3, 1, .72), run(1e-2, 0, .6), run(1e-2, 1, .62)],
+                           metrics=("auc",))
+    rows = [line for line in table.splitlines() if line.startswith("| d | mmoe")]
+    assert len(rows) == 2  # not one row of "4 seeds"
+    assert "optimizer.lr=0.001 | 2 | 0.7100" in table and "optimizer.lr=0.01 | 2 | 0.6100" in table
