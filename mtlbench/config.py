@@ -16,6 +16,7 @@ class OptimizerConfig:
     eps: float = 1e-6
     weight_decay: float = 0.0
     fused: bool | None = None  # None: the fused Adam/AdamW kernel (same maths, one kernel for all parameters)
+    sparse_embeddings: bool = False  # row-sparse embedding gradients + lazy Adam on the rows a batch touches
 
 
 @dataclass
@@ -43,6 +44,7 @@ class RunConfig:
     tasks: list[str] | None = None  # train and evaluate only these tasks of the dataset
     hash_buckets: Any = None  # int, or {field: buckets}: hash large id vocabularies into fixed tables
     threads: int | None = None
+    embedding_init_std: float | None = None  # normal init of every embedding table; None = the model's own
     predictions: bool = True
     resume: bool = False
     print_summary: bool = True

@@ -14,11 +14,12 @@ DATA = ["dataset.n_rows=12001", "dataset.n_users=400", "dataset.n_items=300", "t
         "batch_size=512", "trainer.enable_progress_bar=false", "logger=csv", "model=mmoe"]
 
 
-def test_two_processes_match_one_process_and_see_every_row_once(tmp_path):
+@pytest.mark.parametrize("optimizer", [[], ["optimizer.sparse_embeddings=true"]], ids=["dense", "sparse_embeddings"])
+def test_two_processes_match_one_process_and_see_every_row_once(tmp_path, optimizer):
     runs = {}
     for name, extra in (("single", []), ("ddp", ["trainer=ddp", "trainer.devices=2"])):
         out = tmp_path / name
-        proc = run_cli([*DATA, *extra, f"hydra.run.dir={out}"], cwd=tmp_path)
+        proc = run_cli([*DATA, *optimizer, *extra, f"hydra.run.dir={out}"], cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = (out, json.loads((out / "results.json").read_text()))
     (single_dir, single), (ddp_dir, ddp) = runs["single"], runs["ddp"]

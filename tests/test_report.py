@@ -156,6 +156,17 @@ def test_runs_are_grouped_by_everything_but_the_seed(tmp_path):
     assert [g.label for g in sections[1].groups] == ["ple"]
 
 
+def test_runs_are_listed_in_launch_order(tmp_path):
+    """Hydra numbers its jobs 0, 1, ..., 10, 11: job 10 comes after job 2, not after job 1."""
+    t = {"click": {"auc": 0.7}}
+    for job, model in enumerate(["single_task", "single_task", "mmoe", "mmoe", "mmoe", "mmoe", "mmoe", "mmoe",
+                                 "mmoe", "mmoe", "ple", "ple"]):
+        make_run(tmp_path / f"{job}_{model}", model, job, t)
+    runs, _ = find_runs([tmp_path])
+    assert [r.path.parent.name for r in runs][-4:] == ["8_mmoe", "9_mmoe", "10_ple", "11_ple"]
+    assert [g.label for g in group_runs(runs)[0].groups] == ["single_task", "mmoe", "ple"]
+
+
 def test_weighting_is_named_only_when_a_model_has_several(tmp_path):
     t = {"click": {"auc": 0.7}}
     make_run(tmp_path, "mmoe", 0, t)

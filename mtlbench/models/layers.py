@@ -105,6 +105,18 @@ class FeatureEmbedding(nn.Module):
         return torch.cat([x, batch["numeric"].to(x.dtype)], dim=1) if self.num_numeric else x
 
 
+def init_embeddings(model: nn.Module, std: float) -> int:
+    """Re-initialise every embedding table of ``model`` from N(0, std²); returns how many tables.
+
+    One init for all models keeps comparisons fair; recommender libraries commonly use std 1e-4
+    (DeepCTR-Torch, FuxiCTR), while :class:`FeatureEmbedding` defaults to 1/sqrt(dim).
+    """
+    tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    for m in tables:
+        nn.init.normal_(m.weight, std=std)
+    return len(tables)
+
+
 class ExpertGroup(nn.Module):
     """``n`` independent MLP experts on the same input, computed together with batched matmuls.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -147,6 +148,11 @@ def _run_dirs(root: Path) -> Iterable[Path]:
                 yield p.parent
 
 
+def _natural_key(path: Path) -> list[tuple[int, int | str]]:
+    """Sort key that puts Hydra's job ``2_*`` before ``10_*`` (launch order), digits compared as numbers."""
+    return [(0, int(tok)) if tok.isdigit() else (1, tok) for tok in re.split(r"(\d+)", str(path)) if tok]
+
+
 def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
     """Complete runs and incomplete run directories under ``paths`` (run or sweep directories)."""
     runs, incomplete = [], []
@@ -157,7 +163,7 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
             raise ConfigError(f"run or sweep directory {str(p)!r} does not exist")
         for d in _run_dirs(p):
             dirs[d.resolve()] = None
-    for d in sorted(dirs):
+    for d in sorted(dirs, key=_natural_key):
         res = d / RESULTS_FILE
         if not res.exists():
             incomplete.append(d)

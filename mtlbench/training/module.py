@@ -17,6 +17,7 @@ from mtlbench.errors import ConfigError, TrainingError
 from mtlbench.metrics import AUC, GAUC, NDCG, LogLoss
 from mtlbench.metrics.scenario import ScenarioMetrics
 from mtlbench.models.base import ModelOutput, as_output
+from mtlbench.training.optim import build_optimizer, use_sparse_embeddings
 from mtlbench.weighting.base import WeightingStrategy, task_means
 
 EVAL_SPLITS = ("valid", "test")
@@ -73,6 +74,11 @@ class MultiTaskModule(pl.LightningModule):
         self.schema = schema
         self.tasks = list(schema.tasks)
         self.optimizer_cfg = dict(optimizer or {})
+        if self.optimizer_cfg.get("sparse_embeddings"):
+            if weighting.gradient_based:
+                raise ConfigError(f"weighting {type(weighting).__name__} needs dense gradients of the shared "
+                                  "parameters; run it with optimizer.sparse_embeddings=false")
+            use_sparse_embeddings(model)
         self.ndcg_k = tuple(int(k) for k in ndcg_k)
         self.monitor_metric = monitor_metric
         known = sorted(set(task_metrics(schema, self.ndcg_k)) - {"scenarios"})
@@ -161,19 +167,7 @@ class MultiTaskModule(pl.LightningModule):
         self.weighting.on_train_epoch_end(self.current_epoch)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        cfg = dict(self.optimizer_cfg)
-        name = cfg.pop("name", "adam")
-        classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-                   "adagrad": torch.optim.Adagrad}
-        if name not in classes:
-            raise ConfigError(f"unknown optimizer {name!r}; known: {', '.join(classes)}")
-        if "betas" in cfg:
-            cfg["betas"] = tuple(cfg["betas"])
-        if cfg.get("fused") is None:
-            cfg.pop("fused", None)
-            if name in ("adam", "adamw"):  # one fused kernel: ~4 ms instead of 23-39 ms per step (benchmarks/peers.py)
-                cfg["fused"] = True
-        return classes[name](self.parameters(), **cfg)
+        return build_optimizer(self.parameters(), self.optimizer_cfg)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the global torch RNG drives sampling inside some weightings (e.g. STAN's Beta draws)

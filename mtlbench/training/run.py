@@ -19,6 +19,7 @@ import mtlbench
 from mtlbench.data.datamodule import MultiTaskDataModule
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import ConfigError
+from mtlbench.models.layers import init_embeddings
 from mtlbench.registry import MODELS, WEIGHTINGS
 from mtlbench.training.module import MultiTaskModule
 from mtlbench.training.results import PREDICTIONS_FILE, RESULTS_FILE, write_json, write_parquet
@@ -75,6 +76,10 @@ def build_components(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskMod
     schema = dm.load()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = create_model(model_cfg.pop("name"), schema, **model_cfg)
+    if cfg.get("embedding_init_std") is not None:
+        if not cfg.embedding_init_std > 0:
+            raise ConfigError(f"embedding_init_std must be > 0, got {cfg.embedding_init_std}")
+        init_embeddings(model, float(cfg.embedding_init_std))
     weighting = create_weighting(weighting_cfg.pop("name"), schema.tasks, **weighting_cfg)
     module = MultiTaskModule(model, weighting, schema, optimizer=_plain(cfg.optimizer),
                              ndcg_k=tuple(cfg.ndcg_k), monitor_metric=cfg.monitor)

@@ -37,6 +37,7 @@ class WeightingStrategy(nn.Module):
     """
 
     required_inputs: tuple[str, ...] = ()
+    gradient_based = False  # takes per-task gradients of the shared parameters (these must be dense)
 
     def __init__(self, tasks: list[str]) -> None:
         super().__init__()

@@ -72,6 +72,8 @@ def task_gradients(task_losses: Tensor, params: list[nn.Parameter]) -> list[tupl
 
 @register_weighting("gradnorm")
 class GradNorm(WeightingStrategy):
+    gradient_based = True
+
     def __init__(self, tasks: list[str], alpha: float = 1.5, layer: str | None = None) -> None:
         super().__init__(tasks)
         self.alpha = float(alpha)

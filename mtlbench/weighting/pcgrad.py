@@ -41,6 +41,8 @@ def project_conflicting(grads: Tensor, orders: list[list[int]]) -> Tensor:
 
 @register_weighting("pcgrad")
 class PCGrad(WeightingStrategy):
+    gradient_based = True
+
     def __init__(self, tasks: list[str]) -> None:
         super().__init__(tasks)
         self.register_buffer("ones", torch.ones(len(tasks)), persistent=False)
