@@ -9,6 +9,7 @@ from mtlbench.data.loader import TensorBatchLoader
 from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
 from mtlbench.data.splits import make_splits, user_time_split
+from mtlbench.data.tensors import build_tensors, standardize_numeric
 from mtlbench.errors import ConfigError, DataError
 
 
@@ -120,3 +121,20 @@ def test_column_split_uses_the_datasets_own_assignment():
     assert [p.tolist() for p in parts.values()] == [list(range(i, 30, 3)) for i in range(3)]
     with pytest.raises(ConfigError, match="no column 'nope'"):
         make_splits(s, c, "column:nope")
+
+
+def test_numeric_features_are_standardized_with_training_rows_only():
+    schema = DatasetSchema("num", [Feature("u", "categorical", 4, "user"), Feature("a", "numeric", standardize=True),
+                                   Feature("b", "numeric"), Feature("c", "numeric", standardize=True)], tasks=["y"])
+    a = np.array([1.0, 2.0, 3.0, 4.0, 100.0, -50.0], dtype=np.float32)
+    cols = {"u": np.zeros(6, np.int64), "a": a, "b": a.copy(), "c": np.full(6, 7.0, np.float32),
+            "y": np.zeros(6, np.float32)}
+    train = np.array([0, 1, 2, 3])
+    tensors = build_tensors(schema, cols)
+    standardize_numeric(schema, tensors, train)
+    x = tensors["numeric"]
+    expected = (a - a[train].mean()) / a[train].std()  # valid/test rows (100, -50) don't move the scaling
+    np.testing.assert_allclose(x[:, 0].numpy(), expected, rtol=1e-6)
+    np.testing.assert_array_equal(x[:, 1].numpy(), a)  # not asked for: as given
+    np.testing.assert_array_equal(x[:, 2].numpy(), np.zeros(6))  # constant column
+    np.testing.assert_array_equal(cols["a"], [1, 2, 3, 4, 100, -50])  # the (memory-mapped) columns are untouched

@@ -60,9 +60,10 @@ class MultiTaskDataModule(pl.LightningDataModule):
             self.schema = select_tasks(self.schema, self.tasks)
         self.splits = make_splits(self.schema, self.columns, self.split_method, self.split_ratios, self.seed)
         check_not_empty(self.splits, self.split_method, self.schema)
-        from mtlbench.data.tensors import build_tensors
+        from mtlbench.data.tensors import build_tensors, standardize_numeric
 
         self.tensors = build_tensors(self.schema, self.columns)
+        standardize_numeric(self.schema, self.tensors, self.splits["train"])
         for name in self.extra_inputs:
             values = compute_derived(name, self.schema, self.columns, self.splits["train"],
                                      **self.extra_settings.get(name, {}))

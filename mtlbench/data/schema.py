@@ -20,7 +20,8 @@ class Feature:
 
     categorical: int64 ids in ``[0, vocab_size)``; numeric: float32; sequence: int64 ``[N, max_len]``
     ids in ``[0, vocab_size)`` padded with ``PAD`` (-1), sharing the embedding table of ``embedding``
-    (a categorical feature's name) when set.
+    (a categorical feature's name) when set. A numeric feature with ``standardize`` is z-scored when the
+    data is loaded, with the mean and std of the training split only (valid/test never inform the scaling).
     """
 
     name: str
@@ -29,6 +30,7 @@ class Feature:
     role: Role = "context"
     max_len: int = 0
     embedding: str | None = None
+    standardize: bool = False
 
 
 @dataclass

@@ -14,6 +14,18 @@ def _t(a: np.ndarray, dtype: torch.dtype) -> Tensor:
     return torch.from_numpy(np.array(a, copy=True, order="C")).to(dtype)
 
 
+def standardize_numeric(schema: DatasetSchema, tensors: dict[str, Tensor], train_rows: np.ndarray) -> None:
+    """z-score, in place, the ``numeric`` columns whose feature asks for it, with training-split statistics."""
+    cols = [j for j, f in enumerate(schema.numeric) if f.standardize]
+    if not cols or len(train_rows) == 0:
+        return
+    x = tensors["numeric"]
+    train = x[torch.from_numpy(np.asarray(train_rows))][:, cols].double()
+    mean, std = train.mean(0), train.std(0, unbiased=False)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant column becomes 0
+    x[:, cols] = ((x[:, cols].double() - mean) / std).float()
+
+
 def build_tensors(schema: DatasetSchema, columns: dict[str, np.ndarray]) -> dict[str, Tensor]:
     """Batch layout shared by every model.
 

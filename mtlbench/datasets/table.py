@@ -36,17 +36,18 @@ class TableDataset(DatasetSource):
     """A single file whose columns are named in the config.
 
     ``categorical`` maps column -> {vocab_size, role}; a vocab_size of 0 means "max id + 1 in the file".
-    Labels must be 0/1 (or empty/NaN for "no label").
+    Labels must be 0/1 (or empty/NaN for "no label"). With ``standardize`` the numeric columns are z-scored
+    with the training split's mean and std when the data is loaded.
     """
 
     def __init__(self, path: str, tasks: list[str], categorical: dict[str, Any] | None = None,
                  numeric: list[str] | None = None, user_field: str | None = None, item_field: str | None = None,
                  scenario_field: str | None = None, time_field: str | None = None,
-                 session_field: str | None = None, format: str = "auto") -> None:
+                 session_field: str | None = None, format: str = "auto", standardize: bool = False) -> None:
         super().__init__(path=path, tasks=list(tasks), categorical=dict(categorical or {}),
                          numeric=list(numeric or []), user_field=user_field, item_field=item_field,
                          scenario_field=scenario_field, time_field=time_field, session_field=session_field,
-                         format=format)
+                         format=format, standardize=bool(standardize))
 
     def build(self) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
         s = self.settings
@@ -72,7 +73,7 @@ class TableDataset(DatasetSource):
             columns[name] = values
         for name in s["numeric"]:
             columns[name] = table.column(name).cast(pa.float32()).to_numpy(zero_copy_only=False)
-            features.append(Feature(name, "numeric"))
+            features.append(Feature(name, "numeric", standardize=s["standardize"]))
         for t in s["tasks"]:
             try:
                 columns[t] = table.column(t).cast(pa.float32()).fill_null(np.nan).to_numpy(zero_copy_only=False)
