@@ -334,7 +334,7 @@ def test_ali_ccp_funnel_labels_files_and_headerless_files(tmp_path):
     write_csv(folder / "train.csv", ALI_HEADER, ali_rows())
     write_csv(folder / "test.csv", None, [[0, 0, 9, 100, 2, 0.5], [1, 0, 7, 103, 3, 0.5]])  # no header line
     schema, c = AliCCP(path=str(folder)).build()
-    assert schema.tasks == ["ctr", "cvr", "ctcvr"]
+    assert schema.tasks == ["ctr", "cvr", "ctcvr"] and schema.conditional_tasks == {"cvr": "ctr"}
     # test.csv sorts first among the files
     assert c["ctr"].tolist() == [0, 1, 1, 1, 0, 0]
     np.testing.assert_array_equal(c["cvr"], [np.nan, 0, 1, 0, np.nan, np.nan])

@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import mtlbench
-from mtlbench.data.schema import DatasetSchema, Feature
+from mtlbench.data.schema import DatasetSchema, Feature, select_tasks
 from mtlbench.data.tensors import build_tensors
 from mtlbench.errors import ConfigError
 from mtlbench.models.aem2tl import PersonalizedTower, ScenarioCGC
@@ -81,6 +82,21 @@ def test_bad_settings_are_one_line_config_errors(name, kwargs, words):
     assert "\n" not in str(err.value)
     for w in words:
         assert w in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["esmm", "aem2tl"])
+def test_entire_space_models_refuse_a_click_conditional_conversion_label(name):
+    """A CVR label that exists only on clicked rows is the biased label ESMM replaces: refused, not trained."""
+    schema, _ = tiny()
+    schema = replace(schema, tasks=["click", "cvr", "purchase"], conditional_tasks={"cvr": "click"})
+    with pytest.raises(ConfigError, match=r"cvr_task='cvr' is labelled only where 'click' is positive.*"
+                                          r"entire-space tasks of this dataset: \['purchase'\]"):
+        mtlbench.create_model(name, schema, embedding_dim=4, cvr_task="cvr")
+    narrowed = select_tasks(schema, ["click", "cvr"])  # the default cvr_task (the last task) is conditional
+    assert narrowed.conditional_tasks == {"cvr": "click"}
+    with pytest.raises(ConfigError, match="labelled only where"):
+        mtlbench.create_model(name, narrowed, embedding_dim=4)
+    assert select_tasks(schema, ["click", "purchase"]).conditional_tasks == {}
 
 
 def test_aem2tl_without_a_scenario_field_names_the_missing_field():

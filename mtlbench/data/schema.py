@@ -38,7 +38,8 @@ class DatasetSchema:
     """Columns of a prepared dataset and their meaning.
 
     Labels are float32 columns named after the tasks, with values 0, 1 or NaN (NaN = no label, e.g.
-    a conversion label outside the clicked space). ``analysis_fields`` are for evaluation and
+    a conversion label outside the clicked space). ``conditional_tasks`` names such tasks and the task on
+    whose positive rows they are labelled (``{"cvr": "ctr"}``). ``analysis_fields`` are for evaluation and
     reporting only and never reach a model.
     """
 
@@ -51,6 +52,7 @@ class DatasetSchema:
     time_field: str | None = None
     session_field: str | None = None
     analysis_fields: list[str] = field(default_factory=list)
+    conditional_tasks: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.features]
@@ -66,6 +68,9 @@ class DatasetSchema:
                 raise DataError(f"dataset {self.name!r}: sequence feature {f.name!r} needs max_len > 0")
         if not self.tasks:
             raise DataError(f"dataset {self.name!r}: no tasks declared")
+        stray = [t for t in self.conditional_tasks if t not in self.tasks]
+        if stray:
+            raise DataError(f"dataset {self.name!r}: conditional_tasks names {stray}, which are not tasks")
 
     # -- views --------------------------------------------------------------------------------
     def feature(self, name: str) -> Feature:
@@ -158,4 +163,5 @@ def select_tasks(schema: DatasetSchema, tasks: list[str]) -> DatasetSchema:
     unknown = [t for t in tasks if t not in schema.tasks]
     if unknown:
         raise DataError(f"dataset {schema.name!r} has no task(s) {unknown}; its tasks are {schema.tasks}")
-    return replace(schema, tasks=list(tasks))
+    return replace(schema, tasks=list(tasks),
+                   conditional_tasks={t: c for t, c in schema.conditional_tasks.items() if t in tasks})

@@ -109,7 +109,7 @@ def check_funnel_settings(dataset: str, tasks: list[str], policy: str) -> None:
 class AliCCP(DatasetSource):
     """Ali-CCP processed CSVs; tasks CTR, CVR (clicked rows only), CTCVR; scenario field 301."""
 
-    version = "1"
+    version = "2"  # 2: the schema records that cvr is labelled on clicks only
 
     def __init__(self, path: str, pattern: str = "*.csv", tasks: tuple[str, ...] = ("ctr", "cvr", "ctcvr"),
                  scenario_field: str | None = "301", user_field: str | None = "101",
@@ -183,6 +183,7 @@ class AliCCP(DatasetSource):
                                             for raw in raws])
         schema = DatasetSchema(name="ali_ccp", features=features, tasks=list(self.tasks),
                                user_field=s["user_field"], item_field=s["item_field"],
-                               scenario_field=s["scenario_field"], analysis_fields=["split_part"])
+                               scenario_field=s["scenario_field"], analysis_fields=["split_part"],
+                               conditional_tasks={"cvr": "ctr"} if "cvr" in self.tasks else {})
         schema.validate(out, source=str(self.path))
         return schema, out

@@ -57,7 +57,7 @@ def country_of(path: Path) -> str:
 class AliExpress(DatasetSource):
     """AliExpress per-country CSVs; tasks CTR and CTCVR (CVR optional); country as the scenario."""
 
-    version = "1"
+    version = "2"  # 2: the schema records that cvr is labelled on clicks only
 
     def __init__(self, path: str, pattern: str = "*.csv", countries: tuple[str, ...] | None = None,
                  tasks: tuple[str, ...] = ("ctr", "ctcvr"), min_count: int = 1,
@@ -121,6 +121,7 @@ class AliExpress(DatasetSource):
                                             for raw in raws])
         schema = DatasetSchema(name="aliexpress", features=features, tasks=list(self.tasks),
                                scenario_field="country" if multi else None, session_field="search_session",
-                               analysis_fields=["split_part"])
+                               analysis_fields=["split_part"],
+                               conditional_tasks={"cvr": "ctr"} if "cvr" in self.tasks else {})
         schema.validate(out, source=str(self.path))
         return schema, out

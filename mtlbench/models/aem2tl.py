@@ -103,7 +103,7 @@ class AEM2TL(MultiTaskModel):
                  gate_scale: float = 2.0, ctr_task: str | None = None, cvr_task: str | None = None,
                  dropout: float = 0.0, activation: str = "relu") -> None:
         super().__init__(schema)
-        self.ctr_task, self.cvr_task = conversion_pair("aem2tl", self.tasks, ctr_task, cvr_task)
+        self.ctr_task, self.cvr_task = conversion_pair("aem2tl", schema, ctr_task, cvr_task)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
         self.prior_index = self._prior_index(schema, prior_fields)
         d = self.embedding.output_dim

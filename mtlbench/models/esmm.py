@@ -36,9 +36,14 @@ def check_task(model: str, setting: str, task: str | None, tasks: list[str], def
     return task
 
 
-def conversion_pair(model: str, tasks: list[str], ctr_task: str | None,
+def conversion_pair(model: str, schema: DatasetSchema, ctr_task: str | None,
                     cvr_task: str | None) -> tuple[str, str]:
-    """(click task, conversion task); defaults: the schema's first and last task."""
+    """(click task, conversion task); defaults: the schema's first and last task.
+
+    The conversion task must be labelled on every impression (click AND conversion): a label that exists
+    only on clicked rows is the sample-selection-biased CVR label the entire-space decomposition replaces.
+    """
+    tasks = list(schema.tasks)
     if len(tasks) < 2:
         raise ConfigError(f"model {model!r} needs a click task and a conversion task; "
                           f"the dataset has only {tasks}")
@@ -46,6 +51,12 @@ def conversion_pair(model: str, tasks: list[str], ctr_task: str | None,
     cvr = check_task(model, "cvr_task", cvr_task, tasks, tasks[-1])
     if ctr == cvr:
         raise ConfigError(f"model {model!r}: ctr_task and cvr_task are both {ctr!r}; they must differ")
+    if cvr in schema.conditional_tasks:
+        others = [t for t in tasks if t not in schema.conditional_tasks and t != ctr]
+        hint = f"; entire-space tasks of this dataset: {others}" if others else ""
+        raise ConfigError(f"model {model!r}: cvr_task={cvr!r} is labelled only where "
+                          f"{schema.conditional_tasks[cvr]!r} is positive; it needs the conversion label over "
+                          f"every impression (e.g. ctcvr){hint}")
     return ctr, cvr
 
 
@@ -96,7 +107,7 @@ class ESMM(MultiTaskModel):
                  tower: tuple[int, ...] = (360, 200, 80), ctr_task: str | None = None,
                  cvr_task: str | None = None, dropout: float = 0.0, activation: str = "relu") -> None:
         super().__init__(schema)
-        self.ctr_task, self.cvr_task = conversion_pair("esmm", self.tasks, ctr_task, cvr_task)
+        self.ctr_task, self.cvr_task = conversion_pair("esmm", schema, ctr_task, cvr_task)
         self.embedding = FeatureEmbedding(schema, embedding_dim)  # shared lookup table: feature transfer
         # one tower per task: the ctr_task tower gives pCTR, the cvr_task tower gives pCVR
         self.towers = Towers(self.tasks, self.embedding.output_dim, list(tower), dropout, activation)
