@@ -199,10 +199,21 @@ def stage_analysis(module: Any, datamodule: Any, run_dir: Path, enabled: bool = 
     if "stan_pseudo_label" in datamodule.tensors:
         reps["pseudo_label"] = datamodule.tensors["stan_pseudo_label"][rows[pick]].numpy()
     rules = rule_stage(schema, columns, datamodule.splits["train"])[rows[pick]]
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS/OpenMP thread for scikit-learn: its BLAS threads and torch's idle OpenMP threads contend for the
+    # cores (the probes took 60 s instead of 10 s on 2 cores); these problems are too small to gain from threads
+    with threadpool_limits(limits=1):
+        return _stage_report(reps, stage, rules, run_dir, seed, len(pick), tsne_users, probe, rng)
+
+
+def _stage_report(reps: dict[str, np.ndarray], stage: np.ndarray, rules: np.ndarray, run_dir: Path, seed: int,
+                  users: int, tsne_users: int, probe: bool, rng: np.random.Generator) -> dict[str, Any]:
+    """Clustering, probes and the t-SNE picture of the representations of ``users`` users."""
     from sklearn.metrics import normalized_mutual_info_score
 
     result: dict[str, Any] = {
-        "rows": "each user's last test interaction", "users": int(len(pick)), "seed": seed,
+        "rows": "each user's last test interaction", "users": int(users), "seed": seed,
         "stage_counts": {STAGE_NAMES[s] if s < len(STAGE_NAMES) else str(s): int(c)
                          for s, c in zip(*np.unique(stage, return_counts=True))},
         "majority_accuracy": float(np.bincount(stage).max() / len(stage)),
@@ -212,7 +223,7 @@ def stage_analysis(module: Any, datamodule: Any, run_dir: Path, enabled: bool = 
     }
     shown = {k: reps[k] for k in ("preference", "user_representation", "backbone") if k in reps}
     if shown and tsne_users > 0:
-        sub = np.sort(rng.choice(len(pick), min(tsne_users, len(pick)), replace=False))
+        sub = np.sort(rng.choice(users, min(tsne_users, users), replace=False))
         plot_tsne({k: v[sub] for k, v in shown.items()}, stage[sub], run_dir / TSNE_FILE, seed, TITLES)
         result["tsne"] = TSNE_FILE
     return {"stage_analysis": result}
