@@ -84,10 +84,7 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: dict[str, Any]) -> torc
         cfg.pop("fused", None)
         if name in ("adam", "adamw"):  # one fused kernel: ~4 ms instead of 23-39 ms per step (benchmarks/peers.py)
             cfg["fused"] = True
-    if not sparse:
-        return CLASSES[name](params, **cfg)
-    if name == "sgd" or name == "adagrad":  # both accept row-sparse gradients as they are
-        cfg.pop("fused", None)
+    if not sparse or name in ("sgd", "adagrad"):  # SGD and Adagrad accept row-sparse gradients as they are
         return CLASSES[name](params, **cfg)
     if cfg.get("weight_decay"):
         raise ConfigError(f"optimizer.sparse_embeddings=true with {name}: weight_decay must be 0 (a lazy update "
