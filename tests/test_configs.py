@@ -13,7 +13,9 @@ GROUPS = sorted(p.name for p in (REPO / "configs").iterdir()
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (REPO / "configs" / group).glob("*.yaml"))
+    """A group's options, protocol variants in subfolders included (``model=sfpnet_table4/mmoe``)."""
+    root = REPO / "configs" / group
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
@@ -24,7 +26,7 @@ def test_every_config_composes(group: str, option: str):
     cfg = compose_cfg(overrides)
     assert cfg.seed == 0
     if group in ("dataset", "model", "weighting", "logger"):
-        assert cfg[group].name == option
+        assert cfg[group].name == option.rsplit("/", 1)[-1]
 
 
 def test_unknown_top_level_key_is_rejected():
@@ -71,3 +73,18 @@ def test_every_config_file_ships_in_the_installed_package():
     for path in (REPO / "configs").rglob("*.yaml"):
         rel = path.relative_to(REPO / "configs")
         assert packaged.joinpath(*rel.parts).is_file(), f"{rel} is missing from the package data (pyproject.toml)"
+
+
+def test_protocol_variants_inherit_their_model_and_change_only_what_the_protocol_states():
+    base, variant = compose_cfg(["model=mmoe"]), compose_cfg(["model=sfpnet_table4/mmoe"])
+    assert variant.model.per == "scenario" and base.model.per == "task"
+    assert {k: v for k, v in variant.model.items() if k != "per"} == {k: v for k, v in base.model.items()
+                                                                      if k != "per"}
+    assert compose_cfg(["model=sfpnet_table4/sfpnet"]).model.num_blocks == 2
+
+
+def test_dataset_budget_sets_epochs_and_patience():
+    cfg = compose_cfg(["dataset=census_income", "dataset.path=x"])
+    assert cfg.trainer.max_epochs == cfg.dataset.budget.max_epochs
+    assert cfg.callbacks.early_stopping_patience == cfg.dataset.budget.patience
+    assert compose_cfg(["dataset=census_income", "dataset.path=x", "trainer.max_epochs=1"]).trainer.max_epochs == 1

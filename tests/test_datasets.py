@@ -314,6 +314,11 @@ def test_census_income_raw_layout_labels_and_mmoe_split(tmp_path):
     (folder / "census-income.test").write_text(census_line(20, "Never married", "50000+") + "\n")
     with pytest.raises(DataError, match=r"census-income\.test: line 1: column 'income' has '50000\+'"):
         CensusIncome(path=str(folder)).build()
+    # the scenario field's documented values: a year other than 94 / 95 is an error, not a third scenario
+    (folder / "census-income.test").write_text(census_line(20, "Never married", "50000+.", 96) + "\n")
+    with pytest.raises(DataError, match=r"census-income\.test: line 1: column 'year' has '96'; expected a survey"):
+        CensusIncome(path=str(folder), scenario="year").build()
+    CensusIncome(path=str(folder)).build()  # without the year scenario the column is an ordinary feature
 
 
 def test_census_income_real_test_split():
@@ -453,6 +458,28 @@ def test_wechat_fixture_day_split_and_feed_join():
     assert schema.tasks == ["like", "click_avatar", "forward"] and schema.time_field == "date_"
     with pytest.raises(ConfigError, match="overlap"):
         WeChat(path=str(folder), valid_days=[13], test_days=[13])
+
+
+def test_wechat_user_side_fields_device_and_history_before_the_row():
+    folder = FIXTURES / "wechat"
+    schema, c = WeChat(path=str(folder), hist_len=3).build()
+    assert WeChat.version == "2"  # device's role changed from context
+    assert [f.name for f in schema.features if f.role == "user"] == ["userid", "device", "hist_feeds"]
+    hist = schema.feature("hist_feeds")
+    assert (hist.kind, hist.max_len, hist.embedding) == ("sequence", 3, "feedid")
+    actions = read_dicts(folder / "user_action.csv")
+    actions.sort(key=lambda r: int(r["date_"]))  # the loader's time order: day, then file order
+    feed_ids = sorted({int(r["feedid"]) for r in actions})
+    seen: dict[str, list[int]] = {}
+    for i, r in enumerate(actions):  # the user's feeds in the rows before this one, most recent first
+        want = seen.get(r["userid"], [])[::-1][:3]
+        assert c["hist_feeds"][i].tolist() == [feed_ids.index(f) for f in want] + [-1] * (3 - len(want))
+        seen.setdefault(r["userid"], []).append(int(r["feedid"]))
+    assert WeChat(path=str(folder)).settings["hist_len"] == 10  # the default, as in configs/dataset/wechat.yaml
+    schema, c = WeChat(path=str(folder), hist_len=0).build()
+    assert "hist_feeds" not in c and [f.name for f in schema.features if f.role == "user"] == ["userid", "device"]
+    with pytest.raises(ConfigError, match="hist_len"):
+        WeChat(path=str(folder), hist_len=-1)
 
 
 def test_douban_real_sample():

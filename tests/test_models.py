@@ -22,7 +22,8 @@ def toy(n=64):
                 Feature("scenario", "categorical", 3), Feature("price", "numeric"),
                 Feature("hist", "sequence", max_len=4, embedding="item", role="user")]
     schema = DatasetSchema("toy", features,
-                           tasks=["click", "buy"], user_field="user", item_field="item", scenario_field="scenario")
+                           tasks=["click", "buy"], user_field="user", item_field="item", scenario_field="scenario",
+                           task_roles={"click": "click", "conversion": "buy"})
     cols = {"user": rng.integers(0, 20, n), "item": rng.integers(0, 30, n), "scenario": rng.integers(0, 3, n),
             "price": rng.random(n).astype(np.float32), "hist": rng.integers(-1, 30, (n, 4)),
             "click": rng.integers(0, 2, n).astype(np.float32), "buy": rng.integers(0, 2, n).astype(np.float32)}

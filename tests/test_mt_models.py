@@ -32,7 +32,8 @@ def tiny(n=48, scenario=True):
     if scenario:
         feats.append(Feature("scenario", "categorical", 3))
     schema = DatasetSchema("tiny", feats, tasks=list(TASKS), user_field="user", item_field="item",
-                           scenario_field="scenario" if scenario else None)
+                           scenario_field="scenario" if scenario else None,
+                           task_roles={"click": "click", "conversion": "purchase"})
     click = rng.integers(0, 2, n).astype(np.float32)
     cols = {"user": rng.integers(0, 10, n), "item": rng.integers(0, 12, n),
             "price": rng.random(n).astype(np.float32), "hist": rng.integers(-1, 12, (n, 3)), "click": click,
@@ -89,14 +90,41 @@ def test_entire_space_models_refuse_a_click_conditional_conversion_label(name):
     """A CVR label that exists only on clicked rows is the biased label ESMM replaces: refused, not trained."""
     schema, _ = tiny()
     schema = replace(schema, tasks=["click", "cvr", "purchase"], conditional_tasks={"cvr": "click"})
-    with pytest.raises(ConfigError, match=r"cvr_task='cvr' is labelled only where 'click' is positive.*"
-                                          r"entire-space tasks of this dataset: \['purchase'\]"):
+    with pytest.raises(ConfigError, match=r"cvr_task names 'cvr', labelled only where 'click' is positive.*"
+                                          r"entire-space conversion task is 'purchase'"):
         mtlbench.create_model(name, schema, embedding_dim=4, cvr_task="cvr")
-    narrowed = select_tasks(schema, ["click", "cvr"])  # the default cvr_task (the last task) is conditional
-    assert narrowed.conditional_tasks == {"cvr": "click"}
-    with pytest.raises(ConfigError, match="labelled only where"):
+    narrowed = select_tasks(schema, ["click", "cvr"])  # no entire-space conversion task left
+    assert narrowed.conditional_tasks == {"cvr": "click"} and narrowed.task_roles == {"click": "click"}
+    with pytest.raises(ConfigError, match="labelled only where.*entire-space tasks of this dataset: \\['click'\\]"):
+        mtlbench.create_model(name, narrowed, embedding_dim=4, cvr_task="cvr")
+    with pytest.raises(ConfigError, match="needs the dataset's 'conversion' task role"):
         mtlbench.create_model(name, narrowed, embedding_dim=4)
     assert select_tasks(schema, ["click", "purchase"]).conditional_tasks == {}
+
+
+@pytest.mark.parametrize("name", ["esmm", "aem2tl"])
+def test_conversion_models_take_their_tasks_from_the_task_roles(name):
+    schema, _ = tiny()
+    model = mtlbench.create_model(name, schema, embedding_dim=4)
+    assert (model.ctr_task, model.cvr_task) == ("click", "purchase")
+    swapped = replace(schema, task_roles={"click": "long_view", "conversion": "purchase"})
+    assert mtlbench.create_model(name, swapped, embedding_dim=4).ctr_task == "long_view"
+    named = mtlbench.create_model(name, replace(schema, task_roles={}), embedding_dim=4, ctr_task="click",
+                                  cvr_task="long_view")  # the config's names win, roles or not
+    assert (named.ctr_task, named.cvr_task) == ("click", "long_view")
+    with pytest.raises(ConfigError) as err:
+        mtlbench.create_model(name, replace(schema, task_roles={}), embedding_dim=4)
+    assert "\n" not in str(err.value) and "needs the dataset's 'click' task role" in str(err.value)
+
+
+def test_aitm_chain_defaults_to_the_funnel_roles_else_every_task_and_refuses_a_conditional_step():
+    schema, _ = tiny()
+    assert mtlbench.create_model("aitm", schema, embedding_dim=4).chain == ["click", "purchase"]
+    assert mtlbench.create_model("aitm", replace(schema, task_roles={}), embedding_dim=4).chain == TASKS
+    funnel = replace(schema, tasks=["click", "cvr", "purchase"], conditional_tasks={"cvr": "click"})
+    with pytest.raises(ConfigError, match=r"chain names 'cvr', labelled only where 'click' is positive"):
+        mtlbench.create_model("aitm", funnel, embedding_dim=4, chain=["click", "cvr"])
+    assert mtlbench.create_model("aitm", funnel, embedding_dim=4, chain=["cvr", "purchase"]).chain[0] == "cvr"
 
 
 def test_aem2tl_without_a_scenario_field_names_the_missing_field():

@@ -2,6 +2,8 @@
 
 import json
 import math
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -25,7 +27,7 @@ from mtlbench.models.stan import (
 from mtlbench.training.run import build_components, create_model, create_weighting
 from mtlbench.weighting.stan_stage import StanStage, StanWithoutBeta, stage_weighted_loss
 
-from conftest import TINY, compose_cfg, run_cli
+from conftest import FAST, TINY, compose_cfg, run_cli
 
 
 def sig(x):
@@ -117,7 +119,7 @@ def test_eq6_to_9_match_an_independent_loop_implementation():
     torch.manual_seed(0)
     schema, cols = small_schema()
     batch = build_tensors(schema, cols)
-    model = STAN(schema, embedding_dim=3, expert=(4,), tower=())
+    model = STAN(schema, embedding_dim=3, expert=(4,), tower=(), user_extractor="attention")
     pref = model(batch).extras["preference"].detach().numpy()
     table = model.embedding.table.weight.detach().numpy().astype(np.float64)
     wq, wk, wv = (w.detach().numpy().astype(np.float64) for w in (model.extractor.w_q, model.extractor.w_k,
@@ -145,8 +147,52 @@ def test_stan_settings_errors_are_config_errors():
         STAN(schema, user_extractor="rnn")
     with pytest.raises(ConfigError, match="user_fields"):
         STAN(schema, user_fields=["nosuch"])
-    m = STAN(schema, backbone="mmoe", user_extractor="dnn", user_fields=["user"], embedding_dim=4)
+    with warnings.catch_warnings():  # one user field: warned about (see the test below)
+        warnings.simplefilter("ignore", UserWarning)
+        m = STAN(schema, backbone="mmoe", user_extractor="dnn", user_fields=["user"], embedding_dim=4)
     assert m.user_fields == ["user"] and len(m.backbone(torch.randn(2, m.embedding.output_dim))) == 2
+
+
+def test_user_feature_set_takes_user_sequences_pooled_and_f_defaults_to_the_dnn():
+    """U = every user-side categorical *and* sequence field (the history mean-pooled as in the backbone)."""
+    torch.manual_seed(0)
+    schema = DatasetSchema("seq_u", [Feature("user", vocab_size=3, role="user"),
+                                     Feature("item", vocab_size=4, role="item"),
+                                     Feature("hist", "sequence", role="user", max_len=2, embedding="item")],
+                           tasks=["a", "b"], user_field="user", item_field="item")
+    cols = {"user": np.array([0, 0]), "item": np.array([1, 1]), "hist": np.array([[2, -1], [3, 2]]),
+            "a": np.array([1, 0], np.float32), "b": np.array([0, 1], np.float32)}
+    model = STAN(schema, embedding_dim=4, expert=(4,), tower=())
+    assert model.user_fields == ["user", "hist"] and isinstance(model.extractor, FeatureDNN)
+    assert model.model_info() == {"user_fields": ["user", "hist"], "user_extractor": "dnn"}
+    batch = build_tensors(schema, cols)
+    u = model.embedding.fields(batch)[:, model.user_index]
+    table = model.embedding.table.weight
+    assert torch.allclose(u[0, 1], table[3 + 2]) and torch.allclose(u[1, 1], (table[3 + 3] + table[3 + 2]) / 2)
+    pref = model(batch).extras["preference"]
+    assert not torch.allclose(pref[0], pref[1])  # same user, other history: another preference
+    att = STAN(schema, embedding_dim=4, expert=(4,), tower=(), user_extractor="attention")
+    assert isinstance(att.extractor, FeatureSelfAttention) and att.model_info()["user_extractor"] == "attention"
+
+
+def test_a_single_user_field_is_warned_about_once_per_dataset(recwarn):
+    schema, _ = small_schema()
+    STAN(schema, embedding_dim=4, expert=(4,), tower=())  # user + age: no warning
+    assert not [w for w in recwarn if "single field" in str(w.message)]
+    one = DatasetSchema("one_user_field", [Feature("user", vocab_size=3, role="user"),
+                                           Feature("item", vocab_size=4, role="item")],
+                        tasks=["a", "b"], user_field="user", item_field="item")
+    with pytest.warns(UserWarning, match="'one_user_field'.*single field .'user'"):
+        STAN(one, embedding_dim=4, expert=(4,), tower=())
+    recwarn.clear()
+    STAN(one, embedding_dim=4, expert=(4,), tower=())  # the same dataset again: once is enough
+    assert not [w for w in recwarn if "single field" in str(w.message)]
+
+
+def test_stan_configs_select_the_dnn_of_section_4_1_3_and_attention_on_request():
+    for name in ("stan", "stan_wo_beta"):
+        assert compose_cfg([f"model={name}"]).model.user_extractor == "dnn"
+        assert compose_cfg([f"model={name}", "model.user_extractor=attention"]).model.user_extractor == "attention"
 
 
 # -- Eq. 10: pseudo-labels -----------------------------------------------------------------------------
@@ -453,3 +499,32 @@ def test_model_configs_select_their_weighting_and_the_command_line_wins():
     assert compose_cfg(["model=ple"]).weighting.name == "equal"
     cfg = compose_cfg(["model=stan", "+derived.stan_pseudo_label.prior=0.5"])
     assert cfg.derived.stan_pseudo_label.prior == 0.5 and cfg.weighting.reset_each_epoch is True
+
+
+# -- WeChat (the paper's public dataset) ---------------------------------------------------------------------
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+WECHAT = ["dataset=wechat", f"dataset.path={FIXTURES / 'wechat'}", *FAST]
+
+
+def test_stan_on_wechat_reads_userid_device_and_the_history():
+    from mtlbench.datasets.wechat import WeChat
+
+    for hist_len, fields in ((10, ["userid", "device", "hist_feeds"]), (0, ["userid", "device"])):
+        schema, _ = WeChat(path=str(FIXTURES / "wechat"), hist_len=hist_len).build()
+        assert STAN(schema, embedding_dim=4, expert=(4,), tower=()).model_info()["user_fields"] == fields
+    assert compose_cfg(["dataset=wechat"]).dataset.hist_len == 10
+
+
+@pytest.mark.slow
+def test_stan_on_the_wechat_fixture_records_its_user_fields_in_results_json(tmp_path):
+    proc = run_cli([*WECHAT, "model=stan", f"hydra.run.dir={tmp_path / 'stan'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "stan" / "results.json").read_text())
+    assert res["model_info"] == {"user_fields": ["userid", "device", "hist_feeds"], "user_extractor": "dnn"}
+    assert set(res["metrics"]["test"]) == {"like", "click_avatar", "forward"}
+    proc = run_cli([*WECHAT, "model=stan_wo_beta", "dataset.hist_len=0", "model.user_extractor=attention",
+                    f"hydra.run.dir={tmp_path / 'wo'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "wo" / "results.json").read_text())
+    assert res["model"] == "stan_wo_beta"
+    assert res["model_info"] == {"user_fields": ["userid", "device"], "user_extractor": "attention"}

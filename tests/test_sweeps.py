@@ -198,8 +198,8 @@ def test_parallel_launcher_runs_the_same_jobs(reference, tmp_path):
 @pytest.mark.slow
 def test_experiment_sweeps_the_available_models_and_writes_its_report(tmp_path):
     sweep = tmp_path / "exp"
-    args = ["experiment=stan_table2", *TINY, "seed=0", "hydra.callbacks.summary.models=[single_task,not_landed]",
-            f"hydra.sweep.dir={sweep}"]
+    args = ["experiment=stan_table2", "dataset=lifecycle", *TINY, "seed=0",
+            "hydra.callbacks.summary.models=[single_task,not_landed]", f"hydra.sweep.dir={sweep}"]
     proc = run_cli(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "left out of the sweep: not_landed" in proc.stderr
@@ -218,8 +218,8 @@ def test_experiment_sweeps_the_available_models_and_writes_its_report(tmp_path):
 
 
 def test_experiment_with_no_available_model_fails_in_one_line(tmp_path):
-    proc = run_cli(["experiment=sfpnet_table4", *TINY, "hydra.callbacks.summary.models=[nope1,nope2]",
-                    f"hydra.sweep.dir={tmp_path / 'x'}"], cwd=tmp_path)
+    proc = run_cli(["experiment=stan_table2", "dataset=lifecycle", *TINY,
+                    "hydra.callbacks.summary.models=[nope1,nope2]", f"hydra.sweep.dir={tmp_path / 'x'}"], cwd=tmp_path)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtlbench: error:")]
     assert len(errors) == 1 and "nope1" in errors[0] and "Traceback" not in proc.stderr
@@ -227,8 +227,10 @@ def test_experiment_with_no_available_model_fails_in_one_line(tmp_path):
 
 @pytest.mark.parametrize("name", ["stan_table2", "sfpnet_table4", "aem2tl_table"])
 def test_experiments_have_deterministic_sweep_dirs_and_a_report(name):
-    cfg = compose_hydra([f"experiment={name}", "dataset.n_rows=1000"])
+    cfg = compose_hydra([f"experiment={name}", "dataset=lifecycle", "dataset.n_rows=1000"])
     assert cfg.hydra.sweep.dir == f"multirun/{name}/lifecycle"
+    paper = compose_hydra([f"experiment={name}", "dataset.path=x"])  # the dataset the paper used, by default
+    assert paper.dataset.name == {"stan_table2": "wechat"}.get(name, "ali_ccp")
     assert cfg.hydra.callbacks.summary._target_ == "mtlbench.report.callback.WriteReport"
     assert cfg.hydra.mode.name == "MULTIRUN"
     from mtlbench.report.tables import settings_from

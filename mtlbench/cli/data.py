@@ -58,9 +58,6 @@ def compose(dataset: str, args: list[str]):
         return hydra_compose("train", overrides=dataset_overrides(dataset, args))
 
 
-DATASET_KEYS = ("name", "split")  # the dataset config keys that are not the source's settings (as in run.py)
-
-
 def dataset_factory(name: str) -> Any:
     """The registered dataset class, importing only the dataset modules when it is a built-in one.
 
@@ -78,6 +75,8 @@ def dataset_source(cfg) -> tuple[str, Any, dict]:
     import inspect
 
     from omegaconf import OmegaConf
+
+    from mtlbench.data.source import DATASET_KEYS
 
     ds = OmegaConf.to_container(cfg.dataset, resolve=True)
     name = ds["name"]
@@ -126,6 +125,10 @@ def describe_data(schema, columns: dict[str, np.ndarray], splits: dict[str, np.n
     out["scenario"] = ({"field": schema.scenario_field, "count": schema.num_scenarios,
                         "rows": np.bincount(scen, minlength=schema.num_scenarios).tolist()}
                        if scen is not None else None)
+    if scen is not None and getattr(schema, "scenario_labels", None):
+        out["scenario"]["labels"] = list(schema.scenario_labels)
+    if getattr(schema, "stats", None):  # what the reader counted, e.g. rows it dropped
+        out["stats"] = dict(schema.stats)
     out["features"] = [{"name": f.name, "kind": f.kind,
                         "vocab": schema.vocab_of(f) if f.kind != "numeric" else None, "role": f.role,
                         **({"max_len": f.max_len} if f.kind == "sequence" else {})} for f in schema.features]
@@ -157,7 +160,10 @@ def format_description(d: dict[str, Any]) -> str:
         lines.append(f"time ({d['time']['field']}): {d['time']['min']} .. {d['time']['max']}")
     if d.get("scenario"):
         s = d["scenario"]
-        lines.append(f"scenarios ({s['field']}): {s['count']}, rows per scenario {s['rows']}")
+        labels = f" ({', '.join(s['labels'])})" if s.get("labels") else ""
+        lines.append(f"scenarios ({s['field']}): {s['count']}{labels}, rows per scenario {s['rows']}")
+    if d.get("stats"):
+        lines.append("input: " + ", ".join(f"{k} {v:,}" for k, v in d["stats"].items()))
     if d.get("cache"):
         lines.append(f"cache: {d['cache']['path']} ({d['cache']['bytes'] / 2**20:,.1f} MiB)")
     lines.append("schema:")
@@ -185,7 +191,7 @@ def format_description(d: dict[str, Any]) -> str:
 # -- commands -----------------------------------------------------------------------------------------------
 def cmd_describe(args: argparse.Namespace) -> int:
     from mtlbench.data.cache import load_or_build
-    from mtlbench.data.splits import make_splits
+    from mtlbench.data.splits import make_splits, resolve_method
 
     cfg = compose(args.dataset, args.overrides)
     name, src, split = dataset_source(cfg)
@@ -193,10 +199,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     method, ratios = split.get("method", "auto"), tuple(split.get("ratios", (0.8, 0.1, 0.1)))
     splits = make_splits(schema, columns, method, ratios, int(cfg.seed))
     d = describe_data(schema, columns, splits)
-    resolved = method
-    if method == "auto":  # as make_splits resolves it
-        resolved = "user_time" if schema.time_field and schema.user_field else "random"
-    d["split"] = {"method": method, "resolved": resolved, "ratios": list(ratios)}
+    d["split"] = {"method": method, "resolved": resolve_method(schema, method), "ratios": list(ratios)}
     d["cache"] = {"path": str(path), "bytes": dir_size(path)}
     print(json.dumps(d, indent=1) if args.json else format_description(d))
     return 0
@@ -233,11 +236,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     path, meta, existed = build_entry(src, name, cfg.get("cache_dir"))
     seconds = time.perf_counter() - start
-    columns = meta.get("columns") or len(json.loads((path / "schema.json").read_text())["features"])
+    schema = json.loads((path / "schema.json").read_text())
+    columns = meta.get("columns") or len(schema["features"])
     report = {"dataset": name, "cache": str(path), "bytes": dir_size(path), "rows": meta["rows"],
               "columns": columns, "seconds": round(seconds, 3), "build_seconds": meta["build_seconds"],
               "rows_per_second": round(meta["rows"] / max(meta["build_seconds"], 1e-9)),
               "already_prepared": existed}
+    if schema.get("stats"):  # what the reader counted, e.g. rows it dropped
+        report["stats"] = schema["stats"]
     if args.json:
         print(json.dumps(report))
     else:
@@ -245,6 +251,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                                                     f"({report['rows_per_second']:,} rows/s)")
         print(f"{name}: {what}: {meta['rows']:,} rows, {columns} columns, {report['bytes'] / 2**20:,.1f} MiB "
               f"-> {path}")
+        if report.get("stats"):
+            print("input: " + ", ".join(f"{k} {v:,}" for k, v in report["stats"].items()))
     return 0
 
 

@@ -49,10 +49,15 @@ def _names(args: tuple[Any, ...]) -> list[str]:
 
 
 def model_available(name: str) -> bool:
-    """A model can be swept when it is registered and ships ``configs/model/<name>.yaml``."""
+    """A model can be swept when it is registered and ships ``configs/model/<name>.yaml``.
+
+    ``<protocol>/<name>`` is a protocol's variant of a model (e.g. ``sfpnet_table4/mmoe``: MMoE per scenario),
+    a config that inherits the model's own and changes what the protocol states.
+    """
     from mtlbench.registry import MODELS
 
-    return name in MODELS and resources.files("mtlbench.configs").joinpath("model", f"{name}.yaml").is_file()
+    config = resources.files("mtlbench.configs").joinpath("model", *f"{name}.yaml".split("/"))
+    return name.rsplit("/", 1)[-1] in MODELS and config.is_file()
 
 
 def available_models(*wanted: Any) -> str:

@@ -10,7 +10,7 @@ import torch
 
 from mtlbench.data.cache import load_or_build
 from mtlbench.data.derived import compute_derived
-from mtlbench.data.hashing import apply_hashing
+from mtlbench.data.hashing import apply_hashing, hash_plan
 from mtlbench.data.loader import TensorBatchLoader
 from mtlbench.data.schema import DatasetSchema, select_tasks
 from mtlbench.data.splits import check_not_empty, make_splits
@@ -40,6 +40,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.extra_inputs = tuple(extra_inputs)
         self.extra_settings = dict(extra_settings or {})
         self.hash_buckets = hash_buckets
+        self.hashed_fields: list[str] = []  # the categorical fields hash_buckets hashed (set by load)
         self.tasks = list(tasks) if tasks else None
         self.schema: DatasetSchema | None = None
         self.columns: dict[str, np.ndarray] = {}
@@ -55,6 +56,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
 
         source = call_with_config(DATASETS.get(self.name), "dataset", self.name, **self.settings)
         schema, columns, self.cache_path = load_or_build(source, self.name, self.cache_dir)
+        self.hashed_fields = sorted(hash_plan(schema, self.hash_buckets))
         self.schema, self.columns = apply_hashing(schema, columns, self.hash_buckets)
         if self.tasks:
             self.schema = select_tasks(self.schema, self.tasks)

@@ -30,22 +30,28 @@ def hash_ids(values: np.ndarray, buckets: int, salt: int = 0) -> np.ndarray:
     return np.where(v == PAD, PAD, out) if v.ndim == 2 else out
 
 
-def apply_hashing(schema: DatasetSchema, columns: dict[str, np.ndarray], hash_buckets: int | dict | None
-                  ) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
-    """Hash categorical fields (and sequences sharing their table) whose vocabulary is too large.
+def hash_plan(schema: DatasetSchema, hash_buckets: int | dict | None) -> dict[str, int]:
+    """{categorical field: buckets} of the fields ``hash_buckets`` hashes in ``schema``.
 
     ``hash_buckets``: an int hashes every categorical field with a larger vocabulary into that many
     buckets; a dict ``{field: buckets}`` names fields explicitly.
     """
     if not hash_buckets:
-        return schema, columns
+        return {}
     if isinstance(hash_buckets, int):
-        plan = {f.name: hash_buckets for f in schema.categorical if f.vocab_size > hash_buckets}
-    else:
-        plan = {str(k): int(v) for k, v in dict(hash_buckets).items()}
-        unknown = sorted(set(plan) - {f.name for f in schema.categorical})
-        if unknown:
-            raise ConfigError(f"hash_buckets names unknown categorical field(s) {unknown} of dataset {schema.name!r}")
+        return {f.name: hash_buckets for f in schema.categorical if f.vocab_size > hash_buckets}
+    plan = {str(k): int(v) for k, v in dict(hash_buckets).items()}
+    unknown = sorted(set(plan) - {f.name for f in schema.categorical})
+    if unknown:
+        raise ConfigError(f"hash_buckets names unknown categorical field(s) {unknown} of dataset {schema.name!r}")
+    return plan
+
+
+def apply_hashing(schema: DatasetSchema, columns: dict[str, np.ndarray], hash_buckets: int | dict | None
+                  ) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
+    """Hash categorical fields (and sequences sharing their table) whose vocabulary is too large (see
+    :func:`hash_plan`)."""
+    plan = hash_plan(schema, hash_buckets)
     if not plan:
         return schema, columns
     columns = dict(columns)

@@ -4,7 +4,7 @@
 * ``stan_position`` [N] int64: the 1-based position of a row in its user's training rows in time order,
   the counter ``c_u`` of STAN Algorithm 1.
 * ``rule_stage`` [N] int64: the rule-based lifecycle stage of STAN section 2.1 (New / Wander / Stick /
-  Loyal), from per-user task rates over training rows only; PLE_stage's extra input.
+  Loyal), from the user's task rates over its strictly earlier training rows; PLE_stage's extra input.
 
 "Time order" is ``(timestamp, row number)`` within a user; without a time field the table's row order
 is taken as time order. Everything is vectorised over the whole table (one sort, cumulative sums).
@@ -138,20 +138,27 @@ def rule_stage(schema: DatasetSchema, columns: dict[str, np.ndarray], train_rows
                tasks: list[str] | None = None) -> np.ndarray:
     """STAN section 2.1: a user's stage from the medians of per-user (CTR, staytime, CVR) rates.
 
-    The rates of a user are the means of the three tasks' labels over the user's *training* rows
-    (missing labels skipped, so a CVR label defined only on clicks gives a per-click CVR); each median
-    is taken over the users with training rows, and a rate is *high* when it is strictly above its
-    median (so a median of 0, common for purchases, still separates users with and without one). The
-    paper's descriptions become a decision list:
+    A row's rates are computed from its user's *training* rows strictly earlier in time (the rows of
+    ``stan_pseudo_label``'s Eq. 10, same time order and ties: rows at the same timestamp don't count), so a
+    training row's stage never contains its own label or a later one, and a validation/test row's stage
+    is read from the training history before it (under the per-user time split: all of it). The rates are
+    the means of the tasks' labels (missing labels skipped, so a CVR labelled only on clicks is a
+    per-click CVR), except that an entire-space CVR-like task (not in ``schema.conditional_tasks``, i.e.
+    labelled over every impression) is divided by the clicks of the CTR-like task: CVR = conversions /
+    clicks, not conversions / impressions. The thresholds are the medians, over the users with training
+    rows, of the same rates over each user's whole training history (dataset-level statistics of
+    training labels, like a global mean); a rate is *high* when strictly above its median (so a median
+    of 0, common for purchases, still separates users with and without one), and an undefined rate
+    (no earlier labelled row, no earlier click) is low. The paper's descriptions become a decision list:
 
     * New (0): low CTR;
     * Wander (1): high CTR, low staytime;
     * Stick (2): high CTR and staytime, low CVR;
     * Loyal (3): high CTR, staytime and CVR;
-    * 4: the user has no training rows.
+    * 4: the user has no training row before this one (e.g. a user's first training row).
 
     ``tasks`` names the (CTR-like, staytime-like, CVR-like) tasks, default the schema's first three; with
-    fewer tasks the list stops early (two tasks: stages 0-2). The stage is a per-user constant.
+    fewer tasks the list stops early (two tasks: stages 0-2; only a third task is CVR-like).
     """
     if schema.user_field is None:
         raise DataError(f"rule_stage needs a user field; dataset {schema.name!r} has none")
@@ -159,21 +166,48 @@ def rule_stage(schema: DatasetSchema, columns: dict[str, np.ndarray], train_rows
     unknown = [t for t in tasks if t not in schema.tasks]
     if unknown or not 1 <= len(tasks) <= 3:
         raise ConfigError(f"rule_stage: tasks must be 1-3 of the dataset's tasks {schema.tasks}, got {tasks}")
-    user = np.asarray(columns[schema.user_field], dtype=np.int64)
-    rows = np.asarray(train_rows, dtype=np.int64)
-    n_users = int(user.max()) + 1 if len(user) else 0
-    seen = np.bincount(user[rows], minlength=n_users) > 0
-    stage = np.full(n_users, len(tasks), dtype=np.int64)  # high on every listed task
-    decided = np.zeros(n_users, dtype=bool)
-    for level, t in enumerate(tasks):
-        y = np.asarray(columns[t], dtype=np.float64)[rows]
+    order, user, time = _user_time_order(schema, columns, "rule_stage (STAN section 2.1)")
+    n = len(order)
+    in_train = np.zeros(n, dtype=bool)
+    in_train[np.asarray(train_rows, dtype=np.int64)] = True
+    in_train = in_train[order]
+    first_of_user, first_of_time = _run_starts(user), _run_starts(user, time)
+    last_of_user = np.empty(n, dtype=np.int64)  # one past each row's user run
+    if n:
+        ends = np.flatnonzero(np.append(user[1:] != user[:-1], True)) + 1
+        last_of_user = np.repeat(ends, np.diff(np.append(0, ends)))
+
+    def totals(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Σ x over the user's training rows (a) strictly before each row's time, (b) in all."""
+        c = _exclusive_cumsum(np.where(in_train, x, 0.0))
+        return c[first_of_time] - c[first_of_user], c[last_of_user] - c[first_of_user]
+
+    def labels(t: str) -> tuple[np.ndarray, np.ndarray]:
+        y = np.asarray(columns[t], dtype=np.float64)[order]
         ok = ~np.isnan(y)
-        total = np.bincount(user[rows][ok], weights=y[ok], minlength=n_users)
-        count = np.bincount(user[rows][ok], minlength=n_users)
-        rate = np.where(count > 0, total / np.maximum(count, 1), -np.inf)  # no label: low
-        median = np.median(rate[seen & (count > 0)]) if (seen & (count > 0)).any() else 0.0
-        low = ~decided & (rate <= median)
+        return np.where(ok, y, 0.0), ok.astype(np.float64)
+
+    def rate(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        return np.where(den > 0, num / np.maximum(den, 1e-300), -np.inf)  # undefined: low
+
+    before, whole = totals(np.ones(n))
+    has_user_train = whole > 0
+    stage = np.full(n, len(tasks), dtype=np.int64)  # high on every listed task
+    decided = np.zeros(n, dtype=bool)
+    for level, t in enumerate(tasks):
+        y, ok = labels(t)
+        num, num_all = totals(y)
+        if level == 2 and t not in schema.conditional_tasks:  # entire-space conversions per click
+            den, den_all = totals(labels(tasks[0])[0])
+        else:
+            den, den_all = totals(ok)
+        row_rate, user_rate = rate(num, den), rate(num_all, den_all)
+        defined = has_user_train & np.isfinite(user_rate)
+        median = np.median(user_rate[(first_of_user == np.arange(n)) & defined]) if defined.any() else 0.0
+        low = ~decided & (row_rate <= median)
         stage[low] = level
         decided |= low
-    stage[~seen] = UNKNOWN_STAGE
-    return stage[user]
+    stage[before == 0] = UNKNOWN_STAGE
+    out = np.empty(n, dtype=np.int64)
+    out[order] = stage
+    return out

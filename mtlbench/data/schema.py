@@ -7,11 +7,21 @@ from typing import Literal
 
 import numpy as np
 
-from mtlbench.errors import DataError
+from mtlbench.errors import ConfigError, DataError
 
 FeatureKind = Literal["categorical", "numeric", "sequence"]
+#: what a task means in a conversion funnel, for models built on one (ESMM, AITM, AEM2TL, ...):
+#: ``click`` the click label over all impressions; ``conversion`` the entire-space conversion label (click AND
+#: conversion, over all impressions: CTCVR); ``conversion_given_click`` the conversion labelled on clicked
+#: impressions only (CVR, NaN elsewhere)
+TASK_ROLES = ("click", "conversion", "conversion_given_click")
 Role = Literal["user", "item", "context"]
 PAD = -1  # padding value of sequence fields
+
+
+def weights_column(name: str) -> str:
+    """Column of a sequence feature's per-position weights (e.g. Ali-CCP's behaviour counts)."""
+    return f"{name}:weights"
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,8 @@ class Feature:
     ids in ``[0, vocab_size)`` padded with ``PAD`` (-1), sharing the embedding table of ``embedding``
     (a categorical feature's name) when set. A numeric feature with ``standardize`` is z-scored when the
     data is loaded, with the mean and std of the training split only (valid/test never inform the scaling).
+    A sequence with ``weights`` has a float32 ``[N, max_len]`` companion column ``<name>:weights``
+    (:func:`weights_column`; 0 at padding), served in batches as ``seqw:<name>``.
     """
 
     name: str
@@ -31,6 +43,7 @@ class Feature:
     max_len: int = 0
     embedding: str | None = None
     standardize: bool = False
+    weights: bool = False
 
 
 @dataclass
@@ -39,8 +52,11 @@ class DatasetSchema:
 
     Labels are float32 columns named after the tasks, with values 0, 1 or NaN (NaN = no label, e.g.
     a conversion label outside the clicked space). ``conditional_tasks`` names such tasks and the task on
-    whose positive rows they are labelled (``{"cvr": "ctr"}``). ``analysis_fields`` are for evaluation and
-    reporting only and never reach a model.
+    whose positive rows they are labelled (``{"cvr": "ctr"}``). ``task_roles`` maps a funnel role (see
+    ``TASK_ROLES``) to the task that plays it (``{"click": "ctr", "conversion": "ctcvr"}``), so conversion-chain
+    models find their tasks on any dataset; a run's ``tasks`` and a report's may name ``role:<role>``.
+    ``scenario_labels`` names the scenario ids in reports (Ali-CCP's B1/B2/B3). ``analysis_fields`` are for
+    evaluation and reporting only and never reach a model.
     """
 
     name: str
@@ -53,6 +69,12 @@ class DatasetSchema:
     session_field: str | None = None
     analysis_fields: list[str] = field(default_factory=list)
     conditional_tasks: dict[str, str] = field(default_factory=dict)
+    task_roles: dict[str, str] = field(default_factory=dict)
+    #: the split method ``auto`` resolves to when the dataset ships its own split (``column:split_part``)
+    auto_split: str | None = None
+    #: counts the reader reports about its input (e.g. rows dropped), shown by ``mtlbench-data describe``
+    stats: dict[str, int] = field(default_factory=dict)
+    scenario_labels: list[str] = field(default_factory=list)  # a name per scenario id, for reports (e.g. B1)
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.features]
@@ -66,11 +88,29 @@ class DatasetSchema:
                 raise DataError(f"dataset {self.name!r}: feature {f.name!r} needs a vocab_size > 0")
             if f.kind == "sequence" and f.max_len <= 0:
                 raise DataError(f"dataset {self.name!r}: sequence feature {f.name!r} needs max_len > 0")
+            if f.weights and f.kind != "sequence":
+                raise DataError(f"dataset {self.name!r}: feature {f.name!r} has weights but is not a sequence")
         if not self.tasks:
             raise DataError(f"dataset {self.name!r}: no tasks declared")
         stray = [t for t in self.conditional_tasks if t not in self.tasks]
         if stray:
             raise DataError(f"dataset {self.name!r}: conditional_tasks names {stray}, which are not tasks")
+        for role, task in self.task_roles.items():
+            if role not in TASK_ROLES:
+                raise DataError(f"dataset {self.name!r}: unknown task role {role!r}; roles are {list(TASK_ROLES)}")
+            if task not in self.tasks:
+                raise DataError(f"dataset {self.name!r}: task role {role!r} names {task!r}, which is not a task")
+        conditional = self.task_roles.get("conversion_given_click")
+        if conditional is not None and conditional not in self.conditional_tasks:
+            raise DataError(f"dataset {self.name!r}: task {conditional!r} plays conversion_given_click but is not "
+                            "listed in conditional_tasks")
+        if self.scenario_labels and self.scenario_field and len(self.scenario_labels) != self.num_scenarios:
+            raise DataError(f"dataset {self.name!r}: {len(self.scenario_labels)} scenario_labels for "
+                            f"{self.num_scenarios} scenarios")
+        entire = [self.task_roles[r] for r in ("click", "conversion") if r in self.task_roles]
+        if any(t in self.conditional_tasks for t in entire):
+            raise DataError(f"dataset {self.name!r}: the click and conversion roles need labels over every "
+                            f"impression; {[t for t in entire if t in self.conditional_tasks]} is conditional")
 
     # -- views --------------------------------------------------------------------------------
     def feature(self, name: str) -> Feature:
@@ -98,6 +138,18 @@ class DatasetSchema:
     def num_scenarios(self) -> int:
         return self.feature(self.scenario_field).vocab_size if self.scenario_field else 1
 
+    def task_for_role(self, role: str, model: str) -> str:
+        """The task that plays ``role``; a one-line error naming the role when the dataset declares none."""
+        if role not in TASK_ROLES:
+            raise ConfigError(f"model {model!r}: unknown task role {role!r}; roles are {list(TASK_ROLES)}")
+        task = self.task_roles.get(role)
+        if task is None:
+            declared = ", ".join(f"{r}={t}" for r, t in self.task_roles.items()) or "none"
+            raise ConfigError(f"model {model!r} needs the dataset's {role!r} task role, and dataset {self.name!r} "
+                              f"with tasks {self.tasks} declares none (its roles: {declared}); name the task in "
+                              "the model's config or declare the role in the dataset")
+        return task
+
     def vocab_of(self, f: Feature) -> int:
         return self.feature(f.embedding).vocab_size if f.embedding else f.vocab_size
 
@@ -112,7 +164,8 @@ class DatasetSchema:
 
     # -- validation ---------------------------------------------------------------------------
     def required_columns(self) -> list[str]:
-        cols = [f.name for f in self.features] + list(self.tasks)
+        cols = [f.name for f in self.features] + [weights_column(f.name) for f in self.sequences if f.weights]
+        cols += list(self.tasks)
         for extra in (self.time_field, self.session_field):
             if extra is not None:
                 cols.append(extra)
@@ -145,6 +198,11 @@ class DatasetSchema:
                                     f"{float(columns[f.name][row])!r} at row {row}; fill missing values first")
                 continue
             v = np.asarray(columns[f.name])
+            if f.weights:
+                w = np.asarray(columns[weights_column(f.name)])
+                if w.shape != v.shape or w.dtype != np.float32 or not np.isfinite(w).all():
+                    raise DataError(f"dataset {self.name!r}{where}: column {weights_column(f.name)!r} must hold "
+                                    f"finite float32 weights of shape {v.shape}, got {w.dtype} {w.shape}")
             if not np.issubdtype(v.dtype, np.integer):
                 raise DataError(f"dataset {self.name!r}{where}: column {f.name!r} must hold integer ids, "
                                 f"got {v.dtype}")
@@ -159,9 +217,27 @@ class DatasetSchema:
 
 
 def select_tasks(schema: DatasetSchema, tasks: list[str]) -> DatasetSchema:
-    """The same dataset restricted to some of its tasks (e.g. SFPNet's single-task CTR setting)."""
+    """The same dataset restricted to some of its tasks (e.g. SFPNet's single-task CTR setting).
+
+    An entry ``role:<role>`` names the task that plays that role (``role:click`` is Ali-CCP's ``ctr`` and the
+    simulator's ``click``), so one protocol selects the same task on every dataset that declares the role.
+    """
+    tasks = [resolve_task(schema, t) for t in tasks]
     unknown = [t for t in tasks if t not in schema.tasks]
     if unknown:
         raise DataError(f"dataset {schema.name!r} has no task(s) {unknown}; its tasks are {schema.tasks}")
     return replace(schema, tasks=list(tasks),
-                   conditional_tasks={t: c for t, c in schema.conditional_tasks.items() if t in tasks})
+                   conditional_tasks={t: c for t, c in schema.conditional_tasks.items() if t in tasks},
+                   task_roles={r: t for r, t in schema.task_roles.items() if t in tasks})
+
+
+def resolve_task(schema: DatasetSchema, name: str) -> str:
+    """A task name, or ``role:<role>`` resolved through the schema's task roles (one-line error if undeclared)."""
+    if not name.startswith("role:"):
+        return name
+    role = name[len("role:"):]
+    task = schema.task_roles.get(role)
+    if task is None:
+        raise DataError(f"dataset {schema.name!r} declares no {role!r} task role (tasks {schema.tasks}, roles "
+                        f"{schema.task_roles or 'none'}); name the task instead of {name!r}")
+    return task

@@ -13,6 +13,9 @@ import numpy as np
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import DataError
 
+#: keys of a ``dataset`` config that belong to the run, not to the source: the split and the training budget
+DATASET_KEYS = ("name", "split", "budget")
+
 
 class DatasetSource(ABC):
     """A registered dataset: turns raw files (or a simulator's settings) into validated columns.

@@ -53,15 +53,25 @@ def check_not_empty(parts: dict[str, np.ndarray], method: str, schema: DatasetSc
         raise ConfigError(f"split method {method!r} leaves split(s) {empty} of dataset {schema.name!r} empty")
 
 
+def resolve_method(schema: DatasetSchema, method: str) -> str:
+    """The split method ``auto`` stands for: the dataset's own split when its schema names one
+    (``auto_split``, e.g. raw Ali-CCP's official train/test files), else per-user time order if the data has
+    users and time, else random."""
+    if method != "auto":
+        return method
+    if schema.auto_split:
+        return schema.auto_split
+    return "user_time" if schema.time_field and schema.user_field else "random"
+
+
 def make_splits(schema: DatasetSchema, columns: dict[str, np.ndarray], method: str = "auto",
                 ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
                 ) -> dict[str, np.ndarray]:
-    """Row indices per split. ``auto``: per-user time order if the data has users and time, else random."""
+    """Row indices per split; ``auto`` as :func:`resolve_method` resolves it."""
     ratios = tuple(float(r) for r in ratios)
     _check_ratios(ratios)
     n = len(columns[schema.tasks[0]])
-    if method == "auto":
-        method = "user_time" if schema.time_field and schema.user_field else "random"
+    method = resolve_method(schema, method)
     if method in ("user_time", "global_time") and not schema.time_field:
         raise ConfigError(f"split method {method!r} needs a time field; dataset {schema.name!r} has none")
     if method == "user_time":

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtlbench.data.schema import DatasetSchema
+from mtlbench.data.schema import DatasetSchema, weights_column
 
 
 def _t(a: np.ndarray, dtype: torch.dtype) -> Tensor:
@@ -30,7 +30,8 @@ def build_tensors(schema: DatasetSchema, columns: dict[str, np.ndarray]) -> dict
     """Batch layout shared by every model.
 
     ``categorical`` int64 [N, F] (fields in schema order), ``numeric`` float32 [N, F_num],
-    ``seq:<name>`` int64 [N, L] (PAD = -1), ``labels`` float32 [N, K] (NaN = no label), ``index`` int64 row
+    ``seq:<name>`` int64 [N, L] (PAD = -1) with ``seqw:<name>`` float32 [N, L] when the sequence has weights
+    (e.g. Ali-CCP's behaviour counts; 0 at padding), ``labels`` float32 [N, K] (NaN = no label), ``index`` int64 row
     numbers, and ``user`` / ``scenario`` / ``session`` int64 when the schema names them. Analysis-only
     columns are left out on purpose.
     """
@@ -44,6 +45,8 @@ def build_tensors(schema: DatasetSchema, columns: dict[str, np.ndarray]) -> dict
                       else torch.zeros(n, 0, dtype=torch.float32))
     for f in schema.sequences:
         out[f"seq:{f.name}"] = _t(columns[f.name], torch.int64)
+        if f.weights:
+            out[f"seqw:{f.name}"] = _t(columns[weights_column(f.name)], torch.float32)
     out["labels"] = _t(np.stack([columns[t] for t in schema.tasks], axis=1), torch.float32)
     for key, name in (("user", schema.user_field), ("scenario", schema.scenario_field),
                       ("session", schema.session_field)):

@@ -19,6 +19,11 @@ only (NaN elsewhere: no label outside the click space); ``ctcvr`` = click and pu
 with its file and line (``purchase_without_click: error``), or, with ``ignore``, counts as no purchase.
 
 Ali-CCP has no timestamp, so ``split.method: auto`` is the seeded random split.
+
+A folder holding Tianchi's raw files (``sample_skeleton_{train,test}.csv`` + ``common_features_{train,test}.csv``,
+the ``sample_{train,test}.tar.gz`` downloads, or ``train/`` + ``test/`` subfolders) is read in the raw layout
+instead (:mod:`mtlbench.datasets.ali_ccp_raw`: behaviour sequences with counts, the official split); the
+settings ``max_len``, ``valid_fraction``, ``split_seed`` and ``scenario_values`` are that layout's.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 
 from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
+from mtlbench.datasets.ali_ccp_raw import DEFAULT_MAX_LEN, build_raw, find_raw
 from mtlbench.datasets.readers import (
     Layout,
     RawFile,
@@ -47,6 +53,13 @@ from mtlbench.errors import ConfigError, DataError
 from mtlbench.registry import register_dataset
 
 FUNNEL_TASKS = ("ctr", "cvr", "ctcvr")
+#: the funnel roles of these tasks (DatasetSchema.task_roles), for ESMM / AITM / AEM2TL
+FUNNEL_ROLES = {"click": "ctr", "conversion": "ctcvr", "conversion_given_click": "cvr"}
+
+
+def funnel_roles(tasks: list[str]) -> dict[str, str]:
+    """The funnel roles of the selected tasks."""
+    return {role: task for role, task in FUNNEL_ROLES.items() if task in tasks}
 AITM_COLUMNS = ("click", "purchase", "101", "121", "122", "124", "125", "126", "127", "128", "129", "205",
                 "206", "207", "216", "508", "509", "702", "853", "301")
 RECHUB_COLUMNS = ("click", "purchase", "101", "121", "122", "124", "125", "126", "127", "128", "129", "205",
@@ -107,20 +120,31 @@ def check_funnel_settings(dataset: str, tasks: list[str], policy: str) -> None:
 
 @register_dataset("ali_ccp")
 class AliCCP(DatasetSource):
-    """Ali-CCP processed CSVs; tasks CTR, CVR (clicked rows only), CTCVR; scenario field 301."""
+    """Ali-CCP processed CSVs or Tianchi's raw files; tasks CTR, CVR (clicked rows only), CTCVR; scenario 301."""
 
-    version = "2"  # 2: the schema records that cvr is labelled on clicks only
+    version = "3"  # 2: cvr recorded as labelled on clicks only; 3: the raw layout, task roles
 
     def __init__(self, path: str, pattern: str = "*.csv", tasks: tuple[str, ...] = ("ctr", "cvr", "ctcvr"),
                  scenario_field: str | None = "301", user_field: str | None = "101",
                  item_field: str | None = "205", min_count: int = 1, purchase_without_click: str = "error",
-                 max_rows: int | None = None) -> None:
+                 max_rows: int | None = None, max_len: int = DEFAULT_MAX_LEN, valid_fraction: float = 0.1,
+                 split_seed: int = 0, scenario_values: tuple[int, ...] | None = None) -> None:
         super().__init__(path=str(path), pattern=pattern, tasks=list(tasks), scenario_field=scenario_field,
                          user_field=user_field, item_field=item_field, min_count=min_count,
-                         purchase_without_click=purchase_without_click, max_rows=max_rows)
+                         purchase_without_click=purchase_without_click, max_rows=max_rows, max_len=max_len,
+                         valid_fraction=valid_fraction, split_seed=split_seed,
+                         scenario_values=None if scenario_values is None else [int(v) for v in scenario_values])
         self.path = require_path(path, "ali_ccp", HINT)
         check_funnel_settings("ali_ccp", list(tasks), purchase_without_click)
         self.tasks = list(tasks)
+        if int(max_len) < 1:
+            raise ConfigError(f"ali_ccp: max_len must be >= 1, got {max_len}")
+        if not 0.0 < float(valid_fraction) < 1.0:
+            raise ConfigError(f"ali_ccp: valid_fraction must be in (0, 1), got {valid_fraction}")
+        if scenario_values is not None and (not scenario_values or len(set(scenario_values)) < len(scenario_values)):
+            raise ConfigError(f"ali_ccp: scenario_values must be distinct raw ids of field 301, got "
+                              f"{list(scenario_values)}")
+        self.raw = find_raw(self.path)  # Tianchi's raw files: None keeps the processed-CSV reader
 
     def layouts(self) -> list[tuple[Path, Layout, list[str]]]:
         """(file, layout, column names) of every file; headerless files borrow a headed file's names."""
@@ -150,6 +174,8 @@ class AliCCP(DatasetSource):
 
     def build(self) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
         s = self.settings
+        if self.raw is not None:
+            return build_raw(self.raw, s, self.tasks)
         layouts = self.layouts()
         names = layouts[0][2]
         dense = [c for c in names if c.startswith("D")]
@@ -184,6 +210,7 @@ class AliCCP(DatasetSource):
         schema = DatasetSchema(name="ali_ccp", features=features, tasks=list(self.tasks),
                                user_field=s["user_field"], item_field=s["item_field"],
                                scenario_field=s["scenario_field"], analysis_fields=["split_part"],
-                               conditional_tasks={"cvr": "ctr"} if "cvr" in self.tasks else {})
+                               conditional_tasks={"cvr": "ctr"} if "cvr" in self.tasks else {},
+                               task_roles=funnel_roles(self.tasks))
         schema.validate(out, source=str(self.path))
         return schema, out

@@ -5,6 +5,10 @@ with the columns ``search_id``, ``categorical_1..16``, ``numerical_1..63``, ``cl
 ``path`` is one file or a folder; the country of a file is the two-letter code in its folder or file name
 (``AliExpress_NL``, ``aliexpress_es_train.csv``), else the file's folder name. With files of several
 countries, ``country`` becomes a categorical feature and the scenario field; ``countries`` keeps a subset.
+The country codes are the publisher's: NL, ES, FR, US (the MTReclib / AITM per-country folders) and RU (the
+fifth country of the Tianchi release). A file named for another code, or, with several countries, a file
+whose name carries no code, fails with one line naming the file and the value instead of becoming a new
+scenario.
 
 Tasks: ``ctr`` (click), ``ctcvr`` (conversion over all impressions, the label these benchmarks train) by
 default; ``cvr`` (conversion on clicked impressions, NaN elsewhere) is also available. A conversion without
@@ -24,7 +28,7 @@ import pyarrow as pa
 
 from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
-from mtlbench.datasets.ali_ccp import check_funnel_settings, funnel_labels, split_part_of
+from mtlbench.datasets.ali_ccp import check_funnel_settings, funnel_labels, funnel_roles, split_part_of
 from mtlbench.datasets.readers import (
     Layout,
     check_header,
@@ -34,7 +38,7 @@ from mtlbench.datasets.readers import (
     read_csv,
     require_path,
 )
-from mtlbench.errors import ConfigError
+from mtlbench.errors import ConfigError, DataError
 from mtlbench.registry import register_dataset
 
 CATEGORICAL = tuple(f"categorical_{i}" for i in range(1, 17))
@@ -42,22 +46,44 @@ NUMERICAL = tuple(f"numerical_{i}" for i in range(1, 64))
 HINT = ("an AliExpress country CSV (search_id, categorical_*, numerical_*, click, conversion) or a folder of "
         "them")
 COUNTRY_RE = re.compile(r"(?:^|[^a-z])aliexpress[_\-]?([a-z]{2})(?:[^a-z]|$)", re.IGNORECASE)
+#: the countries of the published dataset (MTReclib's AliExpress_NL/_ES/_FR/_US folders; RU in the Tianchi release)
+COUNTRIES = ("ES", "FR", "NL", "RU", "US")
 
 
-def country_of(path: Path) -> str:
+def country_code(path: Path) -> str | None:
     """Two-letter country code from the file's or its folders' names (AliExpress_NL/train.csv -> NL)."""
     for part in (path.name, *(p.name for p in path.parents)):
         m = COUNTRY_RE.search(part)
         if m:
             return m.group(1).upper()
-    return path.parent.name or path.stem
+    return None
+
+
+def country_of(path: Path) -> str:
+    """The country code of a file (see :func:`country_code`), else its folder's name."""
+    return country_code(path) or path.parent.name or path.stem
+
+
+def check_countries(files: list[Path]) -> None:
+    """A one-line DataError for a country code that is not one of the dataset's, naming the file and value."""
+    codes = {f: country_code(f) for f in files}
+    for f, code in codes.items():
+        if code is not None and code not in COUNTRIES:
+            raise DataError(f"{f}: country {code!r} (from its name, every row of the file) is not an AliExpress "
+                            f"country; known: {', '.join(COUNTRIES)}")
+    if len({country_of(f) for f in files}) > 1:
+        for f, code in codes.items():
+            if code is None:
+                raise DataError(f"{f}: no AliExpress country in its name (value {country_of(f)!r}, every row of "
+                                f"the file), with files of several countries; put it in a folder AliExpress_<code> "
+                                f"with a code of {', '.join(COUNTRIES)}")
 
 
 @register_dataset("aliexpress")
 class AliExpress(DatasetSource):
     """AliExpress per-country CSVs; tasks CTR and CTCVR (CVR optional); country as the scenario."""
 
-    version = "2"  # 2: the schema records that cvr is labelled on clicks only
+    version = "3"  # 2: cvr recorded as labelled on clicks only; 3: country codes checked, task roles
 
     def __init__(self, path: str, pattern: str = "*.csv", countries: tuple[str, ...] | None = None,
                  tasks: tuple[str, ...] = ("ctr", "ctcvr"), min_count: int = 1,
@@ -81,6 +107,7 @@ class AliExpress(DatasetSource):
                 raise ConfigError(f"aliexpress: no files for countries {missing} in {self.path} "
                                   f"(found {found})")
             files = [(f, c) for f, c in files if c in wanted]
+        check_countries([f for f, _ in files])
         return files
 
     def build(self) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
@@ -122,6 +149,7 @@ class AliExpress(DatasetSource):
         schema = DatasetSchema(name="aliexpress", features=features, tasks=list(self.tasks),
                                scenario_field="country" if multi else None, session_field="search_session",
                                analysis_fields=["split_part"],
-                               conditional_tasks={"cvr": "ctr"} if "cvr" in self.tasks else {})
+                               conditional_tasks={"cvr": "ctr"} if "cvr" in self.tasks else {},
+                               task_roles=funnel_roles(self.tasks))
         schema.validate(out, source=str(self.path))
         return schema, out

@@ -27,6 +27,7 @@ from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
 from mtlbench.datasets.readers import (
     Layout,
+    check_known_values,
     decode_values,
     encode,
     find_files,
@@ -58,6 +59,7 @@ TASKS = {
     "income": ("income", {"- 50000.": 0.0, "50000+.": 1.0}),
     "never_married": ("marital_stat", None),
 }
+YEARS = ("94", "95")  # the survey years, as the file writes them (1994, 1995)
 LAYOUT = Layout(delimiter=",", names=COLUMNS)
 HINT = "a folder with census-income.data.gz and/or census-income.test.gz, or one of those files"
 
@@ -66,7 +68,7 @@ HINT = "a folder with census-income.data.gz and/or census-income.test.gz, or one
 class CensusIncome(DatasetSource):
     """UCI Census-Income (KDD) from its raw files; tasks income > 50K and never-married."""
 
-    version = "2"  # 2: numeric columns cached unscaled, z-scored with training-split statistics at load
+    version = "3"  # 2: numeric columns cached unscaled, z-scored at load with training statistics; 3: year checked
 
     def __init__(self, path: str, tasks: tuple[str, ...] = ("income", "never_married"),
                  scenario: str | None = None, log_money: bool = True, min_count: int = 1,
@@ -94,6 +96,9 @@ class CensusIncome(DatasetSource):
         cat_cols = [c for c in COLUMNS if c not in NUMERIC and c not in skip]
         wanted = {c: ("float" if c in NUMERIC else "cat") for c in COLUMNS if c != "instance_weight"}
         raws = [(read_csv(f, wanted, LAYOUT, max_rows=s["max_rows"]), is_test) for f, is_test in self.files()]
+        if self.scenario == "year":  # the survey years the UCI documentation lists: 1994 and 1995
+            for raw, _ in raws:
+                check_known_values(raw, "year", YEARS.__contains__, f"a survey year ({' or '.join(YEARS)})")
 
         columns: dict[str, np.ndarray] = {}
         for t in self.tasks:

@@ -2,7 +2,9 @@
 
 The file (``douban_sample.csv`` in Scenario-Wise-Rec, UTF-8 with or without BOM) has the columns
 ``user_id, item_id, rating, domain, living_place, join_time, time_bin``: ``rating`` is already binarised
-(0/1) and is the one task; ``domain`` is the scenario; ``time_bin`` is a coarse interaction time bucket
+(0/1) and is the one task; ``domain`` is the scenario, one of ``book``, ``movie``, ``music`` (the domains
+the Scenario-Wise-Rec sample documents; another value, or an empty cell, fails with one line naming the
+file, line and value instead of becoming a new scenario); ``time_bin`` is a coarse interaction time bucket
 and the time field (ties inside a bin keep file order), so ``split.method: auto`` is the per-user time
 split. Features: user, item, domain, living place and the year the user joined (from ``join_time``).
 ``path`` is the CSV file or a folder holding one (``pattern``).
@@ -16,6 +18,7 @@ from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
 from mtlbench.datasets.readers import (
     Layout,
+    check_known_values,
     encode,
     find_files,
     map_categories,
@@ -27,13 +30,14 @@ from mtlbench.errors import DataError
 from mtlbench.registry import register_dataset
 
 HINT = "the Douban multi-domain CSV (user_id, item_id, rating, domain, living_place, join_time, time_bin)"
+DOMAINS = ("book", "movie", "music")
 
 
 @register_dataset("douban")
 class Douban(DatasetSource):
     """Douban movie/book/music ratings; one task (rating 0/1); scenario = domain; time = time_bin."""
 
-    version = "1"
+    version = "2"  # 2: domain values are checked
 
     def __init__(self, path: str, pattern: str = "*.csv", min_count: int = 1,
                  max_rows: int | None = None) -> None:
@@ -49,6 +53,7 @@ class Douban(DatasetSource):
         raw = read_csv(files[0], {"user_id": "int", "item_id": "int", "rating": "label", "domain": "cat",
                                   "living_place": "cat", "join_time": "cat", "time_bin": "int"},
                        Layout(","), max_rows=s["max_rows"])
+        check_known_values(raw, "domain", DOMAINS.__contains__, f"a Douban domain ({', '.join(DOMAINS)})")
         time_bin = raw.integer("time_bin")
         order = time_order(time_bin)
         user = encode([raw.integer("user_id")[order]], s["min_count"])

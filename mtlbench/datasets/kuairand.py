@@ -9,8 +9,10 @@ and ``video_features_basic_*.csv`` joined on ``user_id`` / ``video_id``. ``versi
 ones, or both (``is_rand`` is kept for analysis).
 
 Tasks are any of the binary feedback columns (default ``is_click``, ``long_view``, ``is_like``). The
-scenario is ``tab`` (the app page, 0..14). Time order comes from ``time_ms``: rows are sorted by (time_ms,
-user), so ``split.method: auto`` is the per-user time split and STAN's pseudo-labels follow real time.
+scenario is ``tab`` (the app page; the KuaiRand README documents the range [0, 14]: another value or an
+empty cell fails with one line naming the file, line and value instead of becoming a new scenario). Time
+order comes from ``time_ms``: rows are sorted by (time_ms, user), so ``split.method: auto`` is the per-user
+time split and STAN's pseudo-labels follow real time.
 
 User features (``user_features``; categorical, re-indexed over the user table) include the lifecycle-related
 ``user_active_degree`` and ``register_days_range``; ``user_numeric`` are log1p + z-scored over the users.
@@ -34,6 +36,7 @@ from mtlbench.data.source import DatasetSource
 from mtlbench.datasets.readers import (
     Layout,
     RawFile,
+    check_known_values,
     decode_values,
     encode,
     find_files,
@@ -60,6 +63,7 @@ USER_COLUMNS = ("user_id", "user_active_degree", "is_lowactive_period", "is_live
 VIDEO_COLUMNS = ("video_id", "author_id", "video_type", "upload_dt", "upload_type", "visible_status",
                  "video_duration", "server_width", "server_height", "music_id", "music_type", "tag")
 STAGES = ("New", "Wander", "Stick", "Loyal")
+TABS = range(15)  # the README: "tab ... In range of [0,14]"
 NEW_DEGREES = ("day_new", "2_14_day_new")
 STICK_DEGREES = ("full_active", "high_active")
 HINT = ("the KuaiRand data/ folder: log_standard_*.csv (and/or log_random_*.csv), user_features_*.csv, "
@@ -70,7 +74,7 @@ HINT = ("the KuaiRand data/ folder: log_standard_*.csv (and/or log_random_*.csv)
 class KuaiRand(DatasetSource):
     """KuaiRand-Pure / 1K / 27K logs joined with user and video features; scenario = tab, time = time_ms."""
 
-    version = "1"
+    version = "2"  # 2: tab values are checked
 
     def __init__(self, path: str, version: str = "auto", logs: str = "standard",
                  tasks: tuple[str, ...] = ("is_click", "long_view", "is_like"),
@@ -129,6 +133,8 @@ class KuaiRand(DatasetSource):
         wanted = {"user_id": "int", "video_id": "int", "time_ms": "int", "is_rand": "int", "tab": "cat"}
         wanted |= {t: "label" for t in self.tasks}
         raws = [read_csv(f, wanted, Layout(","), max_rows=s["max_rows"]) for f in self.log_files()]
+        for r in raws:
+            check_known_values(r, "tab", is_tab, f"KuaiRand's tab (scenario), an integer in [0, {TABS.stop - 1}]")
         user_raw = np.concatenate([r.integer("user_id") for r in raws])
         video_raw = np.concatenate([r.integer("video_id") for r in raws])
         time_ms = np.concatenate([r.integer("time_ms") for r in raws])
@@ -209,6 +215,14 @@ class KuaiRand(DatasetSource):
         stage[(degree == "full_active") & (days >= s["stage_loyal_days"])] = 3
         stage[np.isin(degree, NEW_DEGREES) | (days < s["stage_new_days"])] = 0
         return stage
+
+
+def is_tab(text: str) -> bool:
+    """KuaiRand's tab (scenario): an integer in [0, 14], as its README documents."""
+    try:
+        return float(text).is_integer() and int(float(text)) in TABS
+    except ValueError:
+        return False
 
 
 class _Concat:

@@ -104,7 +104,7 @@ class Simulation(NamedTuple):
 class LifecycleSimulator(DatasetSource):
     """Synthetic multi-task, multi-scenario data whose label distributions follow latent user stages."""
 
-    version = "2"  # 2: item_popularity from the catalogue rank (no future counts)
+    version = "3"  # 2: item_popularity from the catalogue rank (no future counts); 3: task roles
 
     def __init__(self, n_users: int = 20000, n_items: int = 5000, n_rows: int = 300000, seq_len: int = 10,
                  n_scenarios: int = 3, seed: int = 0, stage_persistence: float = 0.97,
@@ -157,6 +157,7 @@ class LifecycleSimulator(DatasetSource):
             time_field="timestamp",
             session_field="session_id",
             analysis_fields=["true_stage"],
+            task_roles={"click": "click", "conversion": "purchase"},  # purchase: entire space (needs a click)
         )
 
     # -- simulation -----------------------------------------------------------------------------------

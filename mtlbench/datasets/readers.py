@@ -699,6 +699,20 @@ def decode_values(col: Categories, strip: bool = True) -> tuple[np.ndarray, list
     return col.ids, texts
 
 
+def check_known_values(raw: RawFile, column: str, known: Any, expected: str) -> None:
+    """One-line DataError (file, line, value) for the first row whose text in ``column`` fails ``known``.
+
+    For a scenario field whose values the publisher documents: an unknown value is an error, not a new
+    scenario. ``known`` is called once per distinct text (not per row); an empty cell always fails.
+    """
+    ids, texts = decode_values(raw[column])
+    bad = (ids < 0) | np.isin(ids, [i for i, t in enumerate(texts) if t is None or not known(t)])
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        value = texts[ids[row]] if ids[row] >= 0 else ""
+        raise DataError(f"{raw.at(row)}: column {column!r} has {value!r}; expected {expected}")
+
+
 def map_categories(col: Categories, fn: Any) -> Categories:
     """Apply ``fn`` (text -> text or None) to the distinct texts of a categorical column, not to every row.
 

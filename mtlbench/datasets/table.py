@@ -36,18 +36,22 @@ class TableDataset(DatasetSource):
     """A single file whose columns are named in the config.
 
     ``categorical`` maps column -> {vocab_size, role}; a vocab_size of 0 means "max id + 1 in the file".
-    Labels must be 0/1 (or empty/NaN for "no label"). With ``standardize`` the numeric columns are z-scored
+    Labels must be 0/1 (or empty/NaN for "no label"). ``task_roles`` says which task is the click and which the
+    conversion (see ``DatasetSchema.task_roles``), ``conditional_tasks`` which labels exist only where another
+    task is positive (``{cvr: click}``). With ``standardize`` the numeric columns are z-scored
     with the training split's mean and std when the data is loaded.
     """
 
     def __init__(self, path: str, tasks: list[str], categorical: dict[str, Any] | None = None,
                  numeric: list[str] | None = None, user_field: str | None = None, item_field: str | None = None,
                  scenario_field: str | None = None, time_field: str | None = None,
-                 session_field: str | None = None, format: str = "auto", standardize: bool = False) -> None:
+                 session_field: str | None = None, format: str = "auto", standardize: bool = False,
+                 task_roles: dict[str, str] | None = None, conditional_tasks: dict[str, str] | None = None) -> None:
         super().__init__(path=path, tasks=list(tasks), categorical=dict(categorical or {}),
                          numeric=list(numeric or []), user_field=user_field, item_field=item_field,
                          scenario_field=scenario_field, time_field=time_field, session_field=session_field,
-                         format=format, standardize=bool(standardize))
+                         format=format, standardize=bool(standardize), task_roles=dict(task_roles or {}),
+                         conditional_tasks=dict(conditional_tasks or {}))
 
     def build(self) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
         s = self.settings
@@ -86,6 +90,7 @@ class TableDataset(DatasetSource):
         schema = DatasetSchema(name=Path(s["path"]).stem, features=features, tasks=s["tasks"],
                                user_field=s["user_field"], item_field=s["item_field"],
                                scenario_field=s["scenario_field"], time_field=s["time_field"],
-                               session_field=s["session_field"])
+                               session_field=s["session_field"], task_roles=s["task_roles"],
+                               conditional_tasks=s["conditional_tasks"])
         schema.validate(columns, source=str(s["path"]))
         return schema, columns

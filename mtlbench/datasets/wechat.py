@@ -8,8 +8,11 @@ not read.
 
 Tasks: ``like``, ``click_avatar``, ``forward`` by default (the STAN paper's choice), ``read_comment``,
 ``comment``, ``follow``, ``favorite`` on request. ``play`` / ``stay`` are outcomes of the impression, so they
-are not features. Features: user, device, feed, author, background song and singer (empty = one shared
-missing id), the first manual tag, and log1p + z-scored ``videoplayseconds``.
+are not features. User-side features (role ``user``, the user feature set U of STAN's preference network):
+the user id, ``device`` (the user's device type) and, with ``hist_len > 0``, ``hist_feeds``: the user's
+``hist_len`` most recent feeds in the rows before this one, most recent first (the current row never
+included). Item-side: feed, author, background song and singer (empty = one shared missing id), the first
+manual tag, and log1p + z-scored ``videoplayseconds``.
 
 Time: ``date_`` (day 1..14) is the only time the challenge publishes; rows are sorted by day keeping the
 file order within a day (ties that the per-user split and STAN's pseudo-labels keep in file order). The
@@ -48,10 +51,10 @@ HINT = "the challenge folder with user_action.csv and feed_info.csv"
 class WeChat(DatasetSource):
     """WeChat Channels actions joined with feed info; tasks like / click_avatar / forward; time = date_."""
 
-    version = "1"
+    version = "2"  # 2: device has role user
 
     def __init__(self, path: str, tasks: tuple[str, ...] = ("like", "click_avatar", "forward"),
-                 valid_days: tuple[int, ...] = (13,), test_days: tuple[int, ...] = (14,), hist_len: int = 0,
+                 valid_days: tuple[int, ...] = (13,), test_days: tuple[int, ...] = (14,), hist_len: int = 10,
                  min_count: int = 1, max_rows: int | None = None) -> None:
         super().__init__(path=str(path), tasks=list(tasks), valid_days=list(valid_days),
                          test_days=list(test_days), hist_len=hist_len, min_count=min_count, max_rows=max_rows)
@@ -59,6 +62,8 @@ class WeChat(DatasetSource):
         unknown = [t for t in tasks if t not in ACTIONS]
         if unknown or not tasks:
             raise ConfigError(f"wechat: unknown task(s) {unknown}; known: {list(ACTIONS)}")
+        if int(hist_len) < 0:
+            raise ConfigError(f"wechat: hist_len must be >= 0, got {hist_len}")
         if set(valid_days) & set(test_days):
             raise ConfigError(f"wechat: valid_days {list(valid_days)} and test_days {list(test_days)} "
                               "overlap")
@@ -86,7 +91,7 @@ class WeChat(DatasetSource):
         out: dict[str, np.ndarray] = {t: labels[t][order] for t in self.tasks}
         out["userid"], out["device"], out["feedid"] = user.ids, device.ids[order], feed.ids
         features = [Feature("userid", "categorical", user.size, "user"),
-                    Feature("device", "categorical", device.size, "context"),
+                    Feature("device", "categorical", device.size, "user"),
                     Feature("feedid", "categorical", feed.size, "item")]
         tags = map_categories(feeds.pop("manual_tag_list"),
                               lambda t: None if t is None else t.split(";")[0].strip() or None)

@@ -1,25 +1,34 @@
 """AEM2TL (Yi et al., TKDE 2025): Adaptive Entire-space Multi-scenario Multi-task Transfer Learning.
 
-Only the abstract of the paper is available (seed 002). It names four modules; where it is silent we follow
-the papers it builds on, and every such choice is a config setting:
+Only the abstract of the paper is available (seed 002).
 
-1. Scenario-CGC: customised gate control (PLE's CGC, Tang et al. 2020, Eq. 1-3) over scenario-specific and
-   scenario-shared experts: the sample's own scenario s has ``num_scenario_experts`` experts and a gate
-   softmax(W_s x) mixing them with ``num_shared_scenario_experts`` shared experts.
-2. Task-CGC: a CGC level (``mtlbench.models.ple.CGCLevel``) over the Scenario-CGC output, with task-specific
-   and task-shared experts and one gate per task, giving each task's representation e_k.
-3. Personalised gating network: PEPNet's PPNet (Chang et al. 2023) "dynamically scales the top-layer neural
-   units": for task k, δ_k = γ·sigmoid(MLP(prior ⊕ stop_grad(e_k))) with γ = ``gate_scale`` (2), split into
-   one scale vector per tower layer; each tower layer's input units are multiplied by their scales. The prior
-   features (``prior_fields``; default the schema's user, item and scenario fields) are looked up in the
-   shared embedding table.
-4. Entire-space supervised multi-task module: ESMM's post-impression decomposition pCTCVR = pCTR x pCVR
-   (Ma et al. 2018, Eq. 2) for the ``ctr_task`` -> ``cvr_task`` chain; the logit returned for ``cvr_task`` is
-   the logit of pCTCVR (trained on every impression), pCVR is in ``extras["cvr"]`` and reported in
-   results.json (``cvr``). Other tasks keep their own tower's logit.
+What the abstract states: four modules, (1) Scenario-CGC and (2) Task-CGC, a multi-gate mechanism that
+integrates shared and specific information across scenarios and across tasks; (3) a personalised gating
+network that feeds personalised prior features to a gate which "dynamically scales the top-layer neural
+units"; (4) an entire-space supervised multi-task module with a "post-impression behaviour decomposition" that
+uses every impression, against sample-selection bias and CVR data sparsity; plus an adaptive weighting
+mechanism that "dynamically allocates attention to tasks based on their relative importance".
 
-The adaptive task weighting of the paper is GradNorm (Chen et al. 2018): train with ``weighting=gradnorm``
-(a weighting is a separate config group, so the model can't select it itself).
+Our reading, each a config setting:
+
+1. Scenario-CGC: PLE's customised gate control (Tang et al. 2020, Eq. 1-3) over scenarios: the sample's own
+   scenario s has ``num_scenario_experts`` experts and a gate softmax(W_s x) mixing them with
+   ``num_shared_scenario_experts`` shared experts.
+2. Task-CGC: one CGC level (``mtlbench.models.ple.CGCLevel``) over the Scenario-CGC output, task-specific and
+   task-shared experts, one gate per task, giving each task's representation e_k.
+3. Personalised gating: PEPNet's PPNet (Chang et al. 2023): for task k, δ_k = γ·sigmoid(MLP(prior ⊕
+   stop_grad(e_k))) with γ = ``gate_scale`` (2), split into one scale vector per tower layer that multiplies
+   the layer's input units. Prior features (``prior_fields``; default the user, item and scenario fields) come
+   from the shared embedding table.
+4. Post-impression decomposition: ESMM's pCTCVR = pCTR x pCVR (Ma et al. 2018, Eq. 2) for the ``ctr_task`` ->
+   ``cvr_task`` chain (default: the dataset's ``click`` and ``conversion`` task roles); the logit returned for
+   ``cvr_task`` is that of pCTCVR (trained on every impression), pCVR is in ``extras["cvr"]`` and its AUC on
+   clicked test rows in results.json (``cvr``). Other tasks keep their own tower's logit. The alternative
+   reading is ESMM² (Wen et al., SIGIR 2020), which decomposes post-click behaviour further into deterministic
+   and other actions (D-Action / O-Action); it needs action labels no public dataset of the protocol has.
+5. Adaptive weighting: GradNorm (Chen et al. 2018), our choice among adaptive weightings ("relative
+   importance" read as relative training rates). ``configs/model/aem2tl.yaml`` selects ``weighting=gradnorm``,
+   as ``model=stan`` selects its own; ``weighting=...`` on the command line overrides it.
 """
 
 from __future__ import annotations

@@ -14,8 +14,12 @@ The behavioural expectation calibrator (Eq. 8, label constraint) penalises a lat
 likely than the step before it: L_lc = mean_x Σ_{t≥2} max(ŷ_t - ŷ_{t-1}, 0), added to the loss with weight
 ``calibrator_weight`` (α in Eq. 9; 0.6 as in the authors' code) through ``ModelOutput.aux_losses``.
 
-Choices the paper leaves to the setting: ``chain`` lists the tasks of the conversion chain in order (default:
-every task in schema order); other tasks get a plain tower. Every label is per impression (the
+Choices the paper leaves to the setting: ``chain`` lists the tasks of the conversion chain in order; by default
+the dataset's ``click`` -> ``conversion`` roles (``DatasetSchema.task_roles``, e.g. Ali-CCP's ctr -> ctcvr), and
+on a dataset without funnel roles every task in schema order (how the STAN paper runs AITM on WeChat's like,
+click_avatar, forward: our reading, the STAN paper does not give the order); other tasks get a plain tower. A
+chain step after the first must be labelled on every impression: a click-conditional label (Ali-CCP's cvr)
+is refused, since the calibrator would bound P(cvr | click) by P(click). Every label is per impression (the
 conversion label is 0 on unclicked rows), so every task trains over the entire impression space, as in the
 paper. The calibrator applies to every impression. ``shared_parameters`` is the embedding table: the only
 component every task's loss reaches (the transfer units are downstream of one task only).
@@ -32,6 +36,7 @@ from torch import Tensor, nn
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import ConfigError
 from mtlbench.models.base import ModelOutput, MultiTaskModel
+from mtlbench.models.esmm import refuse_conditional
 from mtlbench.models.layers import MLP, FeatureEmbedding
 from mtlbench.registry import register_model
 
@@ -65,11 +70,16 @@ class AITM(MultiTaskModel):
                  chain: list[str] | None = None, calibrator_weight: float = 0.6, dropout: float = 0.0,
                  activation: str = "relu") -> None:
         super().__init__(schema)
-        chain = list(self.tasks if chain is None else chain)
+        if chain is None:
+            roles = schema.task_roles
+            chain = [roles["click"], roles["conversion"]] if {"click", "conversion"} <= set(roles) else self.tasks
+        chain = list(chain)
         unknown = [t for t in chain if t not in self.tasks]
         if unknown or len(chain) < 2 or len(set(chain)) != len(chain):
             raise ConfigError(f"model 'aitm': chain={chain} must list at least two distinct tasks of the "
                               f"dataset in conversion order; tasks are {self.tasks}")
+        for t in chain[1:]:
+            refuse_conditional("aitm", "chain", t, schema)
         if not tower:
             raise ConfigError("model 'aitm': tower needs at least one hidden layer (its width is AIT's)")
         self.chain = chain

@@ -38,26 +38,32 @@ def check_task(model: str, setting: str, task: str | None, tasks: list[str], def
 
 def conversion_pair(model: str, schema: DatasetSchema, ctr_task: str | None,
                     cvr_task: str | None) -> tuple[str, str]:
-    """(click task, conversion task); defaults: the schema's first and last task.
+    """(click task, conversion task): the config's names, else the dataset's ``click`` and ``conversion`` roles.
 
     The conversion task must be labelled on every impression (click AND conversion): a label that exists
     only on clicked rows is the sample-selection-biased CVR label the entire-space decomposition replaces.
     """
     tasks = list(schema.tasks)
-    if len(tasks) < 2:
-        raise ConfigError(f"model {model!r} needs a click task and a conversion task; "
-                          f"the dataset has only {tasks}")
-    ctr = check_task(model, "ctr_task", ctr_task, tasks, tasks[0])
-    cvr = check_task(model, "cvr_task", cvr_task, tasks, tasks[-1])
+    ctr = schema.task_for_role("click", model) if ctr_task is None else check_task(model, "ctr_task", ctr_task,
+                                                                                    tasks, ctr_task)
+    cvr = schema.task_for_role("conversion", model) if cvr_task is None else check_task(model, "cvr_task",
+                                                                                         cvr_task, tasks, cvr_task)
     if ctr == cvr:
         raise ConfigError(f"model {model!r}: ctr_task and cvr_task are both {ctr!r}; they must differ")
-    if cvr in schema.conditional_tasks:
-        others = [t for t in tasks if t not in schema.conditional_tasks and t != ctr]
-        hint = f"; entire-space tasks of this dataset: {others}" if others else ""
-        raise ConfigError(f"model {model!r}: cvr_task={cvr!r} is labelled only where "
-                          f"{schema.conditional_tasks[cvr]!r} is positive; it needs the conversion label over "
-                          f"every impression (e.g. ctcvr){hint}")
+    refuse_conditional(model, "cvr_task", cvr, schema)
     return ctr, cvr
+
+
+def refuse_conditional(model: str, setting: str, task: str, schema: DatasetSchema) -> None:
+    """A conversion-chain step must be labelled on every impression, not only where the previous step is."""
+    if task in schema.conditional_tasks:
+        entire = schema.task_roles.get("conversion")
+        others = [t for t in schema.tasks if t not in schema.conditional_tasks]
+        hint = (f"; this dataset's entire-space conversion task is {entire!r}" if entire else
+                f"; entire-space tasks of this dataset: {others}")
+        raise ConfigError(f"model {model!r}: {setting} names {task!r}, labelled only where "
+                          f"{schema.conditional_tasks[task]!r} is positive; it needs the conversion label over "
+                          f"every impression (e.g. ctcvr){hint}")
 
 
 def ctcvr_logit(ctr_logit: Tensor, cvr_logit: Tensor) -> Tensor:
@@ -100,7 +106,7 @@ class ESMM(MultiTaskModel):
     """Shared embeddings (Eq. 1's shared lookup table), a CTR tower and a CVR tower; pCTCVR = pCTR x pCVR.
 
     ``ctr_task`` / ``cvr_task`` name the click and the (post-impression) conversion task; by default the
-    schema's first and last task.
+    tasks that play the dataset's ``click`` and ``conversion`` roles (``DatasetSchema.task_roles``).
     """
 
     def __init__(self, schema: DatasetSchema, embedding_dim: int = 16,

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlbench.data.schema import DatasetSchema, Feature
+from mtlbench.errors import ConfigError
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
 
@@ -159,3 +160,80 @@ class Towers(nn.Module):
 
     def forward(self, inputs: list[Tensor]) -> dict[str, Tensor]:
         return {t: tower(x).squeeze(-1) for t, tower, x in zip(self.tasks, self.towers, inputs)}
+
+
+# -- per-scenario slots (the ``per`` setting of shared_bottom / mmoe / ple) ---------------------------------
+
+PER_CHOICES = ("task", "scenario", "task_scenario")
+
+
+def check_per(model: str, schema: DatasetSchema, per: str) -> int:
+    """Validate a model's ``per`` setting; returns its slot count (K, S or K·S towers / gates).
+
+    ``task``: one slot per task (plain multi-task). ``scenario``: one slot per scenario, picked by the row's
+    scenario. ``task_scenario``: one slot per (task, scenario) pair, slot index ``k * S + s``.
+    """
+    if per not in PER_CHOICES:
+        raise ConfigError(f"model {model}: per={per!r} is not one of {', '.join(PER_CHOICES)}")
+    if per != "task" and schema.scenario_field is None:
+        raise ConfigError(f"model {model} with per={per!r} needs a scenario field; dataset {schema.name!r} "
+                          f"has none (use per=task)")
+    k, s = len(schema.tasks), schema.num_scenarios
+    return {"task": k, "scenario": s, "task_scenario": k * s}[per]
+
+
+def row_scenarios(schema: DatasetSchema, batch: dict[str, Tensor]) -> Tensor:
+    """The scenario id of every row [B] (``batch["scenario"]``, else the scenario field's column)."""
+    if "scenario" in batch:
+        return batch["scenario"]
+    return batch["categorical"][:, [f.name for f in schema.categorical].index(schema.scenario_field)]
+
+
+def pick_slot(x: Tensor, slot: Tensor) -> Tensor:
+    """Row r's own slot of ``x`` [B, n, ...] -> [B, ...] (a gather: other slots get exactly zero gradient)."""
+    return x[torch.arange(len(x), device=x.device), slot]
+
+
+class ScenarioTowers(nn.Module):
+    """Per-scenario towers (``per=scenario``) or per-(task, scenario) towers (``per=task_scenario``).
+
+    All towers run together as one :class:`ExpertGroup` (hidden layers) plus one batched output layer,
+    and each row reads the logits of its own scenario's tower(s); no Python loop over rows or scenarios.
+
+    - ``scenario``: S towers ``MLP(in, hidden) -> K`` logits; row r's logit for task k is output k of
+      tower ``s_r``. (The multi-scenario papers' form has one tower per scenario with a single logit,
+      i.e. this with K = 1.)
+    - ``task_scenario``: K·S towers ``MLP(in, hidden) -> 1``, slot ``k * S + s``; row r's logit for task k
+      comes from tower ``(k, s_r)``.
+
+    Input: [B, in] shared by all towers, or [n, B, in] with one input per tower (n = S or K·S).
+    Each tower is initialised like an ``nn.Linear`` stack (same as :class:`Towers`).
+    """
+
+    def __init__(self, tasks: list[str], num_scenarios: int, per: str, in_dim: int, hidden: list[int],
+                 dropout: float = 0.0, act: str = "relu") -> None:
+        super().__init__()
+        if per not in ("scenario", "task_scenario"):
+            raise ValueError(f"ScenarioTowers: per must be 'scenario' or 'task_scenario', got {per!r}")
+        self.tasks, self.num_scenarios, self.per = list(tasks), num_scenarios, per
+        k = len(self.tasks)
+        self.n = num_scenarios if per == "scenario" else k * num_scenarios
+        out = k if per == "scenario" else 1
+        self.hidden = ExpertGroup(self.n, in_dim, hidden, dropout, act)
+        h = self.hidden.out_dim
+        w = torch.empty(self.n, h, out)
+        for i in range(self.n):  # nn.Linear's init, tower by tower
+            nn.init.kaiming_uniform_(w[i].T, a=math.sqrt(5))
+        self.weight = nn.Parameter(w)
+        self.bias = nn.Parameter(torch.empty(self.n, 1, out).uniform_(-1 / math.sqrt(h), 1 / math.sqrt(h)))
+
+    def forward(self, x: Tensor, scenario: Tensor) -> dict[str, Tensor]:
+        h = self.hidden(x).transpose(0, 1)                   # [n, B, H]
+        logits = torch.baddbmm(self.bias, h, self.weight)    # [n, B, K] or [n, B, 1]
+        b, k = h.shape[1], len(self.tasks)
+        if self.per == "scenario":
+            per_scenario = logits.transpose(0, 1)            # [B, S, K]
+        else:                                                # slot k*S + s -> [B, S, K]
+            per_scenario = logits.squeeze(-1).T.reshape(b, k, self.num_scenarios).transpose(1, 2)
+        own = pick_slot(per_scenario, scenario)              # [B, K]
+        return {t: own[:, i] for i, t in enumerate(self.tasks)}

@@ -3,6 +3,19 @@
 Each level has task-specific experts per task and shared experts. Task k's gate mixes its own experts
 with the shared ones (STAN Eq. 1-3: w^k = softmax(W^k x), H^k = [Exp_sp^k, Exp_sh], g^k = w^k ⊙ H^k);
 at every level but the last, a shared gate mixes all experts to feed the next level's shared experts.
+
+``per`` chooses what the CGC's specific slots (specific experts + gate) and the towers belong to:
+
+- ``task`` (default): one slot and one tower per task, the original model.
+- ``scenario``: the CGC "task" slots become scenario slots: specific experts, gate and tower per scenario,
+  and a row reads its scenario's slot. The multi-scenario papers (SFPNet's baselines, Scenario-Wise-Rec)
+  use PLE this way with a single task: each scenario is a "task" with a one-logit tower. Ours, for K
+  tasks: the scenario's tower ends in K logits (one per task).
+- ``task_scenario``: one slot and one tower per (task, scenario) pair (MMLRec's multi-task multi-scenario
+  form); a row uses the K slots of its scenario.
+
+Every slot runs on every row (batched, no loop over rows), then each row's own slot is gathered: the
+specific experts cost S (or K·S) slots' compute instead of K, in exchange for no batch splitting.
 """
 
 from __future__ import annotations
@@ -12,12 +25,12 @@ from torch import Tensor, nn
 
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.models.base import MultiTaskModel
-from mtlbench.models.layers import ExpertGroup, FeatureEmbedding, Towers
+from mtlbench.models.layers import ExpertGroup, FeatureEmbedding, ScenarioTowers, Towers, check_per, row_scenarios
 from mtlbench.registry import register_model
 
 
 class CGCLevel(nn.Module):
-    """One extraction level. Inputs: one tensor per task plus one shared tensor (all [B, in])."""
+    """One extraction level. Inputs: one tensor per task (slot) plus one shared tensor (all [B, in])."""
 
     def __init__(self, num_tasks: int, in_dim: int, num_specific: int, num_shared: int, hidden: list[int],
                  last: bool, dropout: float = 0.0, act: str = "relu") -> None:
@@ -49,19 +62,36 @@ class CGCLevel(nn.Module):
 class PLE(MultiTaskModel):
     def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, num_levels: int = 1,
                  num_specific_experts: int = 1, num_shared_experts: int = 2, expert: tuple[int, ...] = (256, 128),
-                 tower: tuple[int, ...] = (64,), dropout: float = 0.0, activation: str = "relu") -> None:
+                 tower: tuple[int, ...] = (64,), dropout: float = 0.0, activation: str = "relu",
+                 per: str = "task") -> None:
+        num_slots = check_per(type(self).__name__, schema, per)
         super().__init__(schema)
+        self.per = per
+        if per != "task":
+            self.required_fields = ("scenario",)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
-        self.backbone = PLEBackbone(len(self.tasks), self.embedding.output_dim, num_levels, num_specific_experts,
+        self.backbone = PLEBackbone(num_slots, self.embedding.output_dim, num_levels, num_specific_experts,
                                     num_shared_experts, list(expert), dropout, activation)
-        self.towers = Towers(self.tasks, self.backbone.out_dim, list(tower), dropout, activation)
+        if per == "task":
+            self.towers = Towers(self.tasks, self.backbone.out_dim, list(tower), dropout, activation)
+        else:
+            self.towers = ScenarioTowers(self.tasks, schema.num_scenarios, per, self.backbone.out_dim,
+                                         list(tower), dropout, activation)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return self.towers(self.backbone(self.embedding.flat(batch)))
+        reps = self.backbone(self.embedding.flat(batch))
+        if self.per == "task":
+            return self.towers(reps)
+        # slot j's representation feeds tower j (slot order: scenario s, or task k & scenario s at k*S + s)
+        return self.towers(torch.stack(reps), row_scenarios(self.schema, batch))
 
 
 class PLEBackbone(nn.Module):
-    """``num_levels`` CGC levels; returns one representation per task (the towers' inputs)."""
+    """``num_levels`` CGC levels; returns one representation per task (the towers' inputs).
+
+    ``num_tasks`` is the number of specific slots: tasks for plain PLE, scenarios or (task, scenario) pairs
+    for ``PLE(per=...)``.
+    """
 
     def __init__(self, num_tasks: int, in_dim: int, num_levels: int, num_specific: int, num_shared: int,
                  expert: list[int], dropout: float = 0.0, act: str = "relu") -> None:

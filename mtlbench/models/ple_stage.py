@@ -2,9 +2,11 @@
 
 "Enhances the vanilla PLE structure by adding pre-knowledge of stage information. Stage information is
 combined with existing features." The stage is the rule of section 2.1 (``rule_stage`` in
-``mtlbench/data/lifecycle_inputs.py``: per-user CTR / staytime / CVR rates over training rows split at
-their medians into New / Wander / Stick / Loyal, plus an id for users without training rows), embedded
-like any categorical feature and concatenated to the PLE input.
+``mtlbench/data/lifecycle_inputs.py``: the user's CTR / staytime / CVR rates over its training rows
+strictly earlier than the row, split at the medians of the per-user rates into New / Wander / Stick /
+Loyal, plus an id for rows without earlier training rows; an entire-space CVR is taken per click), so a
+training row's stage never includes its own label. It is embedded like any categorical feature and
+concatenated to the PLE input.
 """
 
 from __future__ import annotations

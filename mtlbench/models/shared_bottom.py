@@ -1,4 +1,13 @@
-"""MLP_Shared (Caruana 1997; STAN section 4.1.2): a shared bottom MLP under one tower per task."""
+"""MLP_Shared (Caruana 1997; STAN section 4.1.2): a shared bottom MLP under one tower per task.
+
+``per`` chooses what the towers are specific to:
+
+- ``task`` (default): one tower per task, the original model.
+- ``scenario``: one tower per scenario, picked by the row's scenario. The multi-scenario papers (SFPNet's
+  baselines, Scenario-Wise-Rec) use Shared-Bottom this way with a single task: each scenario is a "task"
+  with its own one-logit tower. Ours, for K tasks: each scenario tower ends in K logits (one per task).
+- ``task_scenario``: one tower per (task, scenario) pair (MMLRec's multi-task multi-scenario form).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +15,30 @@ from torch import Tensor
 
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.models.base import MultiTaskModel
-from mtlbench.models.layers import MLP, FeatureEmbedding, Towers
+from mtlbench.models.layers import MLP, FeatureEmbedding, ScenarioTowers, Towers, check_per, row_scenarios
 from mtlbench.registry import register_model
 
 
 @register_model("shared_bottom")
 class SharedBottom(MultiTaskModel):
     def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, bottom: tuple[int, ...] = (256, 128),
-                 tower: tuple[int, ...] = (64,), dropout: float = 0.0, activation: str = "relu") -> None:
+                 tower: tuple[int, ...] = (64,), dropout: float = 0.0, activation: str = "relu",
+                 per: str = "task") -> None:
+        check_per(type(self).__name__, schema, per)
         super().__init__(schema)
+        self.per = per
+        if per != "task":
+            self.required_fields = ("scenario",)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
         self.bottom = MLP(self.embedding.output_dim, list(bottom), None, dropout, activation)
-        self.towers = Towers(self.tasks, self.bottom.out_dim, list(tower), dropout, activation)
+        if per == "task":
+            self.towers = Towers(self.tasks, self.bottom.out_dim, list(tower), dropout, activation)
+        else:
+            self.towers = ScenarioTowers(self.tasks, schema.num_scenarios, per, self.bottom.out_dim, list(tower),
+                                         dropout, activation)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         h = self.bottom(self.embedding.flat(batch))
-        return self.towers([h] * len(self.tasks))
+        if self.per == "task":
+            return self.towers([h] * len(self.tasks))
+        return self.towers(h, row_scenarios(self.schema, batch))

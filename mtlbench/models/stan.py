@@ -4,10 +4,12 @@ The model reads like the paper's section 3:
 
 1. Multi-task prediction network (3.1, Eq. 1-4): a PLE (default) or MMoE backbone over all features
    ``x = [vec(U), vec(V)]`` and one tower per task. The towers give the predictions.
-2. User preference learning (3.2): the embeddings of the user's features form ``U`` (d1 fields x d2 dims);
-   a feature extractor ``f`` (self-attention, Eq. 7, or the DNN of section 4.1.3) gives ``U'`` (Eq. 6); a
-   task-specific attention gives ``s^k`` (Eq. 8); a single linear layer and a sigmoid give the preference
-   ``y~^k`` (Eq. 9), trained towards the pseudo-label ``l^k`` (Eq. 10, a derived input) by Eq. 11.
+2. User preference learning (3.2): the embeddings of the user's features form ``U`` (d1 fields x d2 dims;
+   every categorical and sequence feature with role ``user``, a sequence such as the user's history mean-
+   pooled into one row as in the backbone's input); a feature extractor ``f`` gives ``U'`` (Eq. 6): the DNN
+   that section 4.1.3 says the experiments used (default) or the self-attention of Eq. 7; a task-specific
+   attention gives ``s^k`` (Eq. 8); a single linear layer and a sigmoid give the preference ``y~^k``
+   (Eq. 9), trained towards the pseudo-label ``l^k`` (Eq. 10, a derived input) by Eq. 11.
 3. Latent stage detection and the stage-adaptive loss (3.3-3.4, Algorithm 1, Eq. 12-14) are the loss-
    weighting strategy ``stan_stage`` (``mtlbench/weighting/stan_stage.py``), which reads ``y~`` from
    ``extras["preference"]``; ``stan_wo_beta`` is the same network trained with the w/o-Beta weighting.
@@ -18,6 +20,7 @@ The user features and the backbone share one embedding table: ``U_i`` is the sam
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from mtlbench.models.ple import PLEBackbone
 from mtlbench.registry import register_model
 
 PSEUDO_LABEL = "stan_pseudo_label"
+_SINGLE_FIELD_WARNED: set[str] = set()  # datasets already warned about (one-field U)
 
 
 # -- 3.1 multi-task prediction network ----------------------------------------------------------------
@@ -156,9 +160,11 @@ class STAN(MultiTaskModel):
 
     Settings: ``backbone`` ``ple`` | ``mmoe`` (with the PLE settings ``num_levels``, ``num_specific_experts``,
     ``num_shared_experts`` or MMoE's ``num_experts``); ``user_fields`` the features forming U (default:
-    every categorical and sequence feature with role ``user``); ``user_extractor`` ``attention`` (Eq. 7,
-    default) | ``dnn`` (section 4.1.3, hidden sizes ``extractor_hidden``); ``task_attention_softmax``
-    (see :class:`TaskAttention`); ``stage_analysis`` settings of the after-test stage analysis.
+    every categorical and sequence feature with role ``user``; one field only is warned about, as Eq. 7-8
+    then have a single row to attend over); ``user_extractor`` ``dnn`` (section 4.1.3: the f of the paper's
+    experiments, hidden sizes ``extractor_hidden``; default) | ``attention`` (Eq. 7 of section 3.2);
+    ``task_attention_softmax`` (see :class:`TaskAttention`); ``stage_analysis`` settings of the after-test
+    stage analysis. :meth:`model_info` (written to ``results.json``) names the fields U was built from.
     """
 
     required_inputs = (PSEUDO_LABEL,)
@@ -167,7 +173,7 @@ class STAN(MultiTaskModel):
     def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, backbone: str = "ple", num_levels: int = 2,
                  num_specific_experts: int = 1, num_shared_experts: int = 2, num_experts: int = 4,
                  expert: tuple[int, ...] = (256, 128), tower: tuple[int, ...] = (64,), dropout: float = 0.0,
-                 activation: str = "relu", user_fields: list[str] | None = None, user_extractor: str = "attention",
+                 activation: str = "relu", user_fields: list[str] | None = None, user_extractor: str = "dnn",
                  extractor_hidden: tuple[int, ...] = (256,), task_attention_softmax: str = "features",
                  stage_analysis: dict[str, Any] | None = None) -> None:
         super().__init__(schema)
@@ -185,6 +191,7 @@ class STAN(MultiTaskModel):
         self.register_buffer("user_index", torch.tensor([names.index(n) for n in self.user_fields]),
                              persistent=False)
         d1, d2 = len(self.user_fields), embedding_dim
+        self.user_extractor = user_extractor
         if user_extractor == "attention":
             self.extractor: nn.Module = FeatureSelfAttention(d1)
         elif user_extractor == "dnn":
@@ -207,7 +214,19 @@ class STAN(MultiTaskModel):
         if bad or not fields:
             raise ConfigError(f"STAN user_fields must be categorical or sequence features of dataset "
                               f"{schema.name!r}, got {fields}")
+        if len(fields) == 1 and schema.name not in _SINGLE_FIELD_WARNED:  # once per dataset and process
+            _SINGLE_FIELD_WARNED.add(schema.name)
+            warnings.warn(f"STAN on dataset {schema.name!r}: the user feature set U has a single field "
+                          f"({fields[0]!r}): the preference network (Eq. 6-9) learns from one embedding and its "
+                          "feature attention (Eq. 8, and Eq. 7) has nothing to weigh; give the dataset more "
+                          "user-side fields (e.g. a user history, dataset.hist_len > 0, where the dataset has one) "
+                          "or set model.user_fields",
+                          UserWarning, stacklevel=2)
         return fields
+
+    def model_info(self) -> dict[str, Any]:
+        """What this run's preference network read, for ``results.json`` (``model_info``)."""
+        return {"user_fields": list(self.user_fields), "user_extractor": self.user_extractor}
 
     def user_preference(self, fields: Tensor) -> tuple[Tensor, Tensor]:
         """Section 3.2 on the field embeddings [B, F, D]: preference logits [B, K] and s^k [B, K, d1, d2]."""

@@ -23,6 +23,10 @@ Choices the paper leaves open (all in config):
   normalised with the mean/variance of *its scenario's rows in the batch*, and per-scenario moving
   averages are kept for evaluation, as the paper prescribes at test time. ``false`` uses whole-batch
   statistics (and one moving average) with the scenario-specific affine parameters kept.
+- PN on scenarios with very few rows in a batch: a scenario with fewer than ``norm_min_rows`` (default 2)
+  rows in a training batch is normalised with its moving averages, as at test time, and its moving
+  averages are not updated from that batch (one row minus its own mean is exactly zero, and one row has
+  no variance to estimate). See :class:`PartitionedNorm`.
 - Initialisation: scenario weights start at 1 and scenario biases (and ``β_p``) at 0, so at
   initialisation every scenario computes the shared network and specialises from there.
 - Auxiliary inputs: ``aux_fields`` (default: the categorical fields whose role is ``context``, which
@@ -72,13 +76,21 @@ class PartitionedNorm(nn.Module):
     Training: ``E_p``/``Var_p`` are the (biased) mean/variance of the batch rows of scenario ``p``;
     per-scenario moving averages (unbiased variance, like BatchNorm) are updated for the scenarios
     present. Evaluation: the moving averages of the row's scenario.
+
+    Few rows: a scenario with fewer than ``min_rows`` rows in a training batch (e.g. a single row, which
+    batch statistics would normalise to exactly zero) is normalised with its moving averages instead, as
+    in evaluation, and its moving averages are left as they are (a single row gives no variance estimate).
+    ``min_rows`` must be at least 2. With ``partition_stats=False`` the rule applies to the whole batch.
     """
 
     def __init__(self, dim: int, num_scenarios: int, momentum: float = 0.1, eps: float = 1e-5,
-                 partition_stats: bool = True) -> None:
+                 partition_stats: bool = True, min_rows: int = 2) -> None:
         super().__init__()
+        if int(min_rows) < 2:
+            raise ConfigError(f"partitioned normalisation: min_rows must be >= 2 (one row has no batch "
+                              f"variance), got {min_rows}")
         self.num_scenarios, self.momentum, self.eps = num_scenarios, momentum, eps
-        self.partition_stats = partition_stats
+        self.partition_stats, self.min_rows = partition_stats, int(min_rows)
         self.gamma = nn.Parameter(torch.ones(dim))
         self.beta = nn.Parameter(torch.zeros(dim))
         self.gamma_p = nn.Parameter(torch.ones(num_scenarios, dim))
@@ -96,13 +108,18 @@ class PartitionedNorm(nn.Module):
             mean = z.new_zeros(groups, z.shape[1]).index_add(0, group, z) / n         # E_p
             centred = z - mean[group]
             var = z.new_zeros(groups, z.shape[1]).index_add(0, group, centred.square()) / n  # Var_p
+            enough = (count >= self.min_rows).unsqueeze(1)                            # else: moving averages
             with torch.no_grad():
-                seen = count > 0
-                unbiased = var * (count / (count - 1).clamp_min(1.0)).unsqueeze(1)
                 m = self.momentum
-                self.running_mean[seen] = (1 - m) * self.running_mean[seen] + m * mean[seen]
-                self.running_var[seen] = (1 - m) * self.running_var[seen] + m * unbiased[seen]
-            z_hat = centred / torch.sqrt(var[group] + self.eps)
+                unbiased = var * (count / (count - 1).clamp_min(1.0)).unsqueeze(1)
+                self.running_mean.copy_(torch.where(enough, (1 - m) * self.running_mean + m * mean,
+                                                    self.running_mean))
+                self.running_var.copy_(torch.where(enough, (1 - m) * self.running_var + m * unbiased,
+                                                   self.running_var))
+            # groups with too few rows: their moving averages (left unchanged above), as in evaluation
+            mean = torch.where(enough, mean, self.running_mean)
+            var = torch.where(enough, var, self.running_var)
+            z_hat = (z - mean[group]) / torch.sqrt(var[group] + self.eps)
         else:
             z_hat = (z - self.running_mean[group]) / torch.sqrt(self.running_var[group] + self.eps)
         return (self.gamma * self.gamma_p[scenario]) * z_hat + (self.beta + self.beta_p[scenario])
@@ -165,14 +182,14 @@ class STAR(MultiTaskModel):
     def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, star: tuple[int, ...] = (256, 128),
                  tower: tuple[int, ...] = (64,), aux: tuple[int, ...] = (64,),
                  aux_fields: list[str] | None = None, partition_norm: bool = True,
-                 partition_stats: bool = True, norm_momentum: float = 0.1,
+                 partition_stats: bool = True, norm_momentum: float = 0.1, norm_min_rows: int = 2,
                  dropout: float = 0.0, activation: str = "relu") -> None:
         super().__init__(schema)
         s = schema.num_scenarios
         self.embedding = FeatureEmbedding(schema, embedding_dim)
         d = self.embedding.output_dim
-        self.norm = (PartitionedNorm(d, s, norm_momentum, partition_stats=partition_stats) if partition_norm
-                     else None)
+        self.norm = (PartitionedNorm(d, s, norm_momentum, partition_stats=partition_stats, min_rows=norm_min_rows)
+                     if partition_norm else None)
         self.star = StarMLP(d, list(star), s, None, dropout, activation)
         self.towers = nn.ModuleList(StarMLP(self.star.out_dim, list(tower), s, 1, dropout, activation)
                                     for _ in self.tasks)

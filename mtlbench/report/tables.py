@@ -160,6 +160,12 @@ def _order(groups: list[Group], settings: ReportSettings) -> list[Group]:
     return sorted(groups, key=key)
 
 
+def _task_roles(groups: list[Group]) -> dict[str, str]:
+    """``role:<role>`` -> task, as the runs' datasets declare them (results.json ``task_roles``)."""
+    return {f"role:{role}": task for g in groups for r in g.runs
+            for role, task in (r.results.get("task_roles") or {}).items()}
+
+
 def _tasks(groups: list[Group], settings: ReportSettings) -> list[str]:
     found: dict[str, None] = {}
     for g in groups:
@@ -167,11 +173,30 @@ def _tasks(groups: list[Group], settings: ReportSettings) -> list[str]:
             for t in r.results["metrics"].get(settings.split, {}):
                 found[t] = None
     if settings.tasks:
-        unknown = [t for t in settings.tasks if t not in found]
+        roles = _task_roles(groups)
+        wanted = [roles.get(t, t) for t in settings.tasks]
+        unknown = [t for t, w in zip(settings.tasks, wanted) if w not in found]
         if unknown:
-            raise ConfigError(f"report tasks {unknown} are not in the runs; their tasks are {list(found)}")
-        return list(settings.tasks)
+            raise ConfigError(f"report tasks {unknown} are not in the runs; their tasks are {list(found)}"
+                              f" and task roles {sorted(roles) or 'none'}")
+        return wanted
     return list(found)
+
+
+def _task_labels(groups: list[Group], labels: dict[str, str]) -> dict[str, str]:
+    """Column labels by task; a label keyed ``role:<role>`` applies to the task that plays the role."""
+    out = {task: labels[role] for role, task in _task_roles(groups).items() if role in labels}
+    return out | {t: v for t, v in labels.items() if not t.startswith("role:")}
+
+
+def _scenario_label(groups: list[Group], scenario: str) -> str:
+    """The dataset's name of a scenario id (results.json ``scenario_labels``, e.g. B1), else ``#id``."""
+    for g in groups:
+        for r in g.runs:
+            names = r.results.get("scenario_labels") or []
+            if scenario.isdigit() and int(scenario) < len(names):
+                return names[int(scenario)]
+    return f"#{scenario}"
 
 
 def _scenarios(groups: list[Group], split: str, metric: str) -> list[str]:
@@ -194,7 +219,7 @@ def _section_board(section: Section, settings: ReportSettings) -> SectionBoard:
         g.label = group_label(g, multi_weighting, settings.model_labels)
     groups = _order(section.groups, settings)
     tasks = _tasks(groups, settings)
-    tl = settings.task_labels
+    tl = _task_labels(groups, settings.task_labels)
 
     base = _base_group(groups, settings.base)
     tables = []
@@ -204,7 +229,8 @@ def _section_board(section: Section, settings: ReportSettings) -> SectionBoard:
         tables.append(_table("Overall", main, groups, base, settings, show_relaimpr=base is not None))
     for sm in settings.scenario_metrics:
         scen = _scenarios(groups, settings.split, sm)
-        cols = [Column(t, f"{sm}@scenario={s}", f"{tl.get(t, t)} #{s}") for t in tasks for s in scen
+        cols = [Column(t, f"{sm}@scenario={s}", f"{tl.get(t, t)} {_scenario_label(groups, s)}") for t in tasks
+                for s in scen
                 if _has(groups, settings.split, t, f"{sm}@scenario={s}")]
         if cols:
             tables.append(_table(f"Per scenario: {metric_name(sm)}", cols, groups, base, settings, False))

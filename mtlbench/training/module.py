@@ -85,8 +85,10 @@ class MultiTaskModule(pl.LightningModule):
         if monitor_metric not in known:
             raise ConfigError(f"monitor={monitor_metric!r} is not computed on dataset {schema.name!r}; "
                               f"choose one of {known}")
+        # per split, one metric set per task in task order: a ModuleList, because task names are the
+        # publisher's (``forward``, ``train``, ``type``, names with dots) and can't be module attribute names
         self.metrics = nn.ModuleDict({
-            split: nn.ModuleDict({t: task_metrics(schema, self.ndcg_k) for t in self.tasks}) for split in EVAL_SPLITS
+            split: nn.ModuleList(task_metrics(schema, self.ndcg_k) for _ in self.tasks) for split in EVAL_SPLITS
         })
         self.rows = RowCollector()
         self.results: dict[str, dict[str, dict[str, float]]] = {}
@@ -182,10 +184,10 @@ class MultiTaskModule(pl.LightningModule):
         probs = torch.sigmoid(self.task_logits(self(batch)).float())
         labels = batch["labels"]
         user, session, scenario = batch.get("user"), batch.get("session"), batch.get("scenario")
-        for k, t in enumerate(self.tasks):
+        for k in range(len(self.tasks)):
             keep = ~torch.isnan(labels[:, k])
             p, y = probs[keep, k], labels[keep, k]
-            for name, m in self.metrics[split][t].items():
+            for name, m in self.metrics[split][k].items():
                 if name in ("auc", "logloss"):
                     m.update(p, y)
                 elif name == "sgauc":
@@ -205,9 +207,9 @@ class MultiTaskModule(pl.LightningModule):
 
     def _finish(self, split: str) -> None:
         values: dict[str, dict[str, float]] = {}
-        for t in self.tasks:
+        for k, t in enumerate(self.tasks):
             values[t] = {}
-            for name, m in self.metrics[split][t].items():
+            for name, m in self.metrics[split][k].items():
                 value = m.compute()  # every rank calls it: it gathers the states of all processes
                 m.reset()
                 values[t].update(value if isinstance(value, dict) else {name: float(value)})
@@ -221,8 +223,8 @@ class MultiTaskModule(pl.LightningModule):
         if not self.trainer.sanity_checking:
             self._finish("valid")
         else:
-            for t in self.tasks:
-                for m in self.metrics["valid"][t].values():
+            for task_metric_set in self.metrics["valid"]:
+                for m in task_metric_set.values():
                     m.reset()
 
     def on_test_epoch_end(self) -> None:

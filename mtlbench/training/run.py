@@ -7,6 +7,7 @@ import json
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 import mtlbench
 from mtlbench.data.datamodule import MultiTaskDataModule
 from mtlbench.data.schema import DatasetSchema
+from mtlbench.data.source import DATASET_KEYS
 from mtlbench.errors import ConfigError
 from mtlbench.models.layers import init_embeddings
 from mtlbench.registry import MODELS, WEIGHTINGS
@@ -25,7 +27,6 @@ from mtlbench.training.module import MultiTaskModule
 from mtlbench.training.results import PREDICTIONS_FILE, RESULTS_FILE, write_json, write_parquet
 
 LOWER_IS_BETTER = {"logloss"}
-DATASET_KEYS = ("name", "split")  # data-module settings, not the source's
 
 
 def call_with_config(factory: Any, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -64,6 +65,22 @@ def build_datamodule(cfg: DictConfig, extra_inputs: tuple[str, ...] = ()) -> Mul
                                hash_buckets=_plain(cfg.get("hash_buckets")), tasks=_plain(cfg.get("tasks")))
 
 
+def warn_hashed_stage_users(dm: MultiTaskDataModule, weighting: torch.nn.Module) -> None:
+    """One warning when ``hash_buckets`` hashes the user field while STAN keeps per-user α/β stage state.
+
+    STAN's stage weighting (``stan_stage``) indexes its α/β/c state by user id; hashed users that share a
+    bucket share that state, so their latent stages mix.
+    """
+    from mtlbench.weighting.stan_stage import StanStage
+
+    user = dm.schema.user_field
+    if isinstance(weighting, StanStage) and user in dm.hashed_fields:
+        warnings.warn(f"hash_buckets hashes the user field {user!r} into {dm.schema.feature(user).vocab_size} "
+                      f"buckets: users that share a bucket share STAN's per-user stage state (α/β of weighting "
+                      f"stan_stage), so their stages mix; leave {user!r} out of hash_buckets to keep one state per "
+                      "user", UserWarning, stacklevel=3)
+
+
 def build_components(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskModule]:
     """Data module and LightningModule for a config; loads (or prepares) the dataset."""
     model_cfg = _plain(cfg.model)
@@ -81,6 +98,7 @@ def build_components(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskMod
             raise ConfigError(f"embedding_init_std must be > 0, got {cfg.embedding_init_std}")
         init_embeddings(model, float(cfg.embedding_init_std))
     weighting = create_weighting(weighting_cfg.pop("name"), schema.tasks, **weighting_cfg)
+    warn_hashed_stage_users(dm, weighting)
     module = MultiTaskModule(model, weighting, schema, optimizer=_plain(cfg.optimizer),
                              ndcg_k=tuple(cfg.ndcg_k), monitor_metric=cfg.monitor)
     return dm, module
@@ -175,9 +193,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                       Path(trainer.checkpoint_callback.best_model_path).relative_to(run_dir)),
                   "world_size": world},
         "params": sum(p.numel() for p in module.model.parameters()),
+        "task_roles": dict(dm.schema.task_roles),
+        "scenario_labels": list(dm.schema.scenario_labels),
         "environment": environment(),
         "config": resolved,
     }
+    info = getattr(module.model, "model_info", None)  # optional: what the model read (e.g. STAN's user fields)
+    if callable(info):
+        results["model_info"] = info()
     for component in (module.model, module.weighting):  # optional extra analyses (e.g. STAN's stages)
         summary = getattr(component, "run_summary", None)
         if callable(summary):

@@ -5,13 +5,21 @@ if g_i^PC · g_j < 0 (conflict), project g_i^PC onto the normal plane of g_j:
 g_i^PC -= (g_i^PC · g_j / ‖g_j‖²) g_j.
 The shared parameters are then updated with Σ_i g_i^PC; task-specific parameters with the plain Σ_i ∇L_i.
 
+"Shared" is structural: θ is the parameters of ``model.shared_parameters()`` that the logits of two or more
+tasks depend on (read once from the autograd graph, like GradNorm's ``reached_by``). Parameters outside the
+towers that only one task reaches (PLE's task-specific experts and gates, a task's own gate in MMoE) are
+not part of θ: they get that task's own gradient, unprojected. (Were they in the vector, ‖g_j‖² would
+include task j's own parameters, so a projection would remove only part of the conflict on θ and add a
+multiple of g_j to task j's own parameters.) With two tasks the result has g_i^PC · g_j = 0 on θ wherever
+the two conflicted.
+
 With automatic optimisation (the module calls backward on the returned scalar) this is done with a
 surrogate: loss = Σ_k L_k + Σ_p ⟨p, (g^PC - Σ_k g_k)_p⟩ with the correction detached, so backward puts exactly
 g^PC on the shared parameters p and Σ_k ∇L_k on the others; the correction's value is subtracted again, so
 the reported loss is Σ_k L_k. The random task orders are drawn with ``torch.randperm`` from the global RNG
-(one permutation per task i per step, tasks i in schema order), so seeded runs repeat exactly. The shared
-parameters are ``model.shared_parameters()``; the model's own auxiliary losses are added outside the
-surgery. Reported task weights are 1 (the surgery changes directions, not weights).
+(one permutation per task i per step, tasks i in schema order), so seeded runs repeat exactly. The model's
+own auxiliary losses are added outside the surgery. Reported task weights are 1 (the surgery changes
+directions, not weights).
 """
 
 from __future__ import annotations
@@ -48,12 +56,19 @@ class PCGrad(WeightingStrategy):
         self.register_buffer("ones", torch.ones(len(tasks)), persistent=False)
         self._model: list[nn.Module] = []
         self._params: list[nn.Parameter] = []
-        self._shared: bool | None = None
+        self._shared: list[int] | None = None
 
     def attach(self, model: nn.Module) -> None:
         self._model = [model]
         self._params = shared_parameters_of("pcgrad", model)
         self._shared = None
+
+    def shared_of(self, output: ModelOutput) -> list[nn.Parameter]:
+        """θ: the parameters two or more tasks' logits depend on (fixed by the architecture, read once)."""
+        if self._shared is None:
+            reach = reached_by(output, self.tasks, self._params)
+            self._shared = [i for i in range(len(self._params)) if int(reach[:, i].sum()) >= 2]
+        return [self._params[i] for i in self._shared]
 
     def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor],
                 output: ModelOutput) -> WeightedLoss:
@@ -61,17 +76,16 @@ class PCGrad(WeightingStrategy):
             raise ConfigError("weighting 'pcgrad' needs attach(model) first: it works on shared weights")
         k = len(self.tasks)
         task_loss = task_means(losses, mask)
-        if self._shared is None:  # does any parameter feed two or more tasks' logits? (architecture)
-            self._shared = bool((reached_by(output, self.tasks, self._params).sum(0) >= 2).any())
-        if not self._shared:
+        params = self.shared_of(output)
+        if not params:
             raise ConfigError(f"weighting 'pcgrad' needs parameters shared by two or more tasks; model "
                               f"{type(self._model[0]).__name__} shares none, so there is nothing to project")
-        grads = task_gradients(task_loss, self._params)
+        grads = task_gradients(task_loss, params)
         flat = torch.stack([torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                       for g, p in zip(gk, self._params)]) for gk in grads])  # [K, P]
+                                       for g, p in zip(gk, params)]) for gk in grads])  # [K, P]
         orders = [torch.randperm(k).tolist() for _ in range(k)]
         correction = (project_conflicting(flat, orders).sum(0) - flat.sum(0)).detach()
         surrogate = sum((p * c.view_as(p)).sum()
-                        for p, c in zip(self._params, correction.split([p.numel() for p in self._params])))
+                        for p, c in zip(params, correction.split([p.numel() for p in params])))
         loss = task_loss.sum() + surrogate - surrogate.detach()
         return WeightedLoss(loss, self.ones)
