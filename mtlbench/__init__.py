@@ -6,9 +6,11 @@ from typing import Any
 
 from mtlbench.registry import (
     DATASETS,
+    METRICS,
     MODELS,
     WEIGHTINGS,
     register_dataset,
+    register_metric,
     register_model,
     register_weighting,
 )
@@ -29,6 +31,11 @@ def list_datasets(pattern: str = "*") -> list[str]:
     return DATASETS.names(pattern)
 
 
+def list_metrics(pattern: str = "*") -> list[str]:
+    """Registered metric names (``ndcg`` is written ``ndcg@k`` in a config), e.g. ``list_metrics('*auc*')``."""
+    return METRICS.names(pattern)
+
+
 def create_model(name: str, schema: Any, **cfg: Any) -> Any:
     """Build registered model ``name`` for a dataset schema; unknown settings fail with a clear error."""
     from mtlbench.training.run import create_model as _create
@@ -36,5 +43,5 @@ def create_model(name: str, schema: Any, **cfg: Any) -> Any:
     return _create(name, schema, **cfg)
 
 
-__all__ = ["__version__", "create_model", "list_datasets", "list_models", "list_weightings",
-           "register_dataset", "register_model", "register_weighting"]
+__all__ = ["__version__", "create_model", "list_datasets", "list_metrics", "list_models", "list_weightings",
+           "register_dataset", "register_metric", "register_model", "register_weighting"]

@@ -38,6 +38,8 @@ class RunConfig:
     seed: int = 0
     batch_size: int = 2048
     eval_batch_size: int = 16384
+    # evaluation metrics by registered name (mtlbench.list_metrics()); a bare ``ndcg`` is ndcg@k for each k of ndcg_k
+    metrics: list[str] = field(default_factory=lambda: ["auc", "logloss", "gauc", "ndcg", "sgauc", "scenario"])
     ndcg_k: list[int] = field(default_factory=lambda: [1, 5])
     monitor: str = "auc"
     cache_dir: str | None = None

@@ -1,4 +1,4 @@
-"""Name -> factory registries for models, weighting strategies and datasets (timm-style).
+"""Name -> factory registries for models, weighting strategies, datasets and metrics (timm-style).
 
 Third-party packages add entries through the ``mtlbench.plugins`` entry-point group: each entry point
 names a module (or callable) that, when imported/called, registers its components.
@@ -62,10 +62,30 @@ class Registry(Generic[T]):
 MODELS: Registry[Any] = Registry("model")
 WEIGHTINGS: Registry[Any] = Registry("weighting")
 DATASETS: Registry[Any] = Registry("dataset")
+METRICS: Registry[Any] = Registry("metric")
 
 register_model = MODELS.register
 register_weighting = WEIGHTINGS.register
 register_dataset = DATASETS.register
+
+
+def register_metric(name: str) -> Callable[[type], type]:
+    """Register a torchmetrics ``Metric`` subclass under ``name`` (``metrics=[name]`` in a run config).
+
+    The class sets ``higher_is_better`` (checkpoint, early-stopping and report direction) and implements
+    ``update(preds, target, groups)``; see :class:`mtlbench.metrics.base.RecMetric`. A name with an ``@``
+    parameter (``ndcg@5``) is registered without it (``ndcg``) and parsed by the class's ``from_spec``.
+    """
+    if not name or "@" in name:
+        raise ValueError(f"metric name {name!r}: register the bare name, without its '@' parameter")
+
+    def decorator(cls: type) -> type:
+        if not isinstance(cls, type) or not isinstance(getattr(cls, "higher_is_better", None), bool):
+            raise TypeError(f"metric {name!r}: register a torchmetrics Metric subclass whose class attribute "
+                            "higher_is_better is True or False")
+        return METRICS.register(name)(cls)
+
+    return decorator
 
 _plugins_loaded = False
 
@@ -83,7 +103,7 @@ def load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    for package in ("mtlbench.datasets", "mtlbench.models", "mtlbench.weighting"):
+    for package in ("mtlbench.datasets", "mtlbench.models", "mtlbench.weighting", "mtlbench.metrics"):
         import_submodules(package)
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):

@@ -353,6 +353,7 @@ def test_describe_lists_the_behaviour_sequences_and_the_dropped_rows(raw, tmp_pa
     assert "splits (auto -> column:split_part" in out and "dropped_conversion_without_click 1" in out
     assert re.search(r"\n  109_14 +sequence +\d+  user max_len=20\n", out)
     assert "scenarios (301): 3 (B1, B2, B3)" in out
+    assert "task roles: click=ctr, conversion=ctcvr, conversion_given_click=cvr" in out
     assert main(["prepare", "ali_ccp", f"path={raw}", f"cache_dir={tmp_path / 'cache'}", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["stats"]["dropped_conversion_without_click"] == 1
 

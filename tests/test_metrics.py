@@ -365,3 +365,312 @@ def test_per_scenario_auc_and_gauc_match_sklearn_on_each_scenario():
                 num += r.sum() * roc_auc_score(y[r], p[r])
                 den += r.sum()
         assert got[f"gauc@scenario={s}"] == pytest.approx(num / den, abs=1e-6)
+
+
+# --- metrics as plug-ins: the registry, the update contract, directions ---------------------------------------
+import itertools  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from torchmetrics import Metric  # noqa: E402
+
+import mtlbench  # noqa: E402
+from mtlbench.errors import ConfigError, UnknownNameError  # noqa: E402
+from mtlbench.metrics import (  # noqa: E402
+    GROUP_KEYS,
+    RecMetric,
+    available_groups,
+    batch_groups,
+    create_metric,
+    higher_is_better,
+    metric_class,
+)
+from mtlbench.registry import METRICS, register_metric  # noqa: E402
+
+
+class Brier(RecMetric):
+    """A lower-is-better metric as a third party would write it: mean squared error of the probabilities."""
+
+    higher_is_better = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, preds, target, groups=None) -> None:
+        self.total += ((preds.double() - target.double()) ** 2).sum()
+        self.count += target.numel()
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count).float()
+
+
+@pytest.fixture
+def scratch_metrics(monkeypatch):
+    """Registrations made by a test are undone after it."""
+    mtlbench.list_metrics()  # built-ins and installed plugins first
+    monkeypatch.setattr(METRICS, "_entries", dict(METRICS._entries))
+
+
+def test_builtin_metrics_are_registered_and_listed():
+    names = mtlbench.list_metrics()
+    assert {"auc", "logloss", "gauc", "sgauc", "ndcg", "scenario"} <= set(names)
+    assert mtlbench.list_metrics("*gauc") == [n for n in names if n.endswith("gauc")]
+    ndcg = create_metric("ndcg@5")
+    assert type(ndcg) is metric_class("ndcg") and ndcg.k == 5
+    assert metric_class("sgauc").groups == ("session",) and metric_class("gauc").groups == ("user",)
+
+
+def test_register_metric_adds_a_name_and_checks_the_class(scratch_metrics):
+    assert register_metric("brier")(Brier) is Brier
+    assert "brier" in mtlbench.list_metrics() and isinstance(create_metric("brier"), Brier)
+    with pytest.raises(ValueError, match="already registered"):
+        register_metric("brier")(LogLoss)
+
+    class Undirected(RecMetric):  # higher_is_better left at torchmetrics' None
+        pass
+
+    with pytest.raises(TypeError, match="higher_is_better"):
+        register_metric("undirected")(Undirected)
+    with pytest.raises(ValueError, match="bare name"):
+        register_metric("brier@3")(Brier)
+
+
+@pytest.mark.parametrize("name, words", [
+    ("aucc", ["unknown metric 'aucc'", "did you mean 'auc'"]),
+    ("ndgc@5", ["'ndgc@5'", "did you mean 'ndcg'"]),
+    ("ndcg", ["'ndcg'", "needs its parameter k"]),
+    ("ndcg@x", ["'ndcg@x'", "must be an integer"]),
+    ("ndcg@0", ["'ndcg@0'", "k must be >= 1"]),
+    ("auc@3", ["'auc@3'", "takes no '@' parameter"]),
+])
+def test_a_bad_metric_name_is_a_one_line_config_error(name, words):
+    with pytest.raises(ConfigError) as e:
+        create_metric(name)
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def _config_name(name: str) -> str:
+    """A usable config name of a registered metric: parametrised ones with ``@3``."""
+    return f"{name}@3" if getattr(metric_class(name), "param", None) else name
+
+
+def _same(a, b) -> None:
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=1e-6)
+    else:
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", mtlbench.list_metrics())
+def test_every_registered_metric_keeps_the_update_contract(name):
+    """update(preds, target, groups) with every group the batch may offer, in chunks, equals one update; the
+    declared groups are enough; reset forgets; compute gives one value or {results key: value}."""
+    cls = metric_class(name)
+    assert issubclass(cls, Metric) and isinstance(cls.higher_is_better, bool)
+    assert set(cls.groups) <= set(GROUP_KEYS)
+    rng = np.random.default_rng(5)
+    n = 3000
+    target = torch.tensor((rng.uniform(size=n) < 0.3).astype(np.float32))
+    preds = torch.tensor(np.clip(0.3 * target.numpy() + 0.7 * rng.uniform(size=n), 0, 1), dtype=torch.float32)
+    groups = {g: torch.tensor(rng.integers(0, size, n), dtype=torch.int64)
+              for g, size in zip(GROUP_KEYS, (60, 300, 3, 4))}
+
+    whole = create_metric(_config_name(name))
+    whole.update(preds, target, groups)
+    value = whole.compute()
+    chunked = create_metric(_config_name(name))
+    for rows in np.array_split(np.arange(n), 5):
+        chunked.update(preds[rows], target[rows], {g: ids[rows] for g, ids in groups.items()})
+    _same(chunked.compute(), value)
+
+    declared = create_metric(_config_name(name))
+    declared.update(preds, target, {g: groups[g] for g in cls.groups})
+    own = declared.compute()
+    if getattr(cls, "dict_output", False):
+        assert isinstance(value, dict) and value and own.items() <= value.items()  # optional groups add keys
+        for key in value:  # every key names the registered metric that gives its direction
+            assert isinstance(higher_is_better(key), bool)
+    else:
+        _same(own, value)
+        assert value.numel() == 1 and torch.isfinite(value)
+
+    whole.reset()
+    whole.update(preds[:500], target[:500], {g: ids[:500] for g, ids in groups.items()})
+    fresh = create_metric(_config_name(name))
+    fresh.update(preds[:500], target[:500], {g: ids[:500] for g, ids in groups.items()})
+    _same(whole.compute(), fresh.compute())
+
+
+def test_higher_is_better_comes_from_the_metric_class(scratch_metrics):
+    from mtlbench.report import stats
+
+    cases = {"auc": True, "logloss": False, "gauc": True, "sgauc": True, "ndcg@5": True, "auc@scenario=2": True,
+             "gauc@scenario=1": True}
+    for key, higher in cases.items():
+        assert higher_is_better(key) is higher and stats.higher_is_better(key) is higher, key
+    register_metric("brier")(Brier)
+    assert higher_is_better("brier") is False and stats.higher_is_better("brier") is False
+    with pytest.raises(UnknownNameError, match="did you mean 'brier'"):
+        higher_is_better("brierr")
+    # a results key no installed metric claims (e.g. written by a plugin that is not installed): higher, no crash
+    assert stats.higher_is_better("precision_from_elsewhere@10") is True
+
+
+def test_report_bolds_and_tests_in_the_direction_of_a_plugin_metric(scratch_metrics, tmp_path):
+    from test_report import make_run
+
+    from mtlbench.report.tables import ReportSettings, build
+
+    register_metric("brier")(Brier)
+    brier = {"mmoe": [0.20, 0.21, 0.19], "ple": [0.25, 0.26, 0.24], "single_task": [0.30, 0.31, 0.29]}
+    for model, values in brier.items():
+        for seed, v in enumerate(values):  # "mystery": a key of a metric that is not installed
+            make_run(tmp_path, model, seed, {"click": {"auc": 0.7, "brier": v, "mystery": v}})
+    board = build([tmp_path], ReportSettings(metrics=["brier", "mystery"], scenario_metrics=[], base=None))
+    table = board.sections[0].tables[0]
+    rank = {(row.label, col.metric): cell.rank for row in table.rows for col, cell in zip(table.columns, row.cells)}
+    assert [rank[(m, "brier")] for m in ("mmoe", "ple", "single_task")] == [1, 2, 3]  # lower is better
+    assert [rank[(m, "mystery")] for m in ("mmoe", "ple", "single_task")] == [3, 2, 1]  # unknown: higher
+    best = {c.column.metric: (c.best, c.baseline) for c in table.comparisons}
+    assert best == {"brier": ("mmoe", "ple"), "mystery": ("single_task", "ple")}
+
+
+@pytest.mark.parametrize("monitor, mode", [("auc", "max"), ("ndcg@5", "max"), ("logloss", "min"),
+                                           ("brier", "min")])
+def test_checkpoint_and_early_stopping_direction_follow_the_metric_class(scratch_metrics, tmp_path, monitor, mode):
+    from mtlbench.training.run import build_callbacks
+
+    from conftest import compose_cfg
+
+    register_metric("brier")(Brier)
+    callbacks = build_callbacks(compose_cfg([f"monitor={monitor}", "callbacks.early_stopping_patience=3"]), tmp_path)
+    assert {type(c).__name__: c.mode for c in callbacks} == {"ModelCheckpoint": mode, "EarlyStopping": mode}
+    assert all(c.monitor == f"valid/{monitor}_mean" for c in callbacks)
+
+
+def test_a_lower_is_better_monitor_keeps_the_epoch_with_the_minimum(scratch_metrics, tmp_path):
+    """Lightning, with the callbacks of a run monitoring a lower-is-better plugin metric, keeps the minimum."""
+    import pytorch_lightning as pl
+
+    from mtlbench.training.run import build_callbacks
+
+    from conftest import compose_cfg
+
+    class Logs(pl.LightningModule):  # logs a fixed validation value per epoch
+        def __init__(self, values: list[float]) -> None:
+            super().__init__()
+            self.values = values
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.w - 1.0).pow(2).sum()
+
+        def validation_step(self, batch, batch_idx) -> None:
+            pass
+
+        def on_validation_epoch_end(self) -> None:
+            self.log("valid/brier_mean", self.values[self.current_epoch])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    register_metric("brier")(Brier)
+    cfg = compose_cfg(["monitor=brier", "callbacks.early_stopping_patience=5"])
+    trainer = pl.Trainer(max_epochs=4, callbacks=build_callbacks(cfg, tmp_path), logger=False, accelerator="cpu",
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(1)))
+    trainer.fit(Logs([0.30, 0.10, 0.20, 0.40]), train_dataloaders=data, val_dataloaders=data)
+    assert float(trainer.checkpoint_callback.best_model_score) == pytest.approx(0.10)
+    assert torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)["epoch"] == 1
+
+
+@pytest.mark.parametrize("user, session, scenario", list(itertools.product([None, "u"], [None, "s"], [None, "c"])))
+def test_the_default_metric_list_is_the_former_fixed_set(user, session, scenario):
+    from mtlbench.training.module import task_metrics
+
+    schema = SimpleNamespace(user_field=user, session_field=session, scenario_field=scenario)
+    names = [name for name, _ in task_metrics(schema, (1, 5)).items()]
+    expected = (["auc", "logloss"] + (["gauc", "ndcg@1", "ndcg@5"] if user else []) + (["sgauc"] if session else [])
+                + (["scenario"] if scenario else []))
+    assert names == expected
+    assert [name for name, _ in task_metrics(schema, (3,), ["ndcg", "auc", "ndcg@3", "ndcg@10"]).items()] == (
+        ["ndcg@3", "auc", "ndcg@10"] if user else ["auc"])  # bare ndcg: one per ndcg_k; repeats dropped
+
+
+def test_groups_offered_by_a_dataset_and_a_batch():
+    schema = SimpleNamespace(user_field="u", session_field=None, scenario_field="c")
+    assert available_groups(schema) == ("user", "scenario")
+    assert available_groups(schema, ("rule_stage",)) == ("user", "scenario", "stage")
+    batch = {"user": torch.arange(3), "scenario": torch.zeros(3), "rule_stage": torch.ones(3), "labels": None}
+    assert set(batch_groups(batch)) == {"user", "scenario", "stage"}
+
+
+SMALL = ["dataset.n_rows=1500", "dataset.n_users=200", "dataset.n_items=100", "trainer.max_epochs=1",
+         "batch_size=512", "logger=none"]
+
+
+def test_the_eval_step_feeds_every_metric_the_labelled_rows_and_their_groups():
+    from mtlbench.metrics.scenario import per_scenario_gauc
+    from mtlbench.training.run import build_components
+
+    from conftest import compose_cfg
+
+    overrides = [*SMALL, "dataset.n_rows=6000", "dataset.n_users=60", "eval_batch_size=100000",
+                 "metrics=[auc,gauc,ndcg@3,sgauc,scenario,logloss]"]
+    dm, module = build_components(compose_cfg(overrides))
+    dm.setup()
+    batch = next(iter(dm.loader("valid")))
+    batch["labels"][::3, 0] = float("nan")  # the eval step must keep only the labelled rows
+    with torch.no_grad():
+        module._eval_step(batch, "valid")
+        probs = torch.sigmoid(module.task_logits(module(batch)).float())
+    keep = ~torch.isnan(batch["labels"][:, 0])
+    p, y = probs[keep, 0], batch["labels"][keep, 0]
+    user, session, scenario = (batch[k][keep] for k in ("user", "session", "scenario"))
+    got = {name: m.compute() for name, m in module.metrics["valid"][0].items()}
+    assert list(got) == ["auc", "gauc", "ndcg@3", "sgauc", "scenario", "logloss"]
+    assert float(got["auc"]) == pytest.approx(roc_auc_score(y.numpy(), p.numpy()), abs=1e-6)
+    assert float(got["gauc"]) == pytest.approx(float(gauc(p, y, user)), abs=1e-7)
+    assert float(got["ndcg@3"]) == pytest.approx(float(ndcg_at_k(p, y, user, 3)), abs=1e-7)
+    assert float(got["sgauc"]) == pytest.approx(float(gauc(p, y, session)), abs=1e-7)
+    assert float(got["logloss"]) == pytest.approx(float(log_loss(p, y)), rel=1e-6)
+    ids, per_scenario = per_scenario_gauc(p, y, user, scenario)
+    assert len(ids) == 3 and torch.isfinite(per_scenario).all()
+    assert {k: v for k, v in got["scenario"].items() if k.startswith("gauc")} == pytest.approx(
+        {f"gauc@scenario={s}": v for s, v in zip(ids.tolist(), per_scenario.tolist())})
+
+
+def test_metrics_and_monitor_are_checked_against_the_config_and_the_data():
+    from mtlbench.training.run import build_components
+
+    from conftest import compose_cfg
+
+    _, module = build_components(compose_cfg([*SMALL, "metrics=[auc]"]))
+    assert all([name for name, _ in s.items()] == ["auc"] for split in module.metrics.values() for s in split)
+    with pytest.raises(ConfigError, match=r"monitor='gauc' is not computed .* choose one of \['auc'\]"):
+        build_components(compose_cfg([*SMALL, "metrics=[auc]", "monitor=gauc"]))
+    with pytest.raises(ConfigError, match="monitor='scenario' is not computed"):  # many keys: not a monitor
+        build_components(compose_cfg([*SMALL, "monitor=scenario"]))
+    with pytest.raises(ConfigError, match="did you mean 'logloss'"):
+        build_components(compose_cfg([*SMALL, "metrics=[auc,loglos]"]))
+    _, stage_module = build_components(compose_cfg([*SMALL, "model=ple_stage"]))
+    assert "stage" in stage_module.metric_groups  # the rule-based stage of PLE_stage's inputs is a group
+
+
+@pytest.mark.slow
+def test_a_run_with_metrics_auc_writes_only_auc(tmp_path):
+    import json
+
+    from conftest import TINY, run_cli
+
+    out = tmp_path / "run"
+    proc = run_cli([*TINY, "model=shared_bottom", "metrics=[auc]", f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    for split in ("valid", "test"):
+        assert {task: list(m) for task, m in res["metrics"][split].items()} == {
+            "click": ["auc"], "long_view": ["auc"], "purchase": ["auc"]}
+    assert res["config"]["metrics"] == ["auc"]

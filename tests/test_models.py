@@ -11,6 +11,7 @@ from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.tensors import build_tensors
 from mtlbench.errors import ConfigError
 from mtlbench.models import as_output
+from mtlbench.models.backbones import MMoEBackbone, PLEBackbone, SlotModel
 from mtlbench.models.layers import MLP, ExpertGroup, FeatureEmbedding
 from mtlbench.registry import MODELS
 from mtlbench.training.optim import build_optimizer, use_sparse_embeddings
@@ -124,10 +125,56 @@ def test_mmoe_gates_are_a_convex_mix_of_experts():
     schema, batch = toy(16)
     model = mtlbench.create_model("mmoe", schema, embedding_dim=4, num_experts=3, tower=[])
     x = model.embedding.flat(batch)
-    experts = model.experts(x)
-    gates = torch.softmax(model.gates(x).view(16, 2, 3), -1)
+    experts = model.backbone.experts(x)
+    gates = torch.softmax(model.backbone.gates(x).view(16, 2, 3), -1)
     assert torch.allclose(gates.sum(-1), torch.ones(16, 2))
     expected = torch.einsum("bke,beh->bkh", gates, experts)
     logits = model(batch)
     for k, t in enumerate(schema.tasks):
         assert torch.allclose(logits[t], model.towers.towers[k](expected[:, k]).squeeze(-1), atol=1e-6)
+
+
+# -- backbones.py -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,settings,parts", [
+    ("mmoe", {}, ["embedding", "backbone.experts", "backbone.gates", "towers"]),
+    ("mmoe", {"per": "task_scenario"}, ["embedding", "backbone.experts", "backbone.gates", "towers"]),
+    ("shared_bottom", {}, ["embedding", "bottom", "towers"]),
+    ("ple", {"per": "scenario"}, ["embedding", "backbone.levels", "towers"]),
+    ("ple_stage", {}, ["embedding", "stage_embedding", "backbone.levels", "towers"]),
+    ("stan", {"backbone": "mmoe"}, ["embedding", "backbone.experts", "backbone.gates", "towers", "extractor",
+                                     "task_attention", "preference_heads"]),
+    ("aem2tl", {}, ["embedding", "scenario_cgc", "task_cgc", "towers"]),
+])
+def test_models_on_shared_backbones_name_their_parts(name, settings, parts):
+    """The parts of each model's checkpoint, in creation order (a shared backbone is ``backbone.*``)."""
+    schema, _ = toy()
+    keys = mtlbench.create_model(name, schema, embedding_dim=4, **settings).state_dict()
+    prefixes = list(dict.fromkeys(".".join(k.split(".")[:2 if k.startswith("backbone.") else 1]) for k in keys))
+    assert prefixes == parts
+
+
+def test_mmoe_model_runs_the_shared_mmoe_backbone():
+    schema, batch = toy(16)
+    torch.manual_seed(0)
+    model = mtlbench.create_model("mmoe", schema, embedding_dim=4, num_experts=3)
+    assert isinstance(model, SlotModel) and isinstance(model.backbone, MMoEBackbone)
+    x = model.embedding.flat(batch)
+    reps = model.backbone(x)
+    assert len(reps) == 2 and all(r.shape == (16, model.backbone.out_dim) for r in reps)
+    logits = model(batch)
+    for k, t in enumerate(schema.tasks):
+        assert torch.equal(logits[t], model.towers.towers[k](reps[k]).squeeze(-1))
+
+
+def test_ple_backbone_slots_are_the_cgc_gated_mixtures_of_their_level():
+    torch.manual_seed(0)
+    backbone = PLEBackbone(num_tasks=2, in_dim=5, num_levels=1, num_specific=1, num_shared=2, expert=[4])
+    x = torch.randn(7, 5)
+    reps = backbone(x)
+    level = backbone.levels[0]
+    shared = level.shared(x)
+    for k in range(2):  # CGC Eq. 1-3 by hand
+        h = torch.cat([level.specific[k](x), shared], dim=1)
+        w = torch.softmax(level.task_gates[k](x), dim=-1)
+        torch.testing.assert_close(reps[k], torch.einsum("be,beh->bh", w, h))

@@ -13,8 +13,8 @@ from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.tensors import build_tensors
 from mtlbench.errors import ConfigError
 from mtlbench.models import as_output
+from mtlbench.models.backbones import PLEBackbone
 from mtlbench.models.layers import MLP, ExpertGroup, FeatureEmbedding, ScenarioTowers, Towers
-from mtlbench.models.ple import PLEBackbone
 from mtlbench.training.run import create_weighting
 
 from conftest import FAST, run_cli
@@ -76,7 +76,7 @@ def reference(name, schema, **kw):
         return {"embedding": emb, "bottom": bottom, "towers": Towers(schema.tasks, bottom.out_dim, list(c["tower"]))}
     if name == "mmoe":
         experts = ExpertGroup(c["num_experts"], d, list(c["expert"]))
-        return {"embedding": emb, "experts": experts, "gates": nn.Linear(d, c["num_experts"] * k),
+        return {"embedding": emb, "backbone.experts": experts, "backbone.gates": nn.Linear(d, c["num_experts"] * k),
                 "towers": Towers(schema.tasks, experts.out_dim, list(c["tower"]))}
     backbone = PLEBackbone(k, d, c["num_levels"], c["num_specific_experts"], c["num_shared_experts"],
                            list(c["expert"]))
@@ -88,8 +88,8 @@ def reference_forward(name, parts, batch, k):
     if name == "shared_bottom":
         return parts["towers"]([parts["bottom"](x)] * k)
     if name == "mmoe":
-        e = parts["experts"](x)
-        g = torch.softmax(parts["gates"](x).view(len(x), k, -1), dim=-1)
+        e = parts["backbone.experts"](x)
+        g = torch.softmax(parts["backbone.gates"](x).view(len(x), k, -1), dim=-1)
         return parts["towers"]([torch.einsum("be,beh->bh", g[:, i], e) for i in range(k)])
     return parts["towers"](parts["backbone"](x))
 
@@ -129,7 +129,8 @@ def slots(name, model):
     if name == "mmoe":
         e = model.num_experts
         for j in range(n):
-            out[j] += [("gates.weight", slice(j * e, (j + 1) * e)), ("gates.bias", slice(j * e, (j + 1) * e))]
+            rows = slice(j * e, (j + 1) * e)
+            out[j] += [("backbone.gates.weight", rows), ("backbone.gates.bias", rows)]
     if name == "ple":
         levels = model.backbone.levels
         for j in range(n):
@@ -156,7 +157,7 @@ def test_slot_counts(name, per):
     assert isinstance(model.towers, ScenarioTowers) and model.towers.n == n
     assert model.towers.weight.shape[-1] == (k if per == "scenario" else 1)
     if name == "mmoe":
-        assert model.gates.out_features == model.num_experts * n
+        assert model.backbone.gates.out_features == model.num_experts * n
     if name == "ple":
         assert all(len(level.specific) == len(level.task_gates) == n for level in model.backbone.levels)
     assert model.required_fields == ("scenario",) and type(model).required_fields == ()
@@ -229,8 +230,8 @@ def test_mmoe_slots_by_hand(per):
     with torch.no_grad():
         out = model(batch)
         x = model.embedding.flat(batch)
-        experts = model.experts(x)
-        w, b = model.gates.weight, model.gates.bias
+        experts = model.backbone.experts(x)
+        w, b = model.backbone.gates.weight, model.backbone.gates.bias
         for r in (0, 1, 2, 7):
             s = int(batch["scenario"][r])
             got = torch.stack([out[t][r] for t in schema.tasks])

@@ -46,3 +46,41 @@ def test_plugin_model_trains_from_the_cli(plugin_path, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["model"] == "example_gated" and res["config"]["model"]["bottom"] == [64]
     assert 0.5 < res["metrics"]["valid"]["click"]["auc"] < 1.0
+
+
+def test_plugin_metric_is_computed_and_monitored_when_listed(plugin_path, tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "mtlbench.cli.train", *TINY, "model=shared_bottom", "metrics=[auc,hit_rate@3]",
+            "monitor=hit_rate@3"]
+    proc = subprocess.run([*args, f"hydra.run.dir={out}"], cwd=tmp_path, env=env_with(plugin_path),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    for split in ("valid", "test"):
+        assert all(list(m) == ["auc", "hit_rate@3"] for m in res["metrics"][split].values()), res["metrics"][split]
+    # HitRate@3 recomputed user by user from the predictions file (the test split)
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    preds = pq.read_table(out / "predictions.parquet").to_pydict()
+    for task, m in res["metrics"]["test"].items():
+        user, label, score = (np.asarray(preds[c]) for c in ("user_id", f"label_{task}", f"score_{task}"))
+        hits = []
+        for u in np.unique(user[~np.isnan(label)]):
+            y, p = label[(user == u) & ~np.isnan(label)], score[(user == u) & ~np.isnan(label)]
+            if (y > 0.5).any():
+                hits.append((y[np.argsort(-p, kind="stable")[:3]] > 0.5).any())
+        assert m["hit_rate@3"] == pytest.approx(np.mean(hits), abs=1e-6), task
+    # its direction comes from the plugin's class, found through the entry point
+    code = ("from mtlbench.metrics import higher_is_better, metric_class; "
+            "print(metric_class('hit_rate@3').__module__, higher_is_better('hit_rate@3'))")
+    found = subprocess.run([sys.executable, "-c", code], env=env_with(plugin_path), capture_output=True, text=True,
+                           cwd=tmp_path)
+    assert found.stdout.split() == ["mtlbench_example.metric", "True"], found.stderr
+    # without the plugin the name is unknown: one line, before any data is read, no results.json
+    missing = subprocess.run([*args, f"hydra.run.dir={tmp_path / 'missing'}"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600)
+    assert missing.returncode != 0
+    err = [line for line in missing.stderr.splitlines() if line.startswith("mtlbench: error:")]
+    assert len(err) == 1 and "unknown metric 'hit_rate'" in err[0], missing.stderr[-2000:]
+    assert not (tmp_path / "missing" / "results.json").exists()

@@ -57,3 +57,27 @@ def test_missing_column_is_named():
 def test_schema_round_trips_through_dict():
     s = schema()
     assert DatasetSchema.from_dict(s.to_dict()) == s
+
+
+def funnel(**roles) -> DatasetSchema:
+    return DatasetSchema("funnel", [Feature("user", "categorical", 3, "user")], tasks=["ctr", "cvr", "ctcvr"],
+                         conditional_tasks={"cvr": "ctr"}, task_roles=roles)
+
+
+def test_task_roles_are_checked_and_resolve_role_references():
+    from mtlbench.data.schema import select_tasks
+
+    s = funnel(click="ctr", conversion="ctcvr", conversion_given_click="cvr")
+    assert select_tasks(s, ["role:click"]).tasks == ["ctr"]
+    narrowed = select_tasks(s, ["role:click", "role:conversion"])
+    assert narrowed.tasks == ["ctr", "ctcvr"] and narrowed.task_roles == {"click": "ctr", "conversion": "ctcvr"}
+    with pytest.raises(DataError, match=r"declares no 'conversion' task role .*instead of 'role:conversion'"):
+        select_tasks(funnel(click="ctr"), ["role:conversion"])
+    with pytest.raises(DataError, match="unknown task role 'purchase'"):
+        funnel(purchase="ctcvr")
+    with pytest.raises(DataError, match="task role 'click' names 'clk', which is not a task"):
+        funnel(click="clk")
+    with pytest.raises(DataError, match="labels over every impression; \\['cvr'\\] is conditional"):
+        funnel(conversion="cvr")
+    with pytest.raises(DataError, match="plays conversion_given_click but is not listed in conditional_tasks"):
+        funnel(conversion_given_click="ctcvr")

@@ -25,3 +25,13 @@ def test_fixed_uses_eta_per_task_and_rejects_unknown_tasks():
     assert out.task_weights.tolist() == [1.0, 0.5]
     with pytest.raises(ConfigError, match="unknown task"):
         create_weighting("fixed", ["a", "b"], weights={"c": 1.0})
+
+
+def test_equal_is_fixed_with_every_weight_one():
+    losses, mask = matrix()
+    equal = create_weighting("equal", ["a", "b"])
+    fixed = create_weighting("fixed", ["a", "b"])
+    assert torch.equal(equal(losses, mask, {}, ModelOutput({})).loss, fixed(losses, mask, {}, ModelOutput({})).loss)
+    assert equal.weights.tolist() == [1.0, 1.0]
+    with pytest.raises(ConfigError, match="has no setting"):  # equal takes no weights
+        create_weighting("equal", ["a", "b"], weights={"a": 2.0})

@@ -12,6 +12,8 @@ from torch import nn
 from mtlbench.errors import ConfigError
 from mtlbench.models import ModelOutput
 from mtlbench.training.run import create_weighting
+from mtlbench.weighting.base import WeightedLoss, task_means
+from mtlbench.weighting.gradient import GradientWeighting
 from mtlbench.weighting.pcgrad import project_conflicting
 
 from conftest import TINY, run_cli
@@ -152,6 +154,52 @@ def test_gradnorm_layer_selects_named_shared_parameters():
     assert w._params == [model[1].weight, model[1].bias]
     with pytest.raises(ConfigError, match="layer='nosuch' matches no shared parameter"):
         create_weighting("gradnorm", ["x", "y"], layer="nosuch").attach(model)
+
+
+class ThreeWay(nn.Module):
+    """L_0 = a + b, L_1 = 2a + 3b, L_2 = 5a + c: a reaches every task, b two of them, c one."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = (nn.Parameter(torch.ones(())) for _ in range(3))
+
+    def shared_parameters(self):
+        return [self.a, self.b, self.c]
+
+    def out(self):
+        per_task = [self.a + self.b, 2 * self.a + 3 * self.b, 5 * self.a + self.c]
+        losses, mask = matrix(per_task)
+        return losses, mask, ModelOutput({t: per_task[k].expand(1) for k, t in enumerate("xyz")})
+
+
+class GradientSum(GradientWeighting):
+    """A weighting that is its formula only (here the plain sum); it records θ and the per-task gradients."""
+
+    name = "gradient_sum"
+
+    def forward(self, losses, mask, batch, output):
+        task_loss = task_means(losses, mask)
+        params, grads = self.shared_gradients(task_loss, output)
+        self.seen = (params, grads)
+        return WeightedLoss(task_loss.sum())
+
+
+def test_gradient_weighting_base_owns_the_shared_set_and_the_per_task_gradients():
+    model = ThreeWay()
+    w = GradientSum(list("xyz"))
+    assert w.gradient_based
+    w.attach(model)
+    losses, mask, out = model.out()
+    w(losses, mask, {}, out)
+    params, grads = w.seen
+    assert [id(p) for p in params] == [id(model.a), id(model.b)]  # reached by two or more tasks; c by one only
+    # ∇_(a, b) L_k; L_z's gradient on b is an exact zero (the task losses come from one stacked matrix)
+    assert [[float(g) for g in gk] for gk in grads] == [[1.0, 1.0], [2.0, 3.0], [5.0, 0.0]]
+    for name, want in (("pcgrad", [model.a, model.b]), ("gradnorm", [model.a])):  # GradNorm: every task
+        strategy = create_weighting(name, list("xyz"))
+        strategy.attach(model)
+        assert isinstance(strategy, GradientWeighting)
+        assert [id(p) for p in strategy.shared_of(out)] == [id(p) for p in want]
 
 
 # -- DWA ----------------------------------------------------------------------------------------------

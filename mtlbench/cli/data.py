@@ -148,6 +148,7 @@ def describe_data(schema, columns: dict[str, np.ndarray], splits: dict[str, np.n
             entry["rate_by_split"][name] = float(ys.mean()) if len(ys) else None
         tasks[t] = entry
     out["tasks"] = tasks
+    out["task_roles"] = dict(schema.task_roles)
     out["splits"] = {name: int(len(rows)) for name, rows in splits.items()}
     return out
 
@@ -177,6 +178,8 @@ def format_description(d: dict[str, Any]) -> str:
         how += f" -> {split['resolved']}"
     lines.append(f"splits ({how}, ratios {split['ratios']}): "
                  + ", ".join(f"{k} {v:,}" for k, v in d["splits"].items()))
+    if d.get("task_roles"):
+        lines.append("task roles: " + ", ".join(f"{r}={t}" for r, t in d["task_roles"].items()))
     lines.append("label rate per task (labelled rows; per split; per scenario):")
     for t, e in d["tasks"].items():
         rate = "-" if e["rate"] is None else f"{e['rate']:.4f}"

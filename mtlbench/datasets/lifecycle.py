@@ -106,7 +106,7 @@ class LifecycleSimulator(DatasetSource):
 
     version = "3"  # 2: item_popularity from the catalogue rank (no future counts); 3: task roles
 
-    def __init__(self, n_users: int = 20000, n_items: int = 5000, n_rows: int = 300000, seq_len: int = 10,
+    def __init__(self, n_users: int = 5000, n_items: int = 5000, n_rows: int = 300000, seq_len: int = 10,
                  n_scenarios: int = 3, seed: int = 0, stage_persistence: float = 0.97,
                  noise: float = 0.5) -> None:
         """``stage_persistence``: per-interaction probability of staying in a stage (scaled by

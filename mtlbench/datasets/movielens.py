@@ -23,7 +23,9 @@ user's previous movies (most recent first).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pyarrow as pa
@@ -68,6 +70,16 @@ FORMATS = {
     },
 }
 HINT = "the MovieLens folder: u.data, u.user, u.item (100K) or ratings.dat, users.dat, movies.dat (1M)"
+#: genre_family of a movie: the first family (in this order) holding one of its genres (read-only: a default)
+DEFAULT_FAMILIES: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "children": ("Animation", "Children's"),
+    "action": ("Action", "Adventure", "Sci-Fi", "Fantasy", "War", "Western"),
+    "thriller": ("Thriller", "Crime", "Mystery", "Horror", "Film-Noir"),
+    "comedy": ("Comedy", "Musical"),
+    "drama": ("Drama", "Romance", "Documentary"),
+})
+#: task -> rating threshold (label = rating >= threshold)
+DEFAULT_THRESHOLDS: Mapping[str, int] = MappingProxyType({"like": 4, "love": 5})
 
 
 @register_dataset("movielens")
@@ -77,10 +89,10 @@ class MovieLens(DatasetSource):
     version = "1"
 
     def __init__(self, path: str, format: str = "auto", tasks: tuple[str, ...] = ("like", "love"),
-                 task_thresholds: dict[str, int] | None = None, scenario: str | None = None,
-                 genre_families: dict[str, list[str]] | None = None, hist_len: int = 0, min_count: int = 1,
-                 max_rows: int | None = None) -> None:
-        thresholds = dict(task_thresholds or {"like": 4, "love": 5})
+                 task_thresholds: Mapping[str, int] | None = DEFAULT_THRESHOLDS, scenario: str | None = None,
+                 genre_families: Mapping[str, Sequence[str]] | None = DEFAULT_FAMILIES, hist_len: int = 0,
+                 min_count: int = 1, max_rows: int | None = None) -> None:
+        thresholds = dict(task_thresholds or DEFAULT_THRESHOLDS)
         families = {k: list(v) for k, v in (genre_families or DEFAULT_FAMILIES).items()}
         super().__init__(path=str(path), format=format, tasks=list(tasks), task_thresholds=thresholds,
                          scenario=scenario, genre_families=families, hist_len=hist_len, min_count=min_count,
@@ -231,15 +243,6 @@ class MovieLens(DatasetSource):
         enc = encode([decade])
         out["release_decade"] = (enc.ids, enc.size)
         return out
-
-
-DEFAULT_FAMILIES = {
-    "children": ["Animation", "Children's"],
-    "action": ["Action", "Adventure", "Sci-Fi", "Fantasy", "War", "Western"],
-    "thriller": ["Thriller", "Crime", "Mystery", "Horror", "Film-Noir"],
-    "comedy": ["Comedy", "Musical"],
-    "drama": ["Drama", "Romance", "Documentary"],
-}
 
 
 def _year(text: str | None, pattern: str) -> int | None:

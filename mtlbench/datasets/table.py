@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,9 @@ from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource, raw_files
 from mtlbench.errors import DataError
 from mtlbench.registry import register_dataset
+
+#: the default of a mapping setting: empty and read-only
+EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 def read_table(path: str | Path, fmt: str = "auto") -> pa.Table:
@@ -42,11 +47,12 @@ class TableDataset(DatasetSource):
     with the training split's mean and std when the data is loaded.
     """
 
-    def __init__(self, path: str, tasks: list[str], categorical: dict[str, Any] | None = None,
-                 numeric: list[str] | None = None, user_field: str | None = None, item_field: str | None = None,
+    def __init__(self, path: str, tasks: list[str], categorical: Mapping[str, Any] | None = EMPTY,
+                 numeric: Sequence[str] | None = (), user_field: str | None = None, item_field: str | None = None,
                  scenario_field: str | None = None, time_field: str | None = None,
                  session_field: str | None = None, format: str = "auto", standardize: bool = False,
-                 task_roles: dict[str, str] | None = None, conditional_tasks: dict[str, str] | None = None) -> None:
+                 task_roles: Mapping[str, str] | None = EMPTY,
+                 conditional_tasks: Mapping[str, str] | None = EMPTY) -> None:
         super().__init__(path=path, tasks=list(tasks), categorical=dict(categorical or {}),
                          numeric=list(numeric or []), user_field=user_field, item_field=item_field,
                          scenario_field=scenario_field, time_field=time_field, session_field=session_field,

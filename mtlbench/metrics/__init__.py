@@ -1,8 +1,21 @@
-"""Evaluation metrics: grouped AUC, GAUC, NDCG@k and log loss, as functions and torchmetrics classes."""
+"""Evaluation metrics: AUC, GAUC, S-GAUC, NDCG@k, log loss and per-scenario AUC/GAUC, as functions and as
+registered torchmetrics classes (``metrics=[...]`` in a run config; plugins add more with ``register_metric``)."""
 
 from __future__ import annotations
 
-from mtlbench.metrics.classes import AUC, GAUC, NDCG, GroupedMetric, LogLoss
+from mtlbench.metrics.base import GROUP_KEYS, RecMetric, available_groups, batch_groups
+from mtlbench.metrics.classes import AUC, GAUC, NDCG, SGAUC, GroupedMetric, LogLoss
 from mtlbench.metrics.functional import gauc, grouped_auc, log_loss, ndcg_at_k
+from mtlbench.metrics.resolve import (
+    DEFAULT_METRICS,
+    build_metrics,
+    create_metric,
+    higher_is_better,
+    metric_class,
+    metric_specs,
+)
+from mtlbench.metrics.scenario import ScenarioMetrics
 
-__all__ = ["AUC", "GAUC", "NDCG", "GroupedMetric", "LogLoss", "gauc", "grouped_auc", "log_loss", "ndcg_at_k"]
+__all__ = ["AUC", "DEFAULT_METRICS", "GAUC", "GROUP_KEYS", "NDCG", "SGAUC", "GroupedMetric", "LogLoss", "RecMetric",
+           "ScenarioMetrics", "available_groups", "batch_groups", "build_metrics", "create_metric", "gauc",
+           "grouped_auc", "higher_is_better", "log_loss", "metric_class", "metric_specs", "ndcg_at_k"]

@@ -1,28 +1,30 @@
-"""torchmetrics wrappers around :mod:`mtlbench.metrics.functional` with declared distributed reductions."""
+"""The built-in metrics: torchmetrics wrappers around :mod:`mtlbench.metrics.functional` with declared
+distributed reductions, registered under the names a run config lists in ``metrics``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from mtlbench.metrics.base import RecMetric, group_ids
 from mtlbench.metrics.functional import _flatten_and_filter, _log_loss_sum, gauc, grouped_auc, ndcg_at_k
+from mtlbench.registry import register_metric
 
-__all__ = ["LogLoss", "GroupedMetric", "GAUC", "NDCG"]
+__all__ = ["AUC", "GAUC", "NDCG", "SGAUC", "GroupedMetric", "LogLoss"]
 
 
-class LogLoss(Metric):
+@register_metric("logloss")
+class LogLoss(RecMetric):
     """Mean binary cross-entropy of probabilities; rows with a NaN target are ignored.
 
     Keeps only a running sum and count, so the distributed reduction is a plain sum.
     """
 
-    is_differentiable = False
     higher_is_better = False
-    full_state_update = False
     plot_lower_bound = 0.0
 
     sum_loss: Tensor
@@ -34,7 +36,7 @@ class LogLoss(Metric):
         self.add_state("sum_loss", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
+    def update(self, preds: Tensor, target: Tensor, groups: Mapping[str, Tensor] | None = None) -> None:
         total, count = _log_loss_sum(preds.detach(), target.detach(), self.eps)
         self.sum_loss += total
         self.count += count
@@ -43,17 +45,16 @@ class LogLoss(Metric):
         return (self.sum_loss / self.count).float()
 
 
-class GroupedMetric(Metric):
-    """Base class for per-group ranking metrics (one group per user).
+class GroupedMetric(RecMetric):
+    """Base class for per-group ranking metrics (one group per ``self.groups[0]``: per user by default).
 
     A group's rows may be spread over batches and processes, so every (pred, target, group) row is
     buffered and the metric is computed once on all of them; under DDP the buffers are gathered
     ("cat") before :meth:`compute`. Rows with a NaN target are dropped on update.
     """
 
-    is_differentiable = False
+    groups = ("user",)
     higher_is_better = True
-    full_state_update = False
     plot_lower_bound = 0.0
     plot_upper_bound = 1.0
 
@@ -67,7 +68,11 @@ class GroupedMetric(Metric):
         self.add_state("target", default=[], dist_reduce_fx="cat")
         self.add_state("group", default=[], dist_reduce_fx="cat")
 
-    def update(self, preds: Tensor, target: Tensor, group: Tensor) -> None:
+    def update(self, preds: Tensor, target: Tensor, groups: Mapping[str, Tensor] | Tensor) -> None:
+        """``groups``: the rows' group ids by name, or the ids of ``self.groups[0]`` themselves."""
+        self._append(preds, target, group_ids(groups, self.groups[0]))
+
+    def _append(self, preds: Tensor, target: Tensor, group: Tensor) -> None:
         preds, target, group = _flatten_and_filter(preds.detach(), target.detach(), group.detach())
         self.preds.append(preds)
         self.target.append(target.to(preds.dtype) if preds.is_floating_point() else target.float())
@@ -83,26 +88,43 @@ class GroupedMetric(Metric):
         return self._compute_grouped(preds, target, group)
 
 
+@register_metric("auc")
 class AUC(GroupedMetric):
-    """ROC AUC over all rows (one group): NaN, not 0, when the rows hold a single label class or none."""
+    """ROC AUC over all rows (one group): NaN, not 0, when the rows hold a single label class or none.
 
-    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
-        super().update(preds, target, torch.zeros(target.shape, dtype=torch.long, device=target.device))
+    The project's own implementation (exact Mann-Whitney U with tied scores counted 1/2, as scikit-learn).
+    """
+
+    groups = ()
+
+    def update(self, preds: Tensor, target: Tensor, groups: Mapping[str, Tensor] | None = None) -> None:
+        self._append(preds, target, torch.zeros(target.shape, dtype=torch.long, device=target.device))
 
     def _compute_grouped(self, preds: Tensor, target: Tensor, group: Tensor) -> Tensor:
         auc, _, _ = grouped_auc(preds, target, group)
         return auc[0] if auc.numel() else torch.tensor(float("nan"), device=preds.device)
 
 
+@register_metric("gauc")
 class GAUC(GroupedMetric):
-    """Impression-weighted mean of per-group AUC (see :func:`~mtlbench.metrics.functional.gauc`)."""
+    """Impression-weighted mean of per-user AUC (see :func:`~mtlbench.metrics.functional.gauc`)."""
 
     def _compute_grouped(self, preds: Tensor, target: Tensor, group: Tensor) -> Tensor:
         return gauc(preds, target, group)
 
 
+@register_metric("sgauc")
+class SGAUC(GAUC):
+    """S-GAUC (SFPNet Eq. 13): GAUC over sessions instead of users."""
+
+    groups = ("session",)
+
+
+@register_metric("ndcg")
 class NDCG(GroupedMetric):
-    """Mean per-group NDCG@k (see :func:`~mtlbench.metrics.functional.ndcg_at_k`)."""
+    """Mean per-user NDCG@k (see :func:`~mtlbench.metrics.functional.ndcg_at_k`); ``ndcg@5`` in a config."""
+
+    param = "k"
 
     def __init__(self, k: int, **kwargs: Any) -> None:
         if k < 1:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from mtlbench.metrics.base import RecMetric, group_ids
 from mtlbench.metrics.functional import grouped_auc
+from mtlbench.registry import register_metric
 
 
 def per_scenario_gauc(preds: Tensor, target: Tensor, user: Tensor, scenario: Tensor) -> tuple[Tensor, Tensor]:
@@ -27,25 +30,36 @@ def per_scenario_gauc(preds: Tensor, target: Tensor, user: Tensor, scenario: Ten
     return scenarios, torch.where(den > 0, num / den.clamp_min(1e-12), torch.nan)
 
 
-class ScenarioMetrics(Metric):
-    """``auc@scenario=s`` and (with users) ``gauc@scenario=s`` for every scenario s."""
+@register_metric("scenario")
+class ScenarioMetrics(RecMetric):
+    """``auc@scenario=s`` and (with users) ``gauc@scenario=s`` for every scenario s.
 
-    full_state_update = False
+    ``with_users``: None (the registered metric) uses the user ids whenever the rows offer them.
+    """
+
+    groups = ("scenario",)
+    dict_output = True
     higher_is_better = True
 
-    def __init__(self, with_users: bool = True) -> None:
+    def __init__(self, with_users: bool | None = None) -> None:
         super().__init__()
         self.with_users = with_users
         for name in ("preds", "target", "scenario", "user"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, preds: Tensor, target: Tensor, scenario: Tensor, user: Tensor | None = None) -> None:
+    def update(self, preds: Tensor, target: Tensor, groups: Mapping[str, Tensor] | Tensor,
+               user: Tensor | None = None) -> None:
+        """``groups``: the rows' group ids by name (``scenario``, optionally ``user``); or, positionally, the
+        scenario ids and then the user ids."""
+        if isinstance(groups, Tensor):
+            groups = {"scenario": groups} if user is None else {"scenario": groups, "user": user}
+        scenario = group_ids(groups, "scenario")
         keep = ~torch.isnan(target)
         self.preds.append(preds[keep])
         self.target.append(target[keep])
         self.scenario.append(scenario[keep])
-        if self.with_users:
-            self.user.append(user[keep])
+        if self.with_users or (self.with_users is None and "user" in groups):
+            self.user.append(group_ids(groups, "user")[keep])
 
     def compute(self) -> dict[str, float]:
         p, y, s = (dim_zero_cat(x) for x in (self.preds, self.target, self.scenario))
@@ -54,7 +68,7 @@ class ScenarioMetrics(Metric):
         auc, _, valid = grouped_auc(p, y, s)
         for sid, a, v in zip(ids.tolist(), auc.tolist(), valid.tolist()):
             out[f"auc@scenario={sid}"] = a if v else float("nan")
-        if self.with_users:
+        if self.with_users or (self.with_users is None and len(self.user) > 0):  # a list, or gathered: a tensor
             ids, g = per_scenario_gauc(p, y, dim_zero_cat(self.user), s)
             out.update({f"gauc@scenario={sid}": v for sid, v in zip(ids.tolist(), g.tolist())})
         return out

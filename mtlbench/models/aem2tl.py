@@ -11,11 +11,11 @@ mechanism that "dynamically allocates attention to tasks based on their relative
 
 Our reading, each a config setting:
 
-1. Scenario-CGC: PLE's customised gate control (Tang et al. 2020, Eq. 1-3) over scenarios: the sample's own
-   scenario s has ``num_scenario_experts`` experts and a gate softmax(W_s x) mixing them with
-   ``num_shared_scenario_experts`` shared experts.
-2. Task-CGC: one CGC level (``mtlbench.models.ple.CGCLevel``) over the Scenario-CGC output, task-specific and
-   task-shared experts, one gate per task, giving each task's representation e_k.
+1. Scenario-CGC (``mtlbench.models.backbones.ScenarioCGC``): PLE's customised gate control (Tang et al. 2020,
+   Eq. 1-3) over scenarios: the sample's own scenario s has ``num_scenario_experts`` experts and a gate
+   softmax(W_s x) mixing them with ``num_shared_scenario_experts`` shared experts.
+2. Task-CGC: one CGC level (``mtlbench.models.backbones.CGCLevel``) over the Scenario-CGC output, task-specific
+   and task-shared experts, one gate per task, giving each task's representation e_k.
 3. Personalised gating: PEPNet's PPNet (Chang et al. 2023): for task k, δ_k = γ·sigmoid(MLP(prior ⊕
    stop_grad(e_k))) with γ = ``gate_scale`` (2), split into one scale vector per tower layer that multiplies
    the layer's input units. Prior features (``prior_fields``; default the user, item and scenario fields) come
@@ -40,35 +40,11 @@ from torch import Tensor, nn
 
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import ConfigError
+from mtlbench.models.backbones import CGCLevel, ScenarioCGC
 from mtlbench.models.base import ModelOutput, MultiTaskModel
 from mtlbench.models.esmm import conversion_pair, ctcvr_logit, cvr_summary
-from mtlbench.models.layers import MLP, ExpertGroup, FeatureEmbedding, activation
-from mtlbench.models.ple import CGCLevel
+from mtlbench.models.layers import MLP, FeatureEmbedding, activation
 from mtlbench.registry import register_model
-
-
-class ScenarioCGC(nn.Module):
-    """CGC over scenarios: the sample's scenario gate mixes that scenario's experts with the shared ones.
-
-    All scenarios' specific experts run on the whole batch as one batched expert group, and each row then
-    takes its own scenario's experts and gate (a gather, no loop over scenarios).
-    """
-
-    def __init__(self, num_scenarios: int, in_dim: int, num_specific: int, num_shared: int, hidden: list[int],
-                 dropout: float = 0.0, act: str = "relu") -> None:
-        super().__init__()
-        self.s, self.ns, self.nh = num_scenarios, num_specific, num_shared
-        self.specific = ExpertGroup(num_scenarios * num_specific, in_dim, hidden, dropout, act)
-        self.shared = ExpertGroup(num_shared, in_dim, hidden, dropout, act)
-        self.gates = nn.Linear(in_dim, num_scenarios * (num_specific + num_shared))  # W_s for every s
-        self.out_dim = self.shared.out_dim
-
-    def forward(self, x: Tensor, scenario: Tensor) -> Tensor:
-        rows = torch.arange(len(x), device=x.device)
-        own = self.specific(x).view(len(x), self.s, self.ns, -1)[rows, scenario]  # Exp_sp^s: [B, ns, H]
-        h = torch.cat([own, self.shared(x)], dim=1)  # CGC Eq. 2: [Exp_sp^s, Exp_sh]
-        w = torch.softmax(self.gates(x).view(len(x), self.s, -1)[rows, scenario], -1)  # Eq. 1: softmax(W_s x)
-        return torch.bmm(w.unsqueeze(1), h).squeeze(1)  # CGC Eq. 3
 
 
 class PersonalizedTower(nn.Module):

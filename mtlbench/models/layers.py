@@ -8,7 +8,6 @@ import torch
 from torch import Tensor, nn
 
 from mtlbench.data.schema import DatasetSchema, Feature
-from mtlbench.errors import ConfigError
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
 
@@ -162,32 +161,7 @@ class Towers(nn.Module):
         return {t: tower(x).squeeze(-1) for t, tower, x in zip(self.tasks, self.towers, inputs)}
 
 
-# -- per-scenario slots (the ``per`` setting of shared_bottom / mmoe / ple) ---------------------------------
-
-PER_CHOICES = ("task", "scenario", "task_scenario")
-
-
-def check_per(model: str, schema: DatasetSchema, per: str) -> int:
-    """Validate a model's ``per`` setting; returns its slot count (K, S or K·S towers / gates).
-
-    ``task``: one slot per task (plain multi-task). ``scenario``: one slot per scenario, picked by the row's
-    scenario. ``task_scenario``: one slot per (task, scenario) pair, slot index ``k * S + s``.
-    """
-    if per not in PER_CHOICES:
-        raise ConfigError(f"model {model}: per={per!r} is not one of {', '.join(PER_CHOICES)}")
-    if per != "task" and schema.scenario_field is None:
-        raise ConfigError(f"model {model} with per={per!r} needs a scenario field; dataset {schema.name!r} "
-                          f"has none (use per=task)")
-    k, s = len(schema.tasks), schema.num_scenarios
-    return {"task": k, "scenario": s, "task_scenario": k * s}[per]
-
-
-def row_scenarios(schema: DatasetSchema, batch: dict[str, Tensor]) -> Tensor:
-    """The scenario id of every row [B] (``batch["scenario"]``, else the scenario field's column)."""
-    if "scenario" in batch:
-        return batch["scenario"]
-    return batch["categorical"][:, [f.name for f in schema.categorical].index(schema.scenario_field)]
-
+# -- per-scenario slots (the ``per`` setting of mtlbench/models/backbones.py) ------------------------------
 
 def pick_slot(x: Tensor, slot: Tensor) -> Tensor:
     """Row r's own slot of ``x`` [B, n, ...] -> [B, ...] (a gather: other slots get exactly zero gradient)."""

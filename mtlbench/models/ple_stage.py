@@ -11,7 +11,9 @@ concatenated to the PLE input.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -20,9 +22,9 @@ from torch import Tensor, nn
 import mtlbench.data.lifecycle_inputs  # noqa: F401  (registers rule_stage before the data module asks)
 from mtlbench.data.lifecycle_inputs import NUM_RULE_STAGES
 from mtlbench.data.schema import DatasetSchema
+from mtlbench.models.backbones import PLEBackbone
 from mtlbench.models.base import MultiTaskModel
 from mtlbench.models.layers import FeatureEmbedding, Towers
-from mtlbench.models.ple import PLEBackbone
 from mtlbench.registry import register_model
 
 RULE_STAGE = "rule_stage"
@@ -34,10 +36,11 @@ class PLEStage(MultiTaskModel):
 
     required_inputs = (RULE_STAGE,)
 
-    def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, num_levels: int = 1,
+    def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, num_levels: int = 2,
                  num_specific_experts: int = 1, num_shared_experts: int = 2, expert: tuple[int, ...] = (256, 128),
                  tower: tuple[int, ...] = (64,), dropout: float = 0.0, activation: str = "relu",
-                 stage_analysis: dict[str, Any] | None = None) -> None:
+                 stage_analysis: Mapping[str, Any] = MappingProxyType(
+                     {"enabled": True, "max_users": 5000, "tsne_users": 0, "probe": True})) -> None:
         super().__init__(schema)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
         self.stage_embedding = nn.Embedding(NUM_RULE_STAGES, embedding_dim)
@@ -45,7 +48,7 @@ class PLEStage(MultiTaskModel):
         self.backbone = PLEBackbone(len(self.tasks), self.embedding.output_dim + embedding_dim, num_levels,
                                     num_specific_experts, num_shared_experts, list(expert), dropout, activation)
         self.towers = Towers(self.tasks, self.backbone.out_dim, list(tower), dropout, activation)
-        self.stage_analysis = dict(stage_analysis or {})
+        self.stage_analysis = dict(stage_analysis)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         x = torch.cat([self.embedding.flat(batch), self.stage_embedding(batch[RULE_STAGE].long())], dim=1)

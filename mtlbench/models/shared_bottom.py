@@ -14,31 +14,22 @@ from __future__ import annotations
 from torch import Tensor
 
 from mtlbench.data.schema import DatasetSchema
-from mtlbench.models.base import MultiTaskModel
-from mtlbench.models.layers import MLP, FeatureEmbedding, ScenarioTowers, Towers, check_per, row_scenarios
+from mtlbench.models.backbones import SharedBottomBackbone, SlotModel
+from mtlbench.models.layers import FeatureEmbedding
 from mtlbench.registry import register_model
 
 
 @register_model("shared_bottom")
-class SharedBottom(MultiTaskModel):
+class SharedBottom(SlotModel):
+    """y^k = h^k(MLP(x)): one bottom MLP shared by every task, one tower per task (or slot)."""
+
     def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, bottom: tuple[int, ...] = (256, 128),
                  tower: tuple[int, ...] = (64,), dropout: float = 0.0, activation: str = "relu",
                  per: str = "task") -> None:
-        check_per(type(self).__name__, schema, per)
-        super().__init__(schema)
-        self.per = per
-        if per != "task":
-            self.required_fields = ("scenario",)
+        super().__init__(schema, per)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
-        self.bottom = MLP(self.embedding.output_dim, list(bottom), None, dropout, activation)
-        if per == "task":
-            self.towers = Towers(self.tasks, self.bottom.out_dim, list(tower), dropout, activation)
-        else:
-            self.towers = ScenarioTowers(self.tasks, schema.num_scenarios, per, self.bottom.out_dim, list(tower),
-                                         dropout, activation)
+        self.bottom = SharedBottomBackbone(self.embedding.output_dim, list(bottom), None, dropout, activation)
+        self.towers = self.make_towers(self.bottom.out_dim, list(tower), dropout, activation)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        h = self.bottom(self.embedding.flat(batch))
-        if self.per == "task":
-            return self.towers([h] * len(self.tasks))
-        return self.towers(h, row_scenarios(self.schema, batch))
+        return self.read_towers(self.bottom(self.embedding.flat(batch)), self.scenarios(batch))

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -31,9 +33,9 @@ from torch import Tensor, nn
 import mtlbench.data.lifecycle_inputs  # noqa: F401  (registers stan_pseudo_label before the data module asks)
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import ConfigError
+from mtlbench.models.backbones import MMoEBackbone, PLEBackbone
 from mtlbench.models.base import ModelOutput, MultiTaskModel
-from mtlbench.models.layers import MLP, ExpertGroup, FeatureEmbedding, Towers
-from mtlbench.models.ple import PLEBackbone
+from mtlbench.models.layers import MLP, FeatureEmbedding, Towers
 from mtlbench.registry import register_model
 
 PSEUDO_LABEL = "stan_pseudo_label"
@@ -41,22 +43,6 @@ _SINGLE_FIELD_WARNED: set[str] = set()  # datasets already warned about (one-fie
 
 
 # -- 3.1 multi-task prediction network ----------------------------------------------------------------
-class MMoEBackbone(nn.Module):
-    """MMoE as a STAN backbone: shared experts, Eq. 1 gates w^k = softmax(W^k x), Eq. 3 mixtures g^k."""
-
-    def __init__(self, num_tasks: int, in_dim: int, num_experts: int, expert: list[int], dropout: float = 0.0,
-                 act: str = "relu") -> None:
-        super().__init__()
-        self.num_tasks, self.num_experts = num_tasks, num_experts
-        self.experts = ExpertGroup(num_experts, in_dim, expert, dropout, act)
-        self.gates = nn.Linear(in_dim, num_tasks * num_experts)
-        self.out_dim = self.experts.out_dim
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        w = torch.softmax(self.gates(x).view(len(x), self.num_tasks, self.num_experts), dim=-1)  # Eq. 1
-        return list(torch.bmm(w, self.experts(x)).unbind(1))                                     # Eq. 3
-
-
 def make_backbone(name: str, num_tasks: int, in_dim: int, *, num_levels: int, num_specific_experts: int,
                   num_shared_experts: int, num_experts: int, expert: list[int], dropout: float,
                   activation: str) -> nn.Module:
@@ -175,7 +161,8 @@ class STAN(MultiTaskModel):
                  expert: tuple[int, ...] = (256, 128), tower: tuple[int, ...] = (64,), dropout: float = 0.0,
                  activation: str = "relu", user_fields: list[str] | None = None, user_extractor: str = "dnn",
                  extractor_hidden: tuple[int, ...] = (256,), task_attention_softmax: str = "features",
-                 stage_analysis: dict[str, Any] | None = None) -> None:
+                 stage_analysis: Mapping[str, Any] = MappingProxyType(
+                     {"enabled": True, "max_users": 5000, "tsne_users": 1000, "probe": True})) -> None:
         super().__init__(schema)
         k = len(self.tasks)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
@@ -200,7 +187,7 @@ class STAN(MultiTaskModel):
             raise ConfigError(f"STAN user_extractor must be 'attention' or 'dnn', got {user_extractor!r}")
         self.task_attention = TaskAttention(k, d2, task_attention_softmax)
         self.preference_heads = PreferenceHeads(k, d1 * d2)
-        self.stage_analysis = dict(stage_analysis or {})
+        self.stage_analysis = dict(stage_analysis)
 
     @staticmethod
     def _user_fields(schema: DatasetSchema, fields: list[str] | None) -> list[str]:

@@ -22,7 +22,11 @@ def base_metric(metric: str) -> str:
 
 
 def higher_is_better(metric: str) -> bool:
-    return base_metric(metric) != "logloss"
+    """Direction of a results key (``logloss``, ``ndcg@5``, ``auc@scenario=2``) from its metric class's
+    ``higher_is_better``; higher for a name no installed metric claims."""
+    from mtlbench.metrics import higher_is_better as registered  # imports torch: only when a report needs it
+
+    return registered(metric, default=True)
 
 
 def is_auc_like(metric: str) -> bool:

@@ -1,10 +1,10 @@
 """Leaderboards as the seed papers print them: models as rows, one column per task and metric.
 
 Each cell is mean ± std over seeds; per column the best value is bold and the second underlined
-(lower is better only for logloss); RelaImpr against a base model follows STAN Eq. 15 (AUC-type) and
-Eq. 16 (NDCG); the best model of each column is tested against the best of the other models (the
-"best baseline") over seeds, and marked ``*`` (p < 0.05) or ``**`` (p < 0.01). Per-scenario metrics
-(``auc@scenario=s``) get their own tables, one column per task and scenario.
+(in the direction of the metric class's ``higher_is_better``); RelaImpr against a base model follows
+STAN Eq. 15 (AUC-type) and Eq. 16 (NDCG); the best model of each column is tested against the best of
+the other models (the "best baseline") over seeds, and marked ``*`` (p < 0.05) or ``**`` (p < 0.01).
+Per-scenario metrics (``auc@scenario=s``) get their own tables, one column per task and scenario.
 
 Writers: Markdown, CSV (long format: one line per group and column, with the p-values) and LaTeX
 (booktabs); the HTML page is in :mod:`mtlbench.report.html`.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -14,8 +15,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import ConfigError, TrainingError
-from mtlbench.metrics import AUC, GAUC, NDCG, LogLoss
-from mtlbench.metrics.scenario import ScenarioMetrics
+from mtlbench.metrics import DEFAULT_METRICS, available_groups, batch_groups, build_metrics, metric_specs
 from mtlbench.models.base import ModelOutput, as_output
 from mtlbench.training.optim import build_optimizer, use_sparse_embeddings
 from mtlbench.weighting.base import WeightingStrategy, task_means
@@ -41,19 +41,31 @@ class RowCollector(Metric):
         return dim_zero_cat(self.index), dim_zero_cat(self.scores)
 
 
-def task_metrics(schema: DatasetSchema, ndcg_k: tuple[int, ...]) -> nn.ModuleDict:
-    """The metrics of one task: AUC and logloss always; GAUC and NDCG@k per user when the data has users;
-    per-scenario AUC/GAUC when it has scenarios; S-GAUC (AUC per session, SFPNet Eq. 13) with sessions."""
-    grouped = schema.user_field is not None
-    metrics: dict[str, Metric] = {"auc": AUC(), "logloss": LogLoss()}
-    if grouped:
-        metrics["gauc"] = GAUC()
-        metrics.update({f"ndcg@{k}": NDCG(k) for k in ndcg_k})
-    if schema.session_field is not None:
-        metrics["sgauc"] = GAUC()
-    if schema.scenario_field is not None:
-        metrics["scenarios"] = ScenarioMetrics(with_users=grouped)
-    return nn.ModuleDict(metrics)
+class MetricSet(nn.ModuleList):
+    """The metrics of one task, in config order, with their names (names may hold any character)."""
+
+    def __init__(self, metrics: dict[str, Metric]) -> None:
+        super().__init__(metrics.values())
+        self.names = list(metrics)
+
+    def items(self) -> Iterator[tuple[str, Metric]]:
+        return zip(self.names, self)
+
+
+def run_metrics(metrics: Sequence[str] = DEFAULT_METRICS, ndcg_k: Sequence[int] = (1, 5)) -> list[str]:
+    """The metric names of a run, checked (unknown names: ConfigError): ``metrics`` in order, a bare ``ndcg``
+    as ``ndcg@k`` for each k of ``ndcg_k``."""
+    return metric_specs(metrics, {"ndcg": [int(k) for k in ndcg_k]})
+
+
+def task_metrics(schema: DatasetSchema, ndcg_k: Sequence[int] = (1, 5), metrics: Sequence[str] = DEFAULT_METRICS,
+                 groups: Sequence[str] | None = None) -> MetricSet:
+    """The metrics of one task: those of ``metrics`` (a bare ``ndcg`` is ``ndcg@k`` for each k of ``ndcg_k``)
+    whose groups the data has (``groups``; default: the schema's user / session / scenario fields). With the
+    default list: AUC and logloss always; GAUC and NDCG@k with users; S-GAUC (AUC per session, SFPNet Eq. 13)
+    with sessions; per-scenario AUC (and GAUC with users) with scenarios."""
+    groups = available_groups(schema) if groups is None else groups
+    return MetricSet(build_metrics(run_metrics(metrics, ndcg_k), groups))
 
 
 class MultiTaskModule(pl.LightningModule):
@@ -66,7 +78,8 @@ class MultiTaskModule(pl.LightningModule):
 
     def __init__(self, model: nn.Module, weighting: WeightingStrategy, schema: DatasetSchema,
                  optimizer: dict[str, Any] | None = None, ndcg_k: tuple[int, ...] = (1, 5),
-                 monitor_metric: str = "auc") -> None:
+                 monitor_metric: str = "auc", metrics: Sequence[str] = DEFAULT_METRICS,
+                 groups: Sequence[str] | None = None) -> None:
         super().__init__()
         self.model = model
         self.weighting = weighting
@@ -80,15 +93,20 @@ class MultiTaskModule(pl.LightningModule):
                                   "parameters; run it with optimizer.sparse_embeddings=false")
             use_sparse_embeddings(model)
         self.ndcg_k = tuple(int(k) for k in ndcg_k)
+        self.metric_names = list(metrics)
+        self.metric_groups = tuple(available_groups(schema) if groups is None else groups)
         self.monitor_metric = monitor_metric
-        known = sorted(set(task_metrics(schema, self.ndcg_k)) - {"scenarios"})
+        probe = task_metrics(schema, self.ndcg_k, self.metric_names, self.metric_groups)
+        known = sorted(name for name, m in probe.items() if not getattr(m, "dict_output", False))
         if monitor_metric not in known:
             raise ConfigError(f"monitor={monitor_metric!r} is not computed on dataset {schema.name!r}; "
-                              f"choose one of {known}")
+                              f"choose one of {known} (or add it to metrics)")
         # per split, one metric set per task in task order: a ModuleList, because task names are the
         # publisher's (``forward``, ``train``, ``type``, names with dots) and can't be module attribute names
         self.metrics = nn.ModuleDict({
-            split: nn.ModuleList(task_metrics(schema, self.ndcg_k) for _ in self.tasks) for split in EVAL_SPLITS
+            split: nn.ModuleList(task_metrics(schema, self.ndcg_k, self.metric_names, self.metric_groups)
+                                 for _ in self.tasks)
+            for split in EVAL_SPLITS
         })
         self.rows = RowCollector()
         self.results: dict[str, dict[str, dict[str, float]]] = {}
@@ -183,19 +201,13 @@ class MultiTaskModule(pl.LightningModule):
     def _eval_step(self, batch: dict[str, Tensor], split: str) -> None:
         probs = torch.sigmoid(self.task_logits(self(batch)).float())
         labels = batch["labels"]
-        user, session, scenario = batch.get("user"), batch.get("session"), batch.get("scenario")
+        groups = {name: ids for name, ids in batch_groups(batch).items() if name in self.metric_groups}
         for k in range(len(self.tasks)):
             keep = ~torch.isnan(labels[:, k])
             p, y = probs[keep, k], labels[keep, k]
-            for name, m in self.metrics[split][k].items():
-                if name in ("auc", "logloss"):
-                    m.update(p, y)
-                elif name == "sgauc":
-                    m.update(p, y, session[keep])
-                elif name == "scenarios":
-                    m.update(p, y, scenario[keep], user[keep] if user is not None else None)
-                else:
-                    m.update(p, y, user[keep])
+            g = {name: ids[keep] for name, ids in groups.items()}
+            for m in self.metrics[split][k]:
+                m.update(p, y, g)
         if split == "test":
             self.rows.update(batch["index"], probs)
 
@@ -224,7 +236,7 @@ class MultiTaskModule(pl.LightningModule):
             self._finish("valid")
         else:
             for task_metric_set in self.metrics["valid"]:
-                for m in task_metric_set.values():
+                for m in task_metric_set:
                     m.reset()
 
     def on_test_epoch_end(self) -> None:

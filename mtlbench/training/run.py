@@ -21,12 +21,11 @@ from mtlbench.data.datamodule import MultiTaskDataModule
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.data.source import DATASET_KEYS
 from mtlbench.errors import ConfigError
+from mtlbench.metrics import available_groups, higher_is_better
 from mtlbench.models.layers import init_embeddings
 from mtlbench.registry import MODELS, WEIGHTINGS
-from mtlbench.training.module import MultiTaskModule
+from mtlbench.training.module import MultiTaskModule, run_metrics
 from mtlbench.training.results import PREDICTIONS_FILE, RESULTS_FILE, write_json, write_parquet
-
-LOWER_IS_BETTER = {"logloss"}
 
 
 def call_with_config(factory: Any, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -83,6 +82,7 @@ def warn_hashed_stage_users(dm: MultiTaskDataModule, weighting: torch.nn.Module)
 
 def build_components(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskModule]:
     """Data module and LightningModule for a config; loads (or prepares) the dataset."""
+    run_metrics(_plain(cfg.metrics), tuple(cfg.ndcg_k))  # unknown metric names fail before any data is read
     model_cfg = _plain(cfg.model)
     weighting_cfg = _plain(cfg.weighting)
     model_cls = MODELS.get(model_cfg["name"])
@@ -100,7 +100,8 @@ def build_components(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskMod
     weighting = create_weighting(weighting_cfg.pop("name"), schema.tasks, **weighting_cfg)
     warn_hashed_stage_users(dm, weighting)
     module = MultiTaskModule(model, weighting, schema, optimizer=_plain(cfg.optimizer),
-                             ndcg_k=tuple(cfg.ndcg_k), monitor_metric=cfg.monitor)
+                             ndcg_k=tuple(cfg.ndcg_k), monitor_metric=cfg.monitor, metrics=list(cfg.metrics),
+                             groups=available_groups(schema, extra))
     return dm, module
 
 
@@ -121,7 +122,7 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     c = _plain(cfg.callbacks)
     monitor = f"valid/{cfg.monitor}_mean"
-    mode = "min" if cfg.monitor in LOWER_IS_BETTER else "max"
+    mode = "max" if higher_is_better(cfg.monitor) else "min"  # the metric class's higher_is_better
     callbacks: list[pl.Callback] = [
         pl.callbacks.ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=monitor, mode=mode,
                                      save_top_k=1, save_last=bool(c.get("save_last", False)),

@@ -32,12 +32,13 @@ class WeightingStrategy(nn.Module):
     ``forward(losses, mask, batch, output)``: ``losses`` [B, K] per-sample losses (zero where ``mask`` is
     False), ``batch`` the batch dict (user ids, scenario ids, ...), ``output`` the model's output. Strategies
     may hold parameters (optimised with the model) or per-user state (buffers are saved in checkpoints).
-    Gradient-based strategies (GradNorm, PCGrad) get the model through :meth:`attach` and use
-    ``model.shared_parameters()``; the loss they return must carry the gradient they want applied.
+    Gradient-based strategies (GradNorm, PCGrad) subclass :class:`mtlbench.weighting.gradient.GradientWeighting`,
+    which takes the model through :meth:`attach` and gives the per-task gradients of the shared parameters; the
+    loss they return must carry the gradient they want applied.
     """
 
     required_inputs: tuple[str, ...] = ()
-    gradient_based = False  # takes per-task gradients of the shared parameters (these must be dense)
+    gradient_based = False  # True (GradientWeighting): takes per-task gradients of the shared parameters, so dense
 
     def __init__(self, tasks: list[str]) -> None:
         super().__init__()

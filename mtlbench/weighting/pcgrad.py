@@ -6,7 +6,7 @@ g_i^PC -= (g_i^PC · g_j / ‖g_j‖²) g_j.
 The shared parameters are then updated with Σ_i g_i^PC; task-specific parameters with the plain Σ_i ∇L_i.
 
 "Shared" is structural: θ is the parameters of ``model.shared_parameters()`` that the logits of two or more
-tasks depend on (read once from the autograd graph, like GradNorm's ``reached_by``). Parameters outside the
+tasks depend on (read once from the autograd graph, by :class:`GradientWeighting`). Parameters outside the
 towers that only one task reaches (PLE's task-specific experts and gates, a task's own gate in MMoE) are
 not part of θ: they get that task's own gradient, unprojected. (Were they in the vector, ‖g_j‖² would
 include task j's own parameters, so a projection would remove only part of the conflict on θ and add a
@@ -25,13 +25,12 @@ directions, not weights).
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from mtlbench.errors import ConfigError
 from mtlbench.models.base import ModelOutput
 from mtlbench.registry import register_weighting
-from mtlbench.weighting.base import WeightedLoss, WeightingStrategy, task_means
-from mtlbench.weighting.gradnorm import reached_by, shared_parameters_of, task_gradients
+from mtlbench.weighting.base import WeightedLoss, task_means
+from mtlbench.weighting.gradient import GradientWeighting
 
 
 def project_conflicting(grads: Tensor, orders: list[list[int]]) -> Tensor:
@@ -48,39 +47,18 @@ def project_conflicting(grads: Tensor, orders: list[list[int]]) -> Tensor:
 
 
 @register_weighting("pcgrad")
-class PCGrad(WeightingStrategy):
-    gradient_based = True
+class PCGrad(GradientWeighting):
+    name = "pcgrad"
 
     def __init__(self, tasks: list[str]) -> None:
         super().__init__(tasks)
         self.register_buffer("ones", torch.ones(len(tasks)), persistent=False)
-        self._model: list[nn.Module] = []
-        self._params: list[nn.Parameter] = []
-        self._shared: list[int] | None = None
-
-    def attach(self, model: nn.Module) -> None:
-        self._model = [model]
-        self._params = shared_parameters_of("pcgrad", model)
-        self._shared = None
-
-    def shared_of(self, output: ModelOutput) -> list[nn.Parameter]:
-        """θ: the parameters two or more tasks' logits depend on (fixed by the architecture, read once)."""
-        if self._shared is None:
-            reach = reached_by(output, self.tasks, self._params)
-            self._shared = [i for i in range(len(self._params)) if int(reach[:, i].sum()) >= 2]
-        return [self._params[i] for i in self._shared]
 
     def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor],
                 output: ModelOutput) -> WeightedLoss:
-        if not self._params:
-            raise ConfigError("weighting 'pcgrad' needs attach(model) first: it works on shared weights")
         k = len(self.tasks)
         task_loss = task_means(losses, mask)
-        params = self.shared_of(output)
-        if not params:
-            raise ConfigError(f"weighting 'pcgrad' needs parameters shared by two or more tasks; model "
-                              f"{type(self._model[0]).__name__} shares none, so there is nothing to project")
-        grads = task_gradients(task_loss, params)
+        params, grads = self.shared_gradients(task_loss, output)
         flat = torch.stack([torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
                                        for g, p in zip(gk, params)]) for gk in grads])  # [K, P]
         orders = [torch.randperm(k).tolist() for _ in range(k)]

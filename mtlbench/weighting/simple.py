@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
@@ -11,21 +13,11 @@ from mtlbench.registry import register_weighting
 from mtlbench.weighting.base import WeightedLoss, WeightingStrategy, weighted_sum
 
 
-@register_weighting("equal")
-class Equal(WeightingStrategy):
-    def __init__(self, tasks: list[str]) -> None:
-        super().__init__(tasks)
-        self.register_buffer("weights", torch.ones(len(tasks)), persistent=False)
-
-    def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor], output: ModelOutput) -> WeightedLoss:
-        return WeightedLoss(weighted_sum(losses, mask, self.weights), self.weights)
-
-
 @register_weighting("fixed")
 class Fixed(WeightingStrategy):
-    """η given per task by name, e.g. ``weighting.weights={click: 1.0, purchase: 2.0}``."""
+    """η given per task by name, e.g. ``weighting.weights={click: 1.0, purchase: 2.0}`` (unnamed tasks: 1)."""
 
-    def __init__(self, tasks: list[str], weights: dict[str, float] | None = None) -> None:
+    def __init__(self, tasks: list[str], weights: Mapping[str, float] | None = None) -> None:
         super().__init__(tasks)
         weights = dict(weights or {})
         unknown = sorted(set(weights) - set(tasks))
@@ -36,3 +28,11 @@ class Fixed(WeightingStrategy):
 
     def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor], output: ModelOutput) -> WeightedLoss:
         return WeightedLoss(weighted_sum(losses, mask, self.weights), self.weights)
+
+
+@register_weighting("equal")
+class Equal(Fixed):
+    """η^k = 1 for every task: :class:`Fixed` with no weights given."""
+
+    def __init__(self, tasks: list[str]) -> None:
+        super().__init__(tasks)

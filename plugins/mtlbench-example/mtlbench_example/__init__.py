@@ -1,4 +1,5 @@
-"""An out-of-tree mtlbench plugin: registers the model ``example_gated`` and its Hydra config ``model=example_gated``.
+"""An out-of-tree mtlbench plugin: registers the model ``example_gated`` with its Hydra config
+``model=example_gated``, and the metric ``hit_rate`` (``metrics=[auc,hit_rate@5]``).
 
 mtlbench calls :func:`register` through the ``mtlbench.plugins`` entry point before it composes a config.
 """
@@ -12,7 +13,7 @@ from omegaconf import OmegaConf
 
 
 def register() -> None:
-    from mtlbench_example import model  # noqa: F401  (the decorator registers the model)
+    from mtlbench_example import metric, model  # noqa: F401  (their decorators register the metric and the model)
 
     for path in files("mtlbench_example").joinpath("configs", "model").iterdir():
         if path.name.endswith(".yaml"):
