@@ -469,6 +469,7 @@ def test_sfpnet_single_task_ctr_run_end_to_end(tmp_path):
                 for t in schema.tasks[1:]:
                     cols.pop(t)
                 schema.tasks = schema.tasks[:1]
+                schema.task_roles = {r: t for r, t in schema.task_roles.items() if t in schema.tasks}
                 return schema, cols
 
     cfg = compose_cfg([*TINY, "model=sfpnet", "predictions=false"])
