@@ -1,6 +1,6 @@
 """Time GAUC and NDCG@k over many predictions and users (issue target: 10M rows, 1M users, < 10 s).
 
-    python benchmarks/eval_speed.py --rows 10000000 --users 1000000
+python benchmarks/eval_speed.py --rows 10000000 --users 1000000
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ def main() -> None:
     target = (torch.rand(args.rows, generator=g) < 0.3).float()
     preds = (0.3 * target + torch.rand(args.rows, generator=g)).clamp(0, 1)
     out = {"rows": args.rows, "users": args.users, "threads": args.threads}
-    for name, fn in (("gauc", lambda: gauc(preds, target, user)),
-                     (f"ndcg@{args.k}", lambda: ndcg_at_k(preds, target, user, args.k))):
+    for name, fn in (
+        ("gauc", lambda: gauc(preds, target, user)),
+        (f"ndcg@{args.k}", lambda: ndcg_at_k(preds, target, user, args.k)),
+    ):
         start = time.perf_counter()
         value = float(fn())
         out[f"{name}_seconds"] = round(time.perf_counter() - start, 2)

@@ -35,8 +35,9 @@ exec(what) if not what.startswith("module:") else runpy.run_module(what[7:], run
 def child(what: str, args: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Run a snippet (or ``module:name``) in a child; return (seconds, its peak RSS in GB)."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", WRAP, what, *args], env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", WRAP, what, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"child failed: {proc.stderr[-2000:]}")
@@ -57,17 +58,33 @@ def main() -> None:
         code = PREPARE.format(rows=args.rows, users=args.users, items=args.items, cache=env["MTLBENCH_CACHE"])
         prep_s, prep_gb = child(code, [], env)
         cache_gb = sum(f.stat().st_size for f in Path(env["MTLBENCH_CACHE"]).rglob("*") if f.is_file()) / 1024**3
-        train = [f"model={args.model}", f"dataset.n_rows={args.rows}",
-                 f"dataset.n_users={args.users}", f"dataset.n_items={args.items}", f"trainer.max_epochs={args.epochs}",
-                 "trainer.enable_progress_bar=false", "logger=none", "predictions=false",
-                 f"hydra.run.dir={Path(tmp) / 'run'}"]
+        train = [
+            f"model={args.model}",
+            f"dataset.n_rows={args.rows}",
+            f"dataset.n_users={args.users}",
+            f"dataset.n_items={args.items}",
+            f"trainer.max_epochs={args.epochs}",
+            "trainer.enable_progress_bar=false",
+            "logger=none",
+            "predictions=false",
+            f"hydra.run.dir={Path(tmp) / 'run'}",
+        ]
         train_s, train_gb = child("module:mtlbench.cli.train", train, env)
         results = json.loads((Path(tmp) / "run" / "results.json").read_text())
-    print(json.dumps({"rows": args.rows, "cache_gb": round(cache_gb, 2), "prepare_seconds": round(prep_s, 1),
-                      "prepare_peak_rss_gb": round(prep_gb, 2), "train_seconds": round(train_s, 1),
-                      "train_peak_rss_gb": round(train_gb, 2),
-                      "train_samples_per_s": round(results["train"]["samples_per_second"]),
-                      "test_auc": {t: round(m["auc"], 4) for t, m in results["metrics"]["test"].items()}}))
+    print(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "cache_gb": round(cache_gb, 2),
+                "prepare_seconds": round(prep_s, 1),
+                "prepare_peak_rss_gb": round(prep_gb, 2),
+                "train_seconds": round(train_s, 1),
+                "train_peak_rss_gb": round(train_gb, 2),
+                "train_samples_per_s": round(results["train"]["samples_per_second"]),
+                "test_auc": {t: round(m["auc"], 4) for t, m in results["metrics"]["test"].items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

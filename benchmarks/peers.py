@@ -93,8 +93,7 @@ def write_data(cols: dict[str, np.ndarray], sizes: list[int], folder: Path) -> N
     for name, values in cols.items():
         np.save(folder / f"{name}.npy", values)
     pq.write_table(pa.table(cols), folder / "data.parquet")
-    (folder / "meta.json").write_text(json.dumps({"rows": len(cols["ts"]), "vocab": sizes,
-                                                   "tasks": list(TASKS)}))
+    (folder / "meta.json").write_text(json.dumps({"rows": len(cols["ts"]), "vocab": sizes, "tasks": list(TASKS)}))
 
 
 def vocab_of(folder: Path) -> list[int]:
@@ -114,8 +113,7 @@ def read_split(folder: Path) -> tuple[dict[str, np.ndarray], np.ndarray, dict[st
     a, b = split_points(meta["rows"])
     feats = {f"f{i}": np.load(folder / f"f{i}.npy") for i in range(len(meta["vocab"]))}
     labels = np.stack([np.load(folder / f"{t}.npy") for t in meta["tasks"]], axis=1)
-    return ({k: v[:a] for k, v in feats.items()}, labels[:a],
-            {k: v[b:] for k, v in feats.items()}, labels[b:])
+    return ({k: v[:a] for k, v in feats.items()}, labels[:a], {k: v[b:] for k, v in feats.items()}, labels[b:])
 
 
 def aucs(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -150,7 +148,7 @@ def fused_model(model: str, sizes: list[int], sparse: bool = False) -> Any:
             k, e = len(TASKS), EXPERTS
             self.register_buffer("offsets", torch.tensor([0, *np.cumsum(sizes)[:-1].tolist()]))
             self.table = nn.Embedding(sum(sizes), EMBEDDING, sparse=sparse)
-            nn.init.normal_(self.table.weight, std=EMBEDDING ** -0.5)
+            nn.init.normal_(self.table.weight, std=EMBEDDING**-0.5)
             dims = [len(sizes) * EMBEDDING, *EXPERT]
             self.w = nn.ParameterList(self._uniform((e, a, b), a) for a, b in zip(dims[:-1], dims[1:]))
             self.b = nn.ParameterList(self._uniform((e, 1, b), a) for a, b in zip(dims[:-1], dims[1:]))
@@ -172,17 +170,17 @@ def fused_model(model: str, sizes: list[int], sparse: bool = False) -> Any:
             x = self.table(ids).flatten(1)
             h = x.unsqueeze(0).expand(EXPERTS, -1, -1)
             for w, b in zip(self.w, self.b):
-                h = torch.relu(torch.baddbmm(b, h, w))                            # [E, B, H]
+                h = torch.relu(torch.baddbmm(b, h, w))  # [E, B, H]
             g = torch.softmax(self.gates(x).view(len(x), len(TASKS), self.per_gate), -1)
             if model == "mmoe":
-                mixed = torch.einsum("bke,ebh->kbh", g, h)                         # [K, B, H]
+                mixed = torch.einsum("bke,ebh->kbh", g, h)  # [K, B, H]
             else:
                 mixed = torch.einsum("bkn,knbh->kbh", g, h[self.select])
             for i, (w, b) in enumerate(zip(self.tw, self.tb)):
                 mixed = torch.baddbmm(b, mixed, w)
                 if i < len(self.tw) - 1:
                     mixed = torch.relu(mixed)
-            return mixed.squeeze(-1).T                                              # [B, K] logits
+            return mixed.squeeze(-1).T  # [B, K] logits
 
     return Fused()
 
@@ -227,8 +225,13 @@ def run_fused(data: Path, model_name: str, args: argparse.Namespace, sparse: boo
 
         return per_sample_us(sizes())
 
-    return {"train_seconds": seconds, "train_samples": n, "auc": aucs(y_te, scores),
-            "params": sum(p.numel() for p in model.parameters()), "data_probe": probe}
+    return {
+        "train_seconds": seconds,
+        "train_samples": n,
+        "auc": aucs(y_te, scores),
+        "params": sum(p.numel() for p in model.parameters()),
+        "data_probe": probe,
+    }
 
 
 # -- mtlbench, exactly as `mtlbench` runs it ---------------------------------------------------------------
@@ -241,17 +244,36 @@ def mtlbench_config(data: Path, model_name: str, args: argparse.Namespace, workd
     from mtlbench.config import register_configs
 
     sizes = vocab_of(data)
-    model_args = {"mmoe": [f"model.num_experts={EXPERTS}"],
-                  "ple": ["model.num_levels=1", f"model.num_specific_experts={PLE_SPECIFIC}",
-                          f"model.num_shared_experts={PLE_SHARED}"]}[model_name]
-    overrides = [f"model={model_name}", *model_args, f"model.embedding_dim={EMBEDDING}",
-                 f"model.expert=[{','.join(map(str, EXPERT))}]", f"model.tower=[{','.join(map(str, TOWER))}]",
-                 "dataset=table", f"dataset.path={data / 'data.parquet'}", f"dataset.tasks=[{','.join(TASKS)}]",
-                 "dataset.time_field=ts", "dataset.split.method=global_time",
-                 f"dataset.split.ratios=[{','.join(map(str, SPLIT))}]",
-                 f"batch_size={args.batch}", f"trainer.max_epochs={args.epochs}", f"threads={args.threads}",
-                 f"seed={args.seed}", f"optimizer.lr={LR}", "callbacks.early_stopping_patience=null",
-                 "predictions=false", f"cache_dir={workdir / 'cache'}", *args.mtlbench_override]
+    model_args = {
+        "mmoe": [f"model.num_experts={EXPERTS}"],
+        "ple": [
+            "model.num_levels=1",
+            f"model.num_specific_experts={PLE_SPECIFIC}",
+            f"model.num_shared_experts={PLE_SHARED}",
+        ],
+    }[model_name]
+    overrides = [
+        f"model={model_name}",
+        *model_args,
+        f"model.embedding_dim={EMBEDDING}",
+        f"model.expert=[{','.join(map(str, EXPERT))}]",
+        f"model.tower=[{','.join(map(str, TOWER))}]",
+        "dataset=table",
+        f"dataset.path={data / 'data.parquet'}",
+        f"dataset.tasks=[{','.join(TASKS)}]",
+        "dataset.time_field=ts",
+        "dataset.split.method=global_time",
+        f"dataset.split.ratios=[{','.join(map(str, SPLIT))}]",
+        f"batch_size={args.batch}",
+        f"trainer.max_epochs={args.epochs}",
+        f"threads={args.threads}",
+        f"seed={args.seed}",
+        f"optimizer.lr={LR}",
+        "callbacks.early_stopping_patience=null",
+        "predictions=false",
+        f"cache_dir={workdir / 'cache'}",
+        *args.mtlbench_override,
+    ]
     register_configs()
     with initialize_config_module("mtlbench.configs", version_base="1.3"):
         cfg = compose("train", overrides=overrides)
@@ -277,9 +299,13 @@ def run_mtlbench(data: Path, model_name: str, args: argparse.Namespace, workdir:
         dm.load()
         return per_sample_us(len(b["labels"]) for b in dm.loader("train", train=True))
 
-    return {"train_seconds": results["train"]["seconds"], "train_samples": results["train"]["samples"],
-            "auc": {t: results["metrics"]["test"][t]["auc"] for t in TASKS}, "params": results["params"],
-            "data_probe": probe}
+    return {
+        "train_seconds": results["train"]["seconds"],
+        "train_samples": results["train"]["samples"],
+        "auc": {t: results["metrics"]["test"][t]["auc"] for t in TASKS},
+        "params": results["params"],
+        "data_probe": probe,
+    }
 
 
 # -- the peers, each through its own training path -------------------------------------------------------
@@ -297,23 +323,40 @@ def run_rechub(data: Path, model_name: str, args: argparse.Namespace, workdir: P
     types = ["classification"] * len(TASKS)
     towers = [{"dims": list(TOWER)} for _ in TASKS]
     if model_name == "mmoe":
-        model = MMOE(features, types, n_expert=EXPERTS, expert_params={"dims": list(EXPERT)},
-                     tower_params_list=towers)
+        model = MMOE(features, types, n_expert=EXPERTS, expert_params={"dims": list(EXPERT)}, tower_params_list=towers)
     else:
-        model = PLE(features, types, n_level=1, n_expert_specific=PLE_SPECIFIC, n_expert_shared=PLE_SHARED,
-                    expert_params={"dims": list(EXPERT)}, tower_params_list=towers)
+        model = PLE(
+            features,
+            types,
+            n_level=1,
+            n_expert_specific=PLE_SPECIFIC,
+            n_expert_shared=PLE_SHARED,
+            expert_params={"dims": list(EXPERT)},
+            tower_params_list=towers,
+        )
     train_dl, _, test_dl = DataGenerator(x_tr, y_tr).generate_dataloader(
-        x_val=x_te, y_val=y_te, x_test=x_te, y_test=y_te, batch_size=args.batch)
-    trainer = MTLTrainer(model, types, optimizer_params={"lr": LR, "weight_decay": 0.0}, n_epoch=args.epochs,
-                         device="cpu", model_path=str(workdir))
+        x_val=x_te, y_val=y_te, x_test=x_te, y_test=y_te, batch_size=args.batch
+    )
+    trainer = MTLTrainer(
+        model,
+        types,
+        optimizer_params={"lr": LR, "weight_decay": 0.0},
+        n_epoch=args.epochs,
+        device="cpu",
+        model_path=str(workdir),
+    )
     start = time.perf_counter()
     for _ in range(args.epochs):
         trainer.train_one_epoch(train_dl)
     seconds = time.perf_counter() - start
     scores = trainer.evaluate(model, test_dl)
-    return {"train_seconds": seconds, "train_samples": args.epochs * len(y_tr),
-            "auc": dict(zip(TASKS, map(float, scores))), "params": sum(p.numel() for p in model.parameters()),
-            "data_probe": lambda: per_sample_us(len(y) for _, y in train_dl)}
+    return {
+        "train_seconds": seconds,
+        "train_samples": args.epochs * len(y_tr),
+        "auc": dict(zip(TASKS, map(float, scores))),
+        "params": sum(p.numel() for p in model.parameters()),
+        "data_probe": lambda: per_sample_us(len(y) for _, y in train_dl),
+    }
 
 
 def run_deepctr(data: Path, model_name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -325,9 +368,17 @@ def run_deepctr(data: Path, model_name: str, args: argparse.Namespace, workdir: 
     x_tr, y_tr, x_te, y_te = read_split(data)
     torch.manual_seed(args.seed)
     cols = [SparseFeat(f"f{i}", vocabulary_size=v, embedding_dim=EMBEDDING) for i, v in enumerate(vocab_of(data))]
-    common = {"expert_dnn_hidden_units": EXPERT, "gate_dnn_hidden_units": (), "tower_dnn_hidden_units": TOWER,
-              "l2_reg_linear": 0.0, "l2_reg_embedding": 0.0, "task_types": ["binary"] * len(TASKS),
-              "task_names": list(TASKS), "device": "cpu", "seed": args.seed}
+    common = {
+        "expert_dnn_hidden_units": EXPERT,
+        "gate_dnn_hidden_units": (),
+        "tower_dnn_hidden_units": TOWER,
+        "l2_reg_linear": 0.0,
+        "l2_reg_embedding": 0.0,
+        "task_types": ["binary"] * len(TASKS),
+        "task_names": list(TASKS),
+        "device": "cpu",
+        "seed": args.seed,
+    }
     if model_name == "mmoe":
         model = MMOE(cols, num_experts=EXPERTS, **common)
     else:
@@ -352,8 +403,13 @@ def run_deepctr(data: Path, model_name: str, args: argparse.Namespace, workdir: 
         loader = DataLoader(TensorDataset(x, torch.from_numpy(y_tr)), shuffle=True, batch_size=args.batch)
         return per_sample_us(len(xb.float()) for xb, _ in loader)
 
-    return {"train_seconds": seconds, "train_samples": args.epochs * len(y_tr), "auc": aucs(y_te, scores),
-            "params": sum(p.numel() for p in model.parameters()), "data_probe": probe}
+    return {
+        "train_seconds": seconds,
+        "train_samples": args.epochs * len(y_tr),
+        "auc": aucs(y_te, scores),
+        "params": sum(p.numel() for p in model.parameters()),
+        "data_probe": probe,
+    }
 
 
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -373,8 +429,13 @@ def worker(args: argparse.Namespace) -> None:
     workdir = Path(args.out).parent / f"{args.lib}-{args.model}"
     workdir.mkdir(parents=True, exist_ok=True)
     out = RUNNERS[args.lib](Path(args.data), args.model, args, workdir)
-    out.update(library=args.lib, model=args.model, samples_per_second=out["train_samples"] / out["train_seconds"],
-               peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads())
+    out.update(
+        library=args.lib,
+        model=args.model,
+        samples_per_second=out["train_samples"] / out["train_seconds"],
+        peak_rss_mb=peak_rss_mb(),
+        threads=torch.get_num_threads(),
+    )
     out["data_us_per_sample"] = out.pop("data_probe")()  # after the peak RSS: the probe loads data again
     Path(args.out).write_text(json.dumps(out))
 
@@ -385,8 +446,8 @@ def matmul_shapes(batch: int) -> list[tuple[int, int, int, int]]:
     d, k = FIELDS * EMBEDDING, len(TASKS)
     dims = [d, *EXPERT]
     shapes = [(EXPERTS, batch, a, b) for a, b in zip(dims[:-1], dims[1:])]
-    shapes.append((1, batch, d, k * EXPERTS))                       # all gates in one matmul
-    shapes.append((batch, k, EXPERTS, EXPERT[-1]))                  # gate-weighted sum of experts
+    shapes.append((1, batch, d, k * EXPERTS))  # all gates in one matmul
+    shapes.append((batch, k, EXPERTS, EXPERT[-1]))  # gate-weighted sum of experts
     tdims = [EXPERT[-1], *TOWER, 1]
     shapes += [(k, batch, a, b) for a, b in zip(tdims[:-1], tdims[1:])]
     return shapes
@@ -414,8 +475,12 @@ def roofline(batch: int, threads: int, seconds: float = 2.0) -> dict[str, float]
         for x, y in ops:
             torch.bmm(x, y)
         best = min(best, time.perf_counter() - start)
-    return {"gflops": flops / best / 1e9, "flops_per_sample": flops / batch,
-            "roofline_samples_per_second": batch / best, "matmul_ms_per_step": best * 1e3}
+    return {
+        "gflops": flops / best / 1e9,
+        "flops_per_sample": flops / batch,
+        "roofline_samples_per_second": batch / best,
+        "matmul_ms_per_step": best * 1e3,
+    }
 
 
 # -- where mtlbench's time goes -------------------------------------------------------------------------
@@ -497,8 +562,14 @@ def profile_worker(args: argparse.Namespace) -> None:
                 o.zero_grad(set_to_none=True)
             t5 = time.perf_counter()
             if step >= warm:
-                for name, v in (("data", t1 - t0), ("forward", t_fwd), ("loss", t_loss), ("backward", t3 - t2),
-                                ("optimizer", t4 - t3), ("zero_grad", t5 - t4)):
+                for name, v in (
+                    ("data", t1 - t0),
+                    ("forward", t_fwd),
+                    ("loss", t_loss),
+                    ("backward", t3 - t2),
+                    ("optimizer", t4 - t3),
+                    ("zero_grad", t5 - t4),
+                ):
                     phases[name] += v
                 total += t5 - t0
         table.sparse = False
@@ -518,8 +589,10 @@ def profile_worker(args: argparse.Namespace) -> None:
         w2 = w.permute(1, 0, 2).reshape(d, e * h).clone().requires_grad_()
         b2 = b.reshape(e * h).clone().requires_grad_()
         out = {}
-        for name, fn in (("expand+baddbmm", lambda: torch.baddbmm(b1, x.unsqueeze(0).expand(e, -1, -1), w1)),
-                         ("one_gemm", lambda: torch.addmm(b2, x, w2).view(-1, e, h))):
+        for name, fn in (
+            ("expand+baddbmm", lambda: torch.baddbmm(b1, x.unsqueeze(0).expand(e, -1, -1), w1)),
+            ("one_gemm", lambda: torch.addmm(b2, x, w2).view(-1, e, h)),
+        ):
             total = 0.0
             for step in range(warm + steps):
                 t0 = time.perf_counter()
@@ -559,11 +632,21 @@ def profile_worker(args: argparse.Namespace) -> None:
             def on_train_epoch_end(self, *a: Any) -> None:
                 times.append(time.perf_counter())
 
-        trainer_cfg = {**dict(cfg.trainer), "enable_progress_bar": progress_bar, "max_epochs": 1,
-                       "limit_train_batches": warm + steps, "limit_val_batches": 0}
-        trainer = pl.Trainer(**trainer_cfg, logger=build_logger(cfg, workdir) if logger else False,
-                             callbacks=[StepTimer()], enable_checkpointing=False, default_root_dir=str(workdir),
-                             use_distributed_sampler=False)
+        trainer_cfg = {
+            **dict(cfg.trainer),
+            "enable_progress_bar": progress_bar,
+            "max_epochs": 1,
+            "limit_train_batches": warm + steps,
+            "limit_val_batches": 0,
+        }
+        trainer = pl.Trainer(
+            **trainer_cfg,
+            logger=build_logger(cfg, workdir) if logger else False,
+            callbacks=[StepTimer()],
+            enable_checkpointing=False,
+            default_root_dir=str(workdir),
+            use_distributed_sampler=False,
+        )
         module.train_samples, module.train_seconds = 0, 0.0
         trainer.fit(module, datamodule=dm)
         return 1e3 * (times[-1] - times[warm]) / steps  # data + step + hooks + logging, warm-up excluded
@@ -586,12 +669,13 @@ def profile_worker(args: argparse.Namespace) -> None:
                 loss.backward()
                 opts[0].step()
                 opts[0].zero_grad(set_to_none=True)
-        groups = {"matmul": ("bmm", "baddbmm", "addmm", "mm", "matmul", "linear"),
-                  "embedding_forward": ("embedding",), "embedding_backward": ("embedding_dense_backward",
-                                                                              "embedding_backward"),
-                  "gather_scatter": ("index", "index_select", "index_add_", "gather", "scatter_add_"),
-                  "adam": ("_fused_adam_", "_foreach_", "addcdiv_", "addcmul_", "lerp_", "sqrt", "div_",
-                           "mul_", "add_")}
+        groups = {
+            "matmul": ("bmm", "baddbmm", "addmm", "mm", "matmul", "linear"),
+            "embedding_forward": ("embedding",),
+            "embedding_backward": ("embedding_dense_backward", "embedding_backward"),
+            "gather_scatter": ("index", "index_select", "index_add_", "gather", "scatter_add_"),
+            "adam": ("_fused_adam_", "_foreach_", "addcdiv_", "addcmul_", "lerp_", "sqrt", "div_", "mul_", "add_"),
+        }
         out = dict.fromkeys([*groups, "other"], 0.0)
         top = sorted(prof.key_averages(), key=lambda ev: -ev.self_cpu_time_total)
         for ev in top:
@@ -600,17 +684,24 @@ def profile_worker(args: argparse.Namespace) -> None:
             out[group] += ev.self_cpu_time_total / 1e3 / n
         return {"groups": out, "top": [(ev.key, round(ev.self_cpu_time_total / 1e3 / n, 2)) for ev in top[:15]]}
 
-    result: dict[str, Any] = {"steps": steps, "batch": args.batch, "model": args.model,
-                              "table_rows": table.num_embeddings,
-                              "table_params": table.weight.numel(),
-                              "params": sum(p.numel() for p in module.parameters())}
+    result: dict[str, Any] = {
+        "steps": steps,
+        "batch": args.batch,
+        "model": args.model,
+        "table_rows": table.num_embeddings,
+        "table_params": table.weight.numel(),
+        "params": sum(p.numel() for p in module.parameters()),
+    }
     runs: dict[str, list[Any]] = {}
     plan: list[tuple[str, Callable[[], Any]]] = [
-        ("bare:default", lambda: bare("default")), ("bare:foreach", lambda: bare("foreach")),
-        ("bare:fused", lambda: bare("fused")), ("bare:sparse+fused", lambda: bare("sparse+fused")),
+        ("bare:default", lambda: bare("default")),
+        ("bare:foreach", lambda: bare("foreach")),
+        ("bare:fused", lambda: bare("fused")),
+        ("bare:sparse+fused", lambda: bare("sparse+fused")),
         ("bare:fused,deterministic=false", lambda: bare("fused", deterministic=False)),
         ("experts:first_layer", first_layer),
-        ("embedding:dense", lambda: embedding_only(False)), ("embedding:sparse", lambda: embedding_only(True)),
+        ("embedding:dense", lambda: embedding_only(False)),
+        ("embedding:sparse", lambda: embedding_only(True)),
         ("lightning:as_run", lambda: lightning(True, True)),
         ("lightning:no_bar_no_logger", lambda: lightning(False, False)),
     ]
@@ -623,15 +714,45 @@ def profile_worker(args: argparse.Namespace) -> None:
 
 
 # -- the parent: data once, one subprocess per run, a table -------------------------------------------------
-def spawn(args: argparse.Namespace, data: Path, lib: str, model: str, out: Path, profile: bool = False
-          ) -> dict[str, Any]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--lib", lib, "--model", model,
-           "--data", str(data), "--out", str(out), "--threads", str(args.threads), "--batch", str(args.batch),
-           "--epochs", str(args.epochs), "--seed", str(args.seed), "--repeats", str(args.repeats),
-           "--profile-steps", str(args.profile_steps), "--clock", args.clock, *(["--profile"] if profile else []),
-           *[f"--mtlbench-override={o}" for o in args.mtlbench_override]]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               PYTHONWARNINGS="ignore", WANDB_MODE="disabled")
+def spawn(
+    args: argparse.Namespace, data: Path, lib: str, model: str, out: Path, profile: bool = False
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        "--lib",
+        lib,
+        "--model",
+        model,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--threads",
+        str(args.threads),
+        "--batch",
+        str(args.batch),
+        "--epochs",
+        str(args.epochs),
+        "--seed",
+        str(args.seed),
+        "--repeats",
+        str(args.repeats),
+        "--profile-steps",
+        str(args.profile_steps),
+        "--clock",
+        args.clock,
+        *(["--profile"] if profile else []),
+        *[f"--mtlbench-override={o}" for o in args.mtlbench_override],
+    ]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(args.threads),
+        MKL_NUM_THREADS=str(args.threads),
+        PYTHONWARNINGS="ignore",
+        WANDB_MODE="disabled",
+    )
     log = out.with_suffix(".log")
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -651,31 +772,57 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (lib, model), rs in groups.items():
         sps = [r["samples_per_second"] for r in rs]
         best = max(sps)
-        rows.append({"library": lib, "model": model, "samples_per_second": round(best),
-                     "samples_per_second_runs": [round(s) for s in sps],
-                     "spread": round((best - min(sps)) / best, 3),
-                     "vs_fused": round(best / fused[model], 3) if model in fused else None,
-                     "peak_rss_mb": round(max(r["peak_rss_mb"] for r in rs)),
-                     "peak_rss_mb_runs": [round(r["peak_rss_mb"]) for r in rs],
-                     "auc": {t: round(float(np.mean([r["auc"][t] for r in rs])), 4) for t in TASKS},
-                     "data_us_per_sample": round(min(r["data_us_per_sample"] for r in rs), 2),
-                     "params": rs[0]["params"], "train_samples": rs[0]["train_samples"]})
+        rows.append(
+            {
+                "library": lib,
+                "model": model,
+                "samples_per_second": round(best),
+                "samples_per_second_runs": [round(s) for s in sps],
+                "spread": round((best - min(sps)) / best, 3),
+                "vs_fused": round(best / fused[model], 3) if model in fused else None,
+                "peak_rss_mb": round(max(r["peak_rss_mb"] for r in rs)),
+                "peak_rss_mb_runs": [round(r["peak_rss_mb"]) for r in rs],
+                "auc": {t: round(float(np.mean([r["auc"][t] for r in rs])), 4) for t in TASKS},
+                "data_us_per_sample": round(min(r["data_us_per_sample"] for r in rs), 2),
+                "params": rs[0]["params"],
+                "train_samples": rs[0]["train_samples"],
+            }
+        )
     return rows
 
 
 def table(rows: list[dict[str, Any]], machine: dict[str, float] | None) -> str:
-    head = ["library", "model", "samples/s (best)", "spread", "vs fused", "peak RSS MB",
-            *[f"AUC {t}" for t in TASKS], "data µs/sample", "params"]
+    head = [
+        "library",
+        "model",
+        "samples/s (best)",
+        "spread",
+        "vs fused",
+        "peak RSS MB",
+        *[f"AUC {t}" for t in TASKS],
+        "data µs/sample",
+        "params",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["library"], r["model"], f"{r['samples_per_second']:,}", f"{100 * r['spread']:.0f}%",
-                 "" if r["vs_fused"] is None else f"{r['vs_fused']:.2f}x", f"{r['peak_rss_mb']:,}",
-                 *[f"{r['auc'][t]:.4f}" for t in TASKS], f"{r['data_us_per_sample']:.2f}", f"{r['params']:,}"]
+        cells = [
+            r["library"],
+            r["model"],
+            f"{r['samples_per_second']:,}",
+            f"{100 * r['spread']:.0f}%",
+            "" if r["vs_fused"] is None else f"{r['vs_fused']:.2f}x",
+            f"{r['peak_rss_mb']:,}",
+            *[f"{r['auc'][t]:.4f}" for t in TASKS],
+            f"{r['data_us_per_sample']:.2f}",
+            f"{r['params']:,}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     if machine:
-        lines.append(f"\nmatmul limit (MMoE shapes, batch {machine['batch']}): {machine['gflops']:.0f} GFLOP/s, "
-                     f"{machine['flops_per_sample'] / 1e6:.2f} MFLOP/sample forward+backward -> "
-                     f"{machine['roofline_samples_per_second']:,.0f} samples/s")
+        lines.append(
+            f"\nmatmul limit (MMoE shapes, batch {machine['batch']}): {machine['gflops']:.0f} GFLOP/s, "
+            f"{machine['flops_per_sample'] / 1e6:.2f} MFLOP/sample forward+backward -> "
+            f"{machine['roofline_samples_per_second']:,.0f} samples/s"
+        )
         for r in rows:
             if r["model"] == "mmoe":
                 share = r["samples_per_second"] / machine["roofline_samples_per_second"]
@@ -695,16 +842,23 @@ def profile_report(p: dict[str, Any]) -> str:
         vals = [v for v in vals if not isinstance(v, dict)]
         return f"{min(vals):.1f}..{max(vals):.1f}" if vals else ""
 
-    lines = [f"mtlbench {p['model']}, batch {p['batch']}, {p['steps']} steps per measurement, best of "
-             f"{len(p['runs']['bare:default'])} (min..max); table {p['table_rows']:,} rows x "
-             f"{p['table_params'] // p['table_rows']} = {p['table_params']:,} of {p['params']:,} parameters",
-             "", "| ms per step | data | forward | loss | backward | optimizer | zero_grad | step | range |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"mtlbench {p['model']}, batch {p['batch']}, {p['steps']} steps per measurement, best of "
+        f"{len(p['runs']['bare:default'])} (min..max); table {p['table_rows']:,} rows x "
+        f"{p['table_params'] // p['table_rows']} = {p['table_params']:,} of {p['params']:,} parameters",
+        "",
+        "| ms per step | data | forward | loss | backward | optimizer | zero_grad | step | range |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name in ("bare:default", "bare:foreach", "bare:fused", "bare:sparse+fused", "bare:fused,deterministic=false"):
         b = best(name)
-        lines.append(f"| {name} | " + " | ".join(f"{b[k]:.1f}" for k in
-                                                  ("data", "forward", "loss", "backward", "optimizer",
-                                                   "zero_grad", "step")) + f" | {spread(name)} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{b[k]:.1f}" for k in ("data", "forward", "loss", "backward", "optimizer", "zero_grad", "step")
+            )
+            + f" | {spread(name)} |"
+        )
     for name in ("lightning:as_run", "lightning:no_bar_no_logger"):
         lines.append(f"| {name} | | | | | | | {best(name):.1f} | {spread(name)} |")
     for name in ("embedding:dense", "embedding:sparse"):
@@ -712,11 +866,14 @@ def profile_report(p: dict[str, Any]) -> str:
         lines.append(f"\n{name}: lookup forward {b['forward']:.1f} ms, backward {b['backward']:.1f} ms")
     layer = {k: min(r[k] for r in p["runs"]["experts:first_layer"]) for k in p["runs"]["experts:first_layer"][0]}
     if layer:
-        lines.append("\nexperts' first layer, forward + backward: "
-                     + ", ".join(f"{k} {v:.1f} ms" for k, v in layer.items()))
+        lines.append(
+            "\nexperts' first layer, forward + backward: " + ", ".join(f"{k} {v:.1f} ms" for k, v in layer.items())
+        )
     ops = p["ops_ms_per_step"]
-    lines.append("\ntorch.profiler self CPU, ms per step (default optimizer): "
-                 + ", ".join(f"{k} {v:.1f}" for k, v in ops["groups"].items()))
+    lines.append(
+        "\ntorch.profiler self CPU, ms per step (default optimizer): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in ops["groups"].items())
+    )
     lines.append("top ops: " + ", ".join(f"{k} {v:.1f}" for k, v in ops["top"]))
     return "\n".join(lines)
 
@@ -725,8 +882,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--models", default="mmoe,ple")
-    p.add_argument("--libs", default=",".join(LIBRARIES),
-                   help=f"comma-separated, from {', '.join([*LIBRARIES, *OPTIONAL_LIBRARIES])}")
+    p.add_argument(
+        "--libs",
+        default=",".join(LIBRARIES),
+        help=f"comma-separated, from {', '.join([*LIBRARIES, *OPTIONAL_LIBRARIES])}",
+    )
     p.add_argument("--repeats", type=int, default=2, help="runs per configuration, alternated")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=2048)
@@ -740,9 +900,13 @@ def main() -> None:
     p.add_argument("--profile-steps", type=int, default=60)
     p.add_argument("--no-roofline", action="store_true")
     p.add_argument("--roofline-seconds", type=float, default=2.0, help="time spent timing the matmuls, twice")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="cpu: every timer (the libraries' own included) reads this process's CPU time instead "
-                        "of wall time; with --threads 1 this measures the work done, robust to a busy machine")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: every timer (the libraries' own included) reads this process's CPU time instead "
+        "of wall time; with --threads 1 this measures the work done, robust to a busy machine",
+    )
     p.add_argument("--mtlbench-override", action="append", default=[], help="extra Hydra override for mtlbench")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--lib", help=argparse.SUPPRESS)
@@ -785,9 +949,12 @@ def main() -> None:
                     out = work / f"{lib}-{model}-{rep}.json"
                     r = spawn(args, data, lib, model, out)
                     runs.append(r)
-                    print(f"[peers] {lib:>13} {model} run {rep + 1}: {r['samples_per_second']:,.0f} samples/s, "
-                          f"peak RSS {r['peak_rss_mb']:,.0f} MB, AUC "
-                          + " ".join(f"{t} {r['auc'][t]:.4f}" for t in TASKS), flush=True)
+                    print(
+                        f"[peers] {lib:>13} {model} run {rep + 1}: {r['samples_per_second']:,.0f} samples/s, "
+                        f"peak RSS {r['peak_rss_mb']:,.0f} MB, AUC "
+                        + " ".join(f"{t} {r['auc'][t]:.4f}" for t in TASKS),
+                        flush=True,
+                    )
     if machine and not args.no_roofline:  # again after the runs: keep the better of the two measurements
         again = roofline(args.batch, args.threads, args.roofline_seconds)
         if again["gflops"] > machine["gflops"]:
@@ -796,12 +963,23 @@ def main() -> None:
     if args.profile or args.profile_only:
         profile = spawn(args, data, "mtlbench", models[0], work / f"profile-{models[0]}.json", profile=True)
     rows = summarise(runs)
-    report = {"rows": args.rows, "train_rows": split_points(args.rows)[0],
-              "test_rows": args.rows - split_points(args.rows)[1], "threads": args.threads,
-              "clock": args.clock,
-              "batch": args.batch, "epochs": args.epochs, "repeats": args.repeats, "seed": args.seed,
-              "vocab_sizes": sizes, "skipped": skipped, "machine": machine, "results": rows,
-              "runs": runs, "profile": profile}
+    report = {
+        "rows": args.rows,
+        "train_rows": split_points(args.rows)[0],
+        "test_rows": args.rows - split_points(args.rows)[1],
+        "threads": args.threads,
+        "clock": args.clock,
+        "batch": args.batch,
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "vocab_sizes": sizes,
+        "skipped": skipped,
+        "machine": machine,
+        "results": rows,
+        "runs": runs,
+        "profile": profile,
+    }
     print()
     if args.clock == "cpu":
         print("clock=cpu: every figure below is per CPU-second / CPU-ms of the process, not wall time")
@@ -811,8 +989,7 @@ def main() -> None:
         print()
         print(profile_report(profile))
     print()
-    print(json.dumps({k: report[k] for k in ("rows", "threads", "clock", "batch", "machine", "results",
-                                             "skipped")}))
+    print(json.dumps({k: report[k] for k in ("rows", "threads", "clock", "batch", "machine", "results", "skipped")}))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     if tmp is not None:

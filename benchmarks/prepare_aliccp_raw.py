@@ -61,13 +61,15 @@ def hex_keys(keys: np.ndarray) -> pa.StringArray:
     return pa.StringArray.from_buffers(len(keys), pa.py_buffer(offsets), pa.py_buffer(digits.tobytes()))
 
 
-def feature_lists(row_of: np.ndarray, field: np.ndarray, fid: np.ndarray, value: np.ndarray, n: int
-                  ) -> tuple[pa.Array, np.ndarray]:
+def feature_lists(
+    row_of: np.ndarray, field: np.ndarray, fid: np.ndarray, value: np.ndarray, n: int
+) -> tuple[pa.Array, np.ndarray]:
     """Per row the entries ``field \\x02 fid \\x03 value`` joined by ``\\x01``, and the entry counts."""
     names = pa.array(list(FIELDS)).take(pa.array(field))
     values = pc.cast(pa.array(np.round(value, 5)), pa.string())
-    entries = pc.binary_join_element_wise(names, pc.binary_join_element_wise(
-        pc.cast(pa.array(fid), pa.string()), values, "\x03"), "\x02")
+    entries = pc.binary_join_element_wise(
+        names, pc.binary_join_element_wise(pc.cast(pa.array(fid), pa.string()), values, "\x03"), "\x02"
+    )
     offsets = np.searchsorted(row_of, np.arange(n + 1)).astype(np.int32)
     return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), entries), "\x01"), np.diff(offsets)
 
@@ -99,8 +101,9 @@ def common_chunk(rng: np.random.Generator, keys: np.ndarray, users: np.ndarray) 
         rows.append(np.repeat(np.arange(n), length))
     row_of = np.concatenate(rows)
     order = np.argsort(row_of, kind="stable")
-    lists, counts = feature_lists(row_of[order], np.concatenate(fields)[order], np.concatenate(fids)[order],
-                                  np.concatenate(values)[order], n)
+    lists, counts = feature_lists(
+        row_of[order], np.concatenate(fields)[order], np.concatenate(fids)[order], np.concatenate(values)[order], n
+    )
     return [hex_keys(keys), pc.cast(pa.array(counts), pa.string()), lists]
 
 
@@ -132,8 +135,9 @@ def skeleton_chunk(rng: np.random.Generator, keys: np.ndarray, first_id: int, li
     add("301", np.asarray(SCENARIOS)[scenario], everyone, base=False)
     row_of = np.concatenate(rows)
     order = np.argsort(row_of, kind="stable")
-    lists, counts = feature_lists(row_of[order], np.concatenate(fields)[order], np.concatenate(fids)[order],
-                                  np.concatenate(values)[order], n)
+    lists, counts = feature_lists(
+        row_of[order], np.concatenate(fields)[order], np.concatenate(fids)[order], np.concatenate(values)[order], n
+    )
     click = (rng.random(n) < 0.04).astype(np.int64)
     conversion = (click & (rng.random(n) < 0.06)) | (rng.random(n) < 1e-5)  # a few conversions without click
     text = [pc.cast(pa.array(a), pa.string()) for a in (np.arange(first_id, first_id + n), click, conversion)]
@@ -146,8 +150,10 @@ def generate(folder: Path, lines: int, seed: int) -> None:
     users = max(100, lines // 200)  # users come back: ~10 requests each
     sample_id = 1
     for split, n in (("train", lines - lines // 2), ("test", lines // 2)):
-        with open(folder / f"sample_skeleton_{split}.csv", "wb") as sk, \
-                open(folder / f"common_features_{split}.csv", "wb") as cf:
+        with (
+            open(folder / f"sample_skeleton_{split}.csv", "wb") as sk,
+            open(folder / f"common_features_{split}.csv", "wb") as cf,
+        ):
             done = 0
             while done < n:
                 todo = min(n - done, REQUESTS_PER_CHUNK * IMPRESSIONS_PER_REQUEST)
@@ -172,22 +178,45 @@ def main() -> None:
         generate(raw, a.lines, a.seed)
         generated = time.perf_counter() - start
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "mtlbench.cli.data", "prepare", "ali_ccp", f"path={raw}",
-                               f"cache_dir={cache}", "--json", "--force", "--no-progress"],
-                              capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mtlbench.cli.data",
+                "prepare",
+                "ali_ccp",
+                f"path={raw}",
+                f"cache_dir={cache}",
+                "--json",
+                "--force",
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        )
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             sys.exit(f"prepare failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
         report = json.loads(proc.stdout.strip().splitlines()[-1])
         peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the prepare child: the only one
         seconds = report["build_seconds"]
-        print(json.dumps({
-            "lines": a.lines, "rows": report["rows"], "seconds": seconds,
-            "lines_per_second": round(a.lines / max(seconds, 1e-9)), "peak_rss_gb": round(peak_kb * 1024 / 1e9, 3),
-            "cache_gb": round(report["bytes"] / 1e9, 3),
-            "raw_gb": round(sum(f.stat().st_size for f in raw.iterdir()) / 1e9, 3),
-            "prepare_wall_seconds": round(wall, 3), "generate_seconds": round(generated, 3),
-            "stats": report.get("stats", {})}))
+        print(
+            json.dumps(
+                {
+                    "lines": a.lines,
+                    "rows": report["rows"],
+                    "seconds": seconds,
+                    "lines_per_second": round(a.lines / max(seconds, 1e-9)),
+                    "peak_rss_gb": round(peak_kb * 1024 / 1e9, 3),
+                    "cache_gb": round(report["bytes"] / 1e9, 3),
+                    "raw_gb": round(sum(f.stat().st_size for f in raw.iterdir()) / 1e9, 3),
+                    "prepare_wall_seconds": round(wall, 3),
+                    "generate_seconds": round(generated, 3),
+                    "stats": report.get("stats", {}),
+                }
+            )
+        )
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)

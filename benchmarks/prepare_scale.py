@@ -25,10 +25,31 @@ from pathlib import Path
 import numpy as np
 
 #: distinct values per categorical field (user, item and cross fields large, profile fields small)
-CARDINALITY = {"101": 200_000, "121": 98, "122": 14, "124": 3, "125": 8, "126": 4, "127": 4, "128": 3,
-               "129": 5, "205": 500_000, "206": 6_000, "207": 150_000, "210": 60_000, "216": 80_000,
-               "508": 200_000, "509": 60_000, "702": 100_000, "853": 120_000, "301": 3, "109_14": 100_000,
-               "110_14": 100_000, "127_14": 100_000, "150_14": 50_000}
+CARDINALITY = {
+    "101": 200_000,
+    "121": 98,
+    "122": 14,
+    "124": 3,
+    "125": 8,
+    "126": 4,
+    "127": 4,
+    "128": 3,
+    "129": 5,
+    "205": 500_000,
+    "206": 6_000,
+    "207": 150_000,
+    "210": 60_000,
+    "216": 80_000,
+    "508": 200_000,
+    "509": 60_000,
+    "702": 100_000,
+    "853": 120_000,
+    "301": 3,
+    "109_14": 100_000,
+    "110_14": 100_000,
+    "127_14": 100_000,
+    "150_14": 50_000,
+}
 DENSE = ("D109_14", "D110_14", "D127_14", "D150_14", "D508", "D509", "D702", "D853")
 #: runs the command in this interpreter and reports the process's own peak RSS (VmHWM, kB) on stderr
 PEAK_WRAPPER = """
@@ -72,8 +93,18 @@ def generate(path: Path, rows: int, seed: int, block: int = 1_000_000) -> None:
 
 def prepare(csv: Path, cache: Path) -> tuple[dict, int, float]:
     """Run ``mtlbench-data prepare`` in a child: (its JSON report, its peak RSS in bytes, wall seconds)."""
-    cmd = [sys.executable, "-c", PEAK_WRAPPER, "prepare", "ali_ccp", f"path={csv}", f"cache_dir={cache}",
-           "--json", "--force", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-c",
+        PEAK_WRAPPER,
+        "prepare",
+        "ali_ccp",
+        f"path={csv}",
+        f"cache_dir={cache}",
+        "--json",
+        "--force",
+        "--no-progress",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -100,8 +131,19 @@ def main() -> None:
     try:
         start = time.perf_counter()
         if not csv.exists():
-            subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--seed", str(args.seed),
-                            "--generate-only", str(csv)], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--rows",
+                    str(args.rows),
+                    "--seed",
+                    str(args.seed),
+                    "--generate-only",
+                    str(csv),
+                ],
+                check=True,
+            )
         gen_seconds = time.perf_counter() - start
         report, peak, wall = prepare(csv, work / "cache")
         tiny = work / "tiny.csv"
@@ -109,13 +151,19 @@ def main() -> None:
         _, baseline, _ = prepare(tiny, work / "tiny_cache")
         cache_bytes = report["bytes"]
         result = {
-            "rows": report["rows"], "csv_bytes": csv.stat().st_size,
+            "rows": report["rows"],
+            "csv_bytes": csv.stat().st_size,
             "generate_seconds": round(gen_seconds, 1),
-            "build_seconds": report["build_seconds"], "wall_seconds": round(wall, 1),
+            "build_seconds": report["build_seconds"],
+            "wall_seconds": round(wall, 1),
             "rows_per_second": report["rows_per_second"],
-            "peak_rss_bytes": peak, "fixed_rss_bytes": baseline, "cache_bytes": cache_bytes,
-            "peak_over_cache": round(peak / cache_bytes, 3), "peak_le_2x_cache": peak <= 2 * cache_bytes,
-            "omp_threads": os.environ.get("OMP_NUM_THREADS"), "cpus": os.cpu_count(),
+            "peak_rss_bytes": peak,
+            "fixed_rss_bytes": baseline,
+            "cache_bytes": cache_bytes,
+            "peak_over_cache": round(peak / cache_bytes, 3),
+            "peak_le_2x_cache": peak <= 2 * cache_bytes,
+            "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+            "cpus": os.cpu_count(),
         }
         print(json.dumps(result, indent=1))
     finally:

@@ -26,16 +26,19 @@ def compose(model: str, rows: int, batch: int, overrides: list[str]):
 
     register_configs()
     with initialize_config_module("mtlbench.configs", version_base="1.3"):
-        return hcompose("train", overrides=[f"model={model}", f"dataset.n_rows={rows}", f"batch_size={batch}",
-                                           "logger=none", *overrides])
+        return hcompose(
+            "train",
+            overrides=[f"model={model}", f"dataset.n_rows={rows}", f"batch_size={batch}", "logger=none", *overrides],
+        )
 
 
 def plain_epoch(cfg) -> tuple[float, int]:
     """A hand-written loop: gather batch, forward, per-task BCE, backward, Adam step."""
     dm, module = build_components(cfg)
     model, tasks = module.model, module.tasks
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas),
-                           eps=cfg.optimizer.eps)
+    opt = torch.optim.Adam(
+        model.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps
+    )
     loader = dm.loader("train", train=True)
     n = 0
     start = time.perf_counter()
@@ -56,9 +59,19 @@ def plain_epoch(cfg) -> tuple[float, int]:
 def mtlbench_epoch(cfg) -> tuple[float, int]:
     """One epoch through Lightning's Trainer with mtlbench's module and data module (no validation)."""
     dm, module = build_components(cfg)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         num_sanity_val_steps=0, use_distributed_sampler=False, log_every_n_steps=50)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        log_every_n_steps=50,
+    )
     trainer.fit(module, datamodule=dm)
     return module.train_seconds, module.train_samples
 
@@ -79,9 +92,19 @@ def main() -> None:
         for name, fn in (("plain", plain_epoch), ("mtlbench", mtlbench_epoch)):
             seconds, samples = fn(cfg)
             best[name] = max(best[name], samples / seconds)
-    print(json.dumps({"model": args.model, "rows": args.rows, "batch_size": args.batch, "threads": args.threads,
-                      "plain_samples_per_s": round(best["plain"]), "mtlbench_samples_per_s": round(best["mtlbench"]),
-                      "ratio": round(best["mtlbench"] / best["plain"], 3)}))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "rows": args.rows,
+                "batch_size": args.batch,
+                "threads": args.threads,
+                "plain_samples_per_s": round(best["plain"]),
+                "mtlbench_samples_per_s": round(best["mtlbench"]),
+                "ratio": round(best["mtlbench"] / best["plain"], 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

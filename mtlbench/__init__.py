@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from mtlbench.factory import create_dataset, create_model, create_weighting
 from mtlbench.registry import (
     DATASETS,
     METRICS,
     MODELS,
     WEIGHTINGS,
+    register_analysis,
     register_dataset,
+    register_derived,
     register_metric,
     register_model,
     register_weighting,
 )
-
-__version__ = "0.1.0"
+from mtlbench.version import __version__
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -36,12 +36,19 @@ def list_metrics(pattern: str = "*") -> list[str]:
     return METRICS.names(pattern)
 
 
-def create_model(name: str, schema: Any, **cfg: Any) -> Any:
-    """Build registered model ``name`` for a dataset schema; unknown settings fail with a clear error."""
-    from mtlbench.training.run import create_model as _create
-
-    return _create(name, schema, **cfg)
-
-
-__all__ = ["__version__", "create_model", "list_datasets", "list_metrics", "list_models", "list_weightings",
-           "register_dataset", "register_metric", "register_model", "register_weighting"]
+__all__ = [
+    "__version__",
+    "create_dataset",
+    "create_model",
+    "create_weighting",
+    "list_datasets",
+    "list_metrics",
+    "list_models",
+    "list_weightings",
+    "register_analysis",
+    "register_dataset",
+    "register_derived",
+    "register_metric",
+    "register_model",
+    "register_weighting",
+]

@@ -1,11 +1,20 @@
-"""Structured schema of the top-level run config: Hydra checks types and rejects unknown keys."""
+"""Structured schema of the top-level run config (Hydra checks types and rejects unknown keys), and the
+resolvers the configs use."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import ListConfig, OmegaConf
+
+from mtlbench.errors import ConfigError
+from mtlbench.log import get_logger
+from mtlbench.registry import MODELS
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -30,6 +39,7 @@ class RunConfig:
     dataset: Any = None
     model: Any = None
     weighting: Any = None
+    analysis: Any = None
     trainer: Any = None
     logger: Any = None
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
@@ -52,5 +62,59 @@ class RunConfig:
     print_summary: bool = True
 
 
+# -- experiments: sweep over the models that exist ----------------------------------------------------------
+_reported_missing: set[tuple[str, ...]] = set()
+
+
+def _names(args: tuple[Any, ...]) -> list[str]:
+    out: list[str] = []
+    for a in args:
+        if isinstance(a, ListConfig | list | tuple):
+            out += _names(tuple(a))
+        else:
+            out += [s.strip() for s in str(a).split(",") if s.strip()]
+    return out
+
+
+def model_available(name: str) -> bool:
+    """A model can be swept when it is registered and ships ``configs/model/<name>.yaml``.
+
+    ``<protocol>/<name>`` is a protocol's variant of a model (e.g. ``sfpnet_table4/mmoe``: MMoE per scenario),
+    a config that inherits the model's own and changes what the protocol states.
+    """
+    config = resources.files("mtlbench.configs").joinpath("model", *f"{name}.yaml".split("/"))
+    return name.rsplit("/", 1)[-1] in MODELS and config.is_file()
+
+
+def available_models(*wanted: Any) -> str:
+    """OmegaConf resolver ``${available_models:[a, b, c]}``: the sweep value ``a,c`` of the models that exist.
+
+    Experiments list the models of a paper's table; models that have not landed yet are left out of the
+    sweep (and named once on stderr) instead of failing it.
+    """
+    names = _names(wanted)
+    present = [n for n in names if model_available(n)]
+    missing = tuple(n for n in names if n not in present)
+    if missing and missing not in _reported_missing:
+        _reported_missing.add(missing)
+        log.warning("models not available (yet), left out of the sweep: %s", ", ".join(missing))
+    if not present:
+        raise ConfigError(
+            f"none of the models {names} is available; registered models with a config: see `mtlbench --help`"
+        )
+    return ",".join(present)
+
+
+def metric_direction(name: str) -> str:
+    """OmegaConf resolver ``${metric_direction:${monitor}}``: ``maximize`` or ``minimize``, as the metric's class
+    says (``higher_is_better``), for a search over the monitored validation metric."""
+    from mtlbench.metrics import higher_is_better
+
+    return "maximize" if higher_is_better(str(name)) else "minimize"
+
+
 def register_configs() -> None:
+    """The run schema and the resolvers the configs use (``available_models``, ``metric_direction``)."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    OmegaConf.register_new_resolver("available_models", available_models, replace=True)
+    OmegaConf.register_new_resolver("metric_direction", metric_direction, replace=True)

@@ -1,4 +1,4 @@
-"""Name -> factory registries for models, weighting strategies, datasets and metrics (timm-style).
+"""Name -> factory registries for models, weightings, datasets, metrics, derived inputs and analyses (timm-style).
 
 Third-party packages add entries through the ``mtlbench.plugins`` entry-point group: each entry point
 names a module (or callable) that, when imported/called, registers its components.
@@ -63,10 +63,14 @@ MODELS: Registry[Any] = Registry("model")
 WEIGHTINGS: Registry[Any] = Registry("weighting")
 DATASETS: Registry[Any] = Registry("dataset")
 METRICS: Registry[Any] = Registry("metric")
+DERIVED: Registry[Any] = Registry("derived input")  # per-row inputs a model or weighting lists in required_inputs
+ANALYSES: Registry[Any] = Registry("analysis")  # after-test Lightning callbacks a model lists in `analyses`
 
 register_model = MODELS.register
 register_weighting = WEIGHTINGS.register
 register_dataset = DATASETS.register
+register_derived = DERIVED.register
+register_analysis = ANALYSES.register
 
 
 def register_metric(name: str) -> Callable[[type], type]:
@@ -81,11 +85,15 @@ def register_metric(name: str) -> Callable[[type], type]:
 
     def decorator(cls: type) -> type:
         if not isinstance(cls, type) or not isinstance(getattr(cls, "higher_is_better", None), bool):
-            raise TypeError(f"metric {name!r}: register a torchmetrics Metric subclass whose class attribute "
-                            "higher_is_better is True or False")
-        return METRICS.register(name)(cls)
+            raise TypeError(
+                f"metric {name!r}: register a torchmetrics Metric subclass whose class attribute "
+                "higher_is_better is True or False"
+            )
+        METRICS.register(name)(cls)
+        return cls
 
     return decorator
+
 
 _plugins_loaded = False
 
@@ -103,8 +111,15 @@ def load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    for package in ("mtlbench.datasets", "mtlbench.models", "mtlbench.weighting", "mtlbench.metrics"):
+    for package in (
+        "mtlbench.datasets",
+        "mtlbench.models",
+        "mtlbench.weighting",
+        "mtlbench.metrics",
+        "mtlbench.analysis",
+    ):
         import_submodules(package)
+    importlib.import_module("mtlbench.data.lifecycle_inputs")  # the built-in derived inputs
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         loaded = ep.load()

@@ -34,8 +34,14 @@ def compose_cfg(overrides: list[str] | None = None, config_name: str = "train") 
 def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the installed ``mtlbench`` command the way a user does."""
     env = dict(os.environ, HYDRA_FULL_ERROR="0", PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "mtlbench.cli.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mtlbench.cli.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def shared_data(name: str) -> Path:

@@ -57,10 +57,12 @@ def oracle(folder: Path, max_len: int = 20) -> list[dict]:
                 continue
             own, user = entries(cell), common[key]
             fields = {f: (own.get(f) or user.get(f) or [(None, 0)])[0][0] for f in USER + ITEM + CONTEXT}
-            seqs = {f: sorted(own.get(f) or user.get(f, []), key=lambda e: (-e[1], e[0]))[:max_len]
-                    for f in SEQUENCE_FIELDS}
-            rows.append({"split": split, "click": int(click), "conversion": int(conversion), "fields": fields,
-                         "seqs": seqs})
+            seqs = {
+                f: sorted(own.get(f) or user.get(f, []), key=lambda e: (-e[1], e[0]))[:max_len] for f in SEQUENCE_FIELDS
+            }
+            rows.append(
+                {"split": split, "click": int(click), "conversion": int(conversion), "fields": fields, "seqs": seqs}
+            )
     return rows
 
 
@@ -156,15 +158,18 @@ def test_labels_and_the_dropped_conversion_without_click(raw, built, caplog):
     assert c["ctcvr"].tolist() == [r["click"] * r["conversion"] for r in want]
     cvr = c["cvr"]
     assert np.isnan(cvr[c["ctr"] == 0]).all() and cvr[c["ctr"] == 1].tolist() == [
-        r["conversion"] for r in want if r["click"]]
+        r["conversion"] for r in want if r["click"]
+    ]
     assert 0 < c["ctcvr"].sum() < c["ctr"].sum()
     assert schema.conditional_tasks == {"cvr": "ctr"}
     assert schema.task_roles == {"click": "ctr", "conversion": "ctcvr", "conversion_given_click": "cvr"}
     assert schema.stats == {"skeleton_rows": 450, "dropped_conversion_without_click": 1}
     with caplog.at_level(logging.WARNING):
         AliCCP(path=str(raw), max_rows=10).build()
-    assert f"dropped 1 skeleton row(s) with conversion=1 and click=0 (first: {raw / 'sample_skeleton_train.csv'}: " \
-           f"line {ORPHAN_LINE})" in caplog.text
+    assert (
+        f"dropped 1 skeleton row(s) with conversion=1 and click=0 (first: {raw / 'sample_skeleton_train.csv'}: "
+        f"line {ORPHAN_LINE})" in caplog.text
+    )
 
 
 def test_scenarios_map_the_three_301_ids(raw, built):
@@ -177,8 +182,11 @@ def test_scenarios_map_the_three_301_ids(raw, built):
     order = [SCENARIO_VALUES[2], SCENARIO_VALUES[0], SCENARIO_VALUES[1]]
     _, c2 = AliCCP(path=str(raw), scenario_values=order).build()
     assert c2["301"].tolist() == [order.index(r["fields"]["301"]) for r in want]
-    with pytest.raises(DataError, match=r"field 301 has value 9351667, not one of dataset.scenario_values "
-                                         r"\[9351665, 9351666\]"):
+    with pytest.raises(
+        DataError,
+        match=r"field 301 has value 9351667, not one of dataset.scenario_values "
+        r"\[9351665, 9351666\]",
+    ):
         AliCCP(path=str(raw), scenario_values=[9351665, 9351666]).build()
 
 
@@ -249,30 +257,70 @@ def _fail(folder: Path, cache: Path, **settings) -> str:
 
 
 BAD_CASES = {
-    "unknown key": ("sample_skeleton_train.csv", 5,
-                    lambda s: ",".join(s.split(",")[:3] + ["ffffffffffffffff"] + s.split(",")[4:]),
-                    "sample_skeleton_train.csv: line 5: common_feature_index 'ffffffffffffffff' has no row in "),
-    "missing \\x02": ("sample_skeleton_train.csv", 3, lambda s: s.replace("\x02", "", 1),
-                      "sample_skeleton_train.csv: line 3: malformed feature_list: entry '"),
-    "missing \\x03": ("sample_skeleton_test.csv", 7, lambda s: s.replace("\x03", "", 1),
-                      "sample_skeleton_test.csv: line 7: malformed feature_list: entry '"),
-    "non-numeric value": ("common_features_train.csv", 2, lambda s: s.replace("\x031.0", "\x03abc", 1),
-                          "common_features_train.csv: line 2: malformed feature_list: entry '"),
-    "non-integer id": ("sample_skeleton_train.csv", 9, lambda s: s.replace("\x02", "\x027x", 1),
-                       "sample_skeleton_train.csv: line 9: malformed feature_list: entry '"),
-    "label": ("sample_skeleton_train.csv", 4, lambda s: ",".join(s.split(",")[:1] + ["2"] + s.split(",")[2:]),
-              "sample_skeleton_train.csv: line 4: column 'click' has value '2'; labels must be 0 or 1"),
-    "unknown 301": ("sample_skeleton_test.csv", 6, lambda s: s.replace("301\x02935166", "301\x028935166", 1),
-                    "sample_skeleton_test.csv: line 6: field 301 has value 893516"),
-    "no 301": ("sample_skeleton_test.csv", 10,
-               lambda s: s.rsplit(",", 1)[0] + "," + "\x01".join(
-                   e for e in s.rsplit(",", 1)[1].split("\x01") if not e.startswith("301\x02")),
-               "sample_skeleton_test.csv: line 10: the row has no field 301 (the scenario)"),
-    "duplicate key": ("common_features_test.csv", 3,
-                      lambda s: s,  # replaced below by line 2's key
-                      "common_features_test.csv: line 3: common_feature_index "),
-    "fields": ("sample_skeleton_train.csv", 11, lambda s: s.rsplit(",", 1)[0],
-               "sample_skeleton_train.csv: line 11: 5 comma-separated fields where the format has 6"),
+    "unknown key": (
+        "sample_skeleton_train.csv",
+        5,
+        lambda s: ",".join(s.split(",")[:3] + ["ffffffffffffffff"] + s.split(",")[4:]),
+        "sample_skeleton_train.csv: line 5: common_feature_index 'ffffffffffffffff' has no row in ",
+    ),
+    "missing \\x02": (
+        "sample_skeleton_train.csv",
+        3,
+        lambda s: s.replace("\x02", "", 1),
+        "sample_skeleton_train.csv: line 3: malformed feature_list: entry '",
+    ),
+    "missing \\x03": (
+        "sample_skeleton_test.csv",
+        7,
+        lambda s: s.replace("\x03", "", 1),
+        "sample_skeleton_test.csv: line 7: malformed feature_list: entry '",
+    ),
+    "non-numeric value": (
+        "common_features_train.csv",
+        2,
+        lambda s: s.replace("\x031.0", "\x03abc", 1),
+        "common_features_train.csv: line 2: malformed feature_list: entry '",
+    ),
+    "non-integer id": (
+        "sample_skeleton_train.csv",
+        9,
+        lambda s: s.replace("\x02", "\x027x", 1),
+        "sample_skeleton_train.csv: line 9: malformed feature_list: entry '",
+    ),
+    "label": (
+        "sample_skeleton_train.csv",
+        4,
+        lambda s: ",".join(s.split(",")[:1] + ["2"] + s.split(",")[2:]),
+        "sample_skeleton_train.csv: line 4: column 'click' has value '2'; labels must be 0 or 1",
+    ),
+    "unknown 301": (
+        "sample_skeleton_test.csv",
+        6,
+        lambda s: s.replace("301\x02935166", "301\x028935166", 1),
+        "sample_skeleton_test.csv: line 6: field 301 has value 893516",
+    ),
+    "no 301": (
+        "sample_skeleton_test.csv",
+        10,
+        lambda s: (
+            s.rsplit(",", 1)[0]
+            + ","
+            + "\x01".join(e for e in s.rsplit(",", 1)[1].split("\x01") if not e.startswith("301\x02"))
+        ),
+        "sample_skeleton_test.csv: line 10: the row has no field 301 (the scenario)",
+    ),
+    "duplicate key": (
+        "common_features_test.csv",
+        3,
+        lambda s: s,  # replaced below by line 2's key
+        "common_features_test.csv: line 3: common_feature_index ",
+    ),
+    "fields": (
+        "sample_skeleton_train.csv",
+        11,
+        lambda s: s.rsplit(",", 1)[0],
+        "sample_skeleton_train.csv: line 11: 5 comma-separated fields where the format has 6",
+    ),
 }
 
 
@@ -362,9 +410,20 @@ def test_describe_lists_the_behaviour_sequences_and_the_dropped_rows(raw, tmp_pa
 def test_sfpnet_trains_on_the_raw_layout_from_the_command_line(raw, tmp_path):
     out = tmp_path / "run"
     fast = [a for a in FAST if not a.startswith("batch_size=")]
-    proc = run_cli(["model=sfpnet", "dataset=ali_ccp", f"dataset.path={raw}", "tasks=[ctr]", *fast,
-                    "batch_size=64", "eval_batch_size=256", f"cache_dir={tmp_path / 'cache'}",
-                    f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "model=sfpnet",
+            "dataset=ali_ccp",
+            f"dataset.path={raw}",
+            "tasks=[ctr]",
+            *fast,
+            "batch_size=64",
+            "eval_batch_size=256",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["model"] == "sfpnet" and list(res["metrics"]["test"]) == ["ctr"]

@@ -8,8 +8,9 @@ from omegaconf.errors import ValidationError
 
 from conftest import REPO, compose_cfg
 
-GROUPS = sorted(p.name for p in (REPO / "configs").iterdir()
-                if p.is_dir() and not p.name.startswith("_") and p.name != "hydra")  # hydra/*: tests/test_sweeps.py
+GROUPS = sorted(
+    p.name for p in (REPO / "configs").iterdir() if p.is_dir() and not p.name.startswith("_") and p.name != "hydra"
+)  # hydra/*: tests/test_sweeps.py
 
 
 def options(group: str) -> list[str]:
@@ -78,8 +79,7 @@ def test_every_config_file_ships_in_the_installed_package():
 def test_protocol_variants_inherit_their_model_and_change_only_what_the_protocol_states():
     base, variant = compose_cfg(["model=mmoe"]), compose_cfg(["model=sfpnet_table4/mmoe"])
     assert variant.model.per == "scenario" and base.model.per == "task"
-    assert {k: v for k, v in variant.model.items() if k != "per"} == {k: v for k, v in base.model.items()
-                                                                      if k != "per"}
+    assert {k: v for k, v in variant.model.items() if k != "per"} == {k: v for k, v in base.model.items() if k != "per"}
     assert compose_cfg(["model=sfpnet_table4/sfpnet"]).model.num_blocks == 2
 
 

@@ -35,9 +35,19 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 # -- describe / prepare --------------------------------------------------------------------------------------
 def test_describe_reports_rows_users_items_time_label_rates_and_splits(tmp_path, capsys):
     folder = write_ml100k(tmp_path / "ml")
-    code, out, err = run(["describe", "movielens", f"path={folder}", "scenario=gender",
-                          f"cache_dir={tmp_path / 'cache'}", "split.method=random",
-                          "split.ratios=[0.5,0.5,0.0]", "--json"], capsys)
+    code, out, err = run(
+        [
+            "describe",
+            "movielens",
+            f"path={folder}",
+            "scenario=gender",
+            f"cache_dir={tmp_path / 'cache'}",
+            "split.method=random",
+            "split.ratios=[0.5,0.5,0.0]",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     d = json.loads(out)
     assert (d["rows"], d["users"], d["items"]) == (6, 2, 4)
@@ -105,9 +115,22 @@ def test_user_errors_are_one_line_exit_2_and_leave_no_cache_entry(tmp_path, caps
 
 def test_the_command_runs_as_a_module_and_exits_2_on_bad_data(tmp_path):
     bad = write_csv(tmp_path / "bad.csv", ALI_HEADER, [[3, 0, 7, 100, 1, 0.5]])
-    proc = subprocess.run([sys.executable, "-m", "mtlbench.cli.data", "describe", "ali_ccp", f"path={bad}",
-                           f"cache_dir={tmp_path / 'cache'}"], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONWARNINGS="ignore"), cwd=tmp_path)  # the installed package
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtlbench.cli.data",
+            "describe",
+            "ali_ccp",
+            f"path={bad}",
+            f"cache_dir={tmp_path / 'cache'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        cwd=tmp_path,
+    )  # the installed package
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.csv: line 2: label column 'click' has value 3" in lines[0]
@@ -188,8 +211,9 @@ def test_server_without_range_support_restarts_from_zero(tmp_path):
 
 def test_checksum_mismatch_fails_clearly_and_keeps_nothing(tmp_path):
     with Server(PAYLOAD) as server:
-        with pytest.raises(DataError, match=f"checksum mismatch: expected sha256 {'0' * 64}, got {SHA}; the "
-                                            "download was removed"):
+        with pytest.raises(
+            DataError, match=f"checksum mismatch: expected sha256 {'0' * 64}, got {SHA}; the download was removed"
+        ):
             fetch(server.url, tmp_path / "data.bin", "0" * 64, retries=0, backoff=0)
     assert list(tmp_path.iterdir()) == []
 
@@ -207,16 +231,30 @@ def test_download_command_fetches_unpacks_and_the_data_describes(tmp_path, capsy
     data = ml100k_zip(tmp_path)
     dest = tmp_path / "data"
     with Server(data) as server:
-        code, out, err = run(["download", "movielens-100k", "--dest", str(dest), "--url", server.url,
-                              "--sha256", hashlib.sha256(data).hexdigest()], capsys)
+        code, out, err = run(
+            [
+                "download",
+                "movielens-100k",
+                "--dest",
+                str(dest),
+                "--url",
+                server.url,
+                "--sha256",
+                hashlib.sha256(data).hexdigest(),
+            ],
+            capsys,
+        )
     assert code == 0, err
     assert (dest / "ml-100k" / "u.data").exists() and f"dataset.path={dest / 'ml-100k'}" in out
-    code, out, err = run(["describe", "movielens", f"path={dest / 'ml-100k'}", f"cache_dir={tmp_path / 'c'}",
-                          "--json"], capsys)
+    code, out, err = run(
+        ["describe", "movielens", f"path={dest / 'ml-100k'}", f"cache_dir={tmp_path / 'c'}", "--json"], capsys
+    )
     assert code == 0 and json.loads(out)["rows"] == 6
     with Server(data) as server:  # the published checksum of ml-100k.zip does not match this fixture
-        code, _, err = run(["download", "movielens-100k", "--dest", str(tmp_path / "d2"), "--url", server.url,
-                            "--sha256", "1" * 64], capsys)
+        code, _, err = run(
+            ["download", "movielens-100k", "--dest", str(tmp_path / "d2"), "--url", server.url, "--sha256", "1" * 64],
+            capsys,
+        )
     assert code == 2 and "checksum mismatch" in err and not (tmp_path / "d2" / "ml-100k.zip").exists()
 
 
@@ -228,8 +266,21 @@ def test_download_tells_where_to_get_data_by_hand(tmp_path, capsys):
     with socket.socket() as s:  # a port nobody listens on: "offline"
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code, _, err = run(["download", "movielens-1m", "--dest", str(tmp_path), "--url",
-                        f"http://127.0.0.1:{port}/ml-1m.zip", "--sha256", "0" * 64, "--retries", "0"], capsys)
+    code, _, err = run(
+        [
+            "download",
+            "movielens-1m",
+            "--dest",
+            str(tmp_path),
+            "--url",
+            f"http://127.0.0.1:{port}/ml-1m.zip",
+            "--sha256",
+            "0" * 64,
+            "--retries",
+            "0",
+        ],
+        capsys,
+    )
     assert code == 2 and "cannot connect" in err and "https://grouplens.org/datasets/movielens/1m/" in err
     code, _, err = run(["download", "movielens"], capsys)
     assert code == 2 and "movielens-100k, movielens-1m" in err

@@ -1,11 +1,15 @@
 """Cache, splits and batch loader."""
 
+import inspect
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from mtlbench.data.cache import entry_path, load_or_build
 from mtlbench.data.loader import TensorBatchLoader
+from mtlbench.data.order import Timeline
 from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
 from mtlbench.data.splits import make_splits, user_time_split
@@ -22,12 +26,24 @@ class Counting(DatasetSource):
             raise DataError("boom")
         n = self.settings.get("n", 100)
         rng = np.random.default_rng(0)
-        schema = DatasetSchema("counting", [Feature("u", "categorical", 10, "user"), Feature("v", "numeric"),
-                                            Feature("h", "sequence", max_len=3, embedding="u")],
-                               tasks=["y"], user_field="u", time_field="t")
-        cols = {"u": rng.integers(0, 10, n), "v": rng.random(n).astype(np.float32),
-                "h": rng.integers(-1, 10, (n, 3)), "y": rng.integers(0, 2, n).astype(np.float32),
-                "t": np.arange(n)}
+        schema = DatasetSchema(
+            "counting",
+            [
+                Feature("u", "categorical", 10, "user"),
+                Feature("v", "numeric"),
+                Feature("h", "sequence", max_len=3, embedding="u"),
+            ],
+            tasks=["y"],
+            user_field="u",
+            time_field="t",
+        )
+        cols = {
+            "u": rng.integers(0, 10, n),
+            "v": rng.random(n).astype(np.float32),
+            "h": rng.integers(-1, 10, (n, 3)),
+            "y": rng.integers(0, 2, n).astype(np.float32),
+            "t": np.arange(n),
+        }
         return schema, cols
 
 
@@ -49,6 +65,69 @@ def test_failed_build_leaves_no_cache_entry(tmp_path):
         load_or_build(Counting(fail=True), "counting", tmp_path, log=False)
     assert not entry_path(Counting(fail=True), "counting", tmp_path).exists()
     assert list(tmp_path.iterdir()) == []
+
+
+class Settled(DatasetSource):
+    """A source whose constructor checks and converts, and never passes its arguments on."""
+
+    def __init__(
+        self, path: str, tasks: tuple[str, ...] = ("a", "b"), extra: dict | None = None, scale: float = 1.0
+    ) -> None:
+        if scale <= 0:
+            raise ConfigError("scale must be positive")
+        self.settings["extra"] = dict(extra or {})  # a conversion beyond plain data stays the constructor's
+
+    def build(self):
+        raise NotImplementedError
+
+
+class Narrowed(Settled):
+    """A subclass that calls its parent's constructor with arguments of its own."""
+
+    def __init__(self, path: str, level: int = 2) -> None:
+        super().__init__(path, tasks=("z",) * level)
+
+
+def test_settings_are_captured_from_the_constructor_signature(tmp_path):
+    src = Settled(Path("data") / "x.csv", extra=None)
+    assert src.settings == {"path": "data/x.csv", "tasks": ["a", "b"], "extra": {}, "scale": 1.0}
+    assert Settled("p", ("c",), {"k": 1}, 2.0).settings == {
+        "path": "p",
+        "tasks": ["c"],
+        "extra": {"k": 1},
+        "scale": 2.0,
+    }
+    # a tuple default and the list a YAML file gives are one setting, so one cache key
+    p = str(tmp_path)
+    assert Settled(p).fingerprint() == Settled(p, tasks=["a", "b"]).fingerprint()
+    assert Settled(p).fingerprint() != Settled(p, scale=2.0).fingerprint()
+    # the constructor that was called names the settings; its parent's conversions still run
+    assert Narrowed("p").settings == {"path": "p", "level": 2, "extra": {}}
+    assert list(inspect.signature(Settled).parameters) == ["path", "tasks", "extra", "scale"]
+    assert Counting(n=5, fail=False).settings == {"n": 5, "fail": False}  # no constructor: the keywords
+    assert Counting(nested={"k": (1, 2)}).settings == {"nested": {"k": [1, 2]}}  # plain data all the way down
+    with pytest.raises(ConfigError, match="scale"):
+        Settled("p", scale=0)
+    with pytest.raises(TypeError):
+        Settled("p", nope=1)
+
+
+def test_timeline_orders_each_user_by_time_then_row():
+    user = np.array([1, 0, 1, 0, 1])
+    time = np.array([5, 3, 5, 1, 2])
+    t = Timeline(user, time)
+    assert t.order.tolist() == [3, 1, 4, 0, 2]  # user 0: t=1, t=3; user 1: t=2, t=5 (row 0 before row 2)
+    assert t.first.tolist() == [0, 0, 2, 2, 2] and t.end.tolist() == [2, 2, 5, 5, 5]
+    assert t.rank.tolist() == [0, 1, 0, 1, 2] and t.length.tolist() == [2, 2, 3, 3, 3]
+    ones = np.ones(5)
+    assert t.sum(ones, "earlier_rows").tolist() == [0, 1, 0, 1, 2]
+    assert t.sum(ones, "earlier_times").tolist() == [0, 1, 0, 1, 1]  # rows 0 and 2 share t=5
+    assert t.sum(ones, "user").tolist() == [2, 2, 3, 3, 3]
+    assert t.to_rows(t.rank).tolist() == [1, 1, 2, 0, 0]
+    no_time = Timeline(user)  # the table's row order is the time order; every row its own time
+    assert no_time.to_rows(no_time.rank).tolist() == [0, 0, 1, 1, 2]
+    assert no_time.sum(ones, "earlier_times").tolist() == no_time.sum(ones, "earlier_rows").tolist()
+    assert len(Timeline(np.zeros(0, np.int64))) == 0
 
 
 def test_user_time_split_puts_each_users_past_in_train():
@@ -81,8 +160,7 @@ def test_random_split_is_seeded_and_ratios_are_checked():
 
 def _loader(rows, world, rank, shuffle, epoch=0, bs=7):
     tensors = {"x": torch.arange(1000) * 10}
-    return TensorBatchLoader(tensors, rows, bs, shuffle=shuffle, seed=5, rank=rank, world=world,
-                             epoch_fn=lambda: epoch)
+    return TensorBatchLoader(tensors, rows, bs, shuffle=shuffle, seed=5, rank=rank, world=world, epoch_fn=lambda: epoch)
 
 
 def test_eval_loader_sees_every_row_exactly_once_across_uneven_ranks():
@@ -90,7 +168,8 @@ def test_eval_loader_sees_every_row_exactly_once_across_uneven_ranks():
     seen = torch.cat([b["x"] for r in range(3) for b in _loader(rows, 3, r, False)])
     assert torch.equal(torch.sort(seen).values, rows * 10)
     assert sum(len(_loader(rows, 3, r, False)) for r in range(3)) == sum(
-        len(list(_loader(rows, 3, r, False))) for r in range(3))
+        len(list(_loader(rows, 3, r, False))) for r in range(3)
+    )
 
 
 def test_ranks_together_see_the_global_batches_of_one_process():
@@ -124,11 +203,24 @@ def test_column_split_uses_the_datasets_own_assignment():
 
 
 def test_numeric_features_are_standardized_with_training_rows_only():
-    schema = DatasetSchema("num", [Feature("u", "categorical", 4, "user"), Feature("a", "numeric", standardize=True),
-                                   Feature("b", "numeric"), Feature("c", "numeric", standardize=True)], tasks=["y"])
+    schema = DatasetSchema(
+        "num",
+        [
+            Feature("u", "categorical", 4, "user"),
+            Feature("a", "numeric", standardize=True),
+            Feature("b", "numeric"),
+            Feature("c", "numeric", standardize=True),
+        ],
+        tasks=["y"],
+    )
     a = np.array([1.0, 2.0, 3.0, 4.0, 100.0, -50.0], dtype=np.float32)
-    cols = {"u": np.zeros(6, np.int64), "a": a, "b": a.copy(), "c": np.full(6, 7.0, np.float32),
-            "y": np.zeros(6, np.float32)}
+    cols = {
+        "u": np.zeros(6, np.int64),
+        "a": a,
+        "b": a.copy(),
+        "c": np.full(6, 7.0, np.float32),
+        "y": np.zeros(6, np.float32),
+    }
     train = np.array([0, 1, 2, 3])
     tensors = build_tensors(schema, cols)
     standardize_numeric(schema, tensors, train)

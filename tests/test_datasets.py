@@ -13,15 +13,17 @@ import numpy as np
 import pytest
 
 from mtlbench.data.cache import load_or_build
-from mtlbench.datasets import readers
+from mtlbench.datasets import csv_reading
 from mtlbench.datasets.ali_ccp import AliCCP
 from mtlbench.datasets.aliexpress import AliExpress
 from mtlbench.datasets.census_income import COLUMNS as CENSUS_COLUMNS
 from mtlbench.datasets.census_income import CensusIncome
+from mtlbench.datasets.csv_reading import read_csv
 from mtlbench.datasets.douban import Douban
+from mtlbench.datasets.features import recent_items
 from mtlbench.datasets.kuairand import KuaiRand
 from mtlbench.datasets.movielens import GENRES, MovieLens
-from mtlbench.datasets.readers import encode, read_csv
+from mtlbench.datasets.vocabulary import encode
 from mtlbench.datasets.wechat import WeChat
 from mtlbench.errors import ConfigError, DataError
 from mtlbench.registry import DATASETS
@@ -36,11 +38,11 @@ def write_ml100k(folder: Path) -> Path:
     """Two users, four movies, MovieLens 100K layout (tab / pipe separated, no headers)."""
     folder.mkdir(parents=True, exist_ok=True)
     # user item rating timestamp; file order is not time order
-    (folder / "u.data").write_text("1\t10\t5\t200\n2\t20\t3\t50\n1\t20\t4\t100\n2\t30\t1\t86500\n"
-                                   "1\t30\t2\t300\n2\t40\t5\t90000\n")
+    (folder / "u.data").write_text(
+        "1\t10\t5\t200\n2\t20\t3\t50\n1\t20\t4\t100\n2\t30\t1\t86500\n1\t30\t2\t300\n2\t40\t5\t90000\n"
+    )
     (folder / "u.user").write_text("1|17|M|student|55455\n2|56|F|other|T8H1N\n")
-    flags = {10: ["Comedy", "Romance"], 20: ["Action", "Thriller"], 30: ["Animation", "Action"],
-             40: ["unknown"]}
+    flags = {10: ["Comedy", "Romance"], 20: ["Action", "Thriller"], 30: ["Animation", "Action"], 40: ["unknown"]}
     lines = []
     for item, genres in flags.items():
         bits = "|".join("1" if g in genres else "0" for g in GENRES)
@@ -55,10 +57,10 @@ def write_ml100k_random(folder: Path, n: int = 600, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     users, items = rng.integers(1, 31, n), rng.choice([10, 20, 30, 40], n)
     ratings, times = rng.integers(1, 6, n), rng.integers(0, 10**6, n)
-    (folder / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in
-                                           zip(users, items, ratings, times)))
-    (folder / "u.user").write_text("".join(f"{u}|{20 + u}|{'MF'[u % 2]}|job{u % 3}|{10000 + u}\n"
-                                           for u in range(1, 31)))
+    (folder / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in zip(users, items, ratings, times)))
+    (folder / "u.user").write_text(
+        "".join(f"{u}|{20 + u}|{'MF'[u % 2]}|job{u % 3}|{10000 + u}\n" for u in range(1, 31))
+    )
     return folder
 
 
@@ -81,14 +83,25 @@ def ali_rows() -> list[list]:
 
 def census_line(age: int, marital: str, income: str, year: int = 95) -> str:
     fields = {c: "x" for c in CENSUS_COLUMNS}
-    fields.update(age=str(age), marital_stat=marital, income=income, year=str(year), wage_per_hour="0",
-                  capital_gains="100", capital_losses="0", dividends_from_stocks="0",
-                  instance_weight="1000.5", num_persons_worked_for_employer="2", weeks_worked_in_year="52",
-                  education="Bachelors degree", detailed_industry_recode="3")
+    fields.update(
+        age=str(age),
+        marital_stat=marital,
+        income=income,
+        year=str(year),
+        wage_per_hour="0",
+        capital_gains="100",
+        capital_losses="0",
+        dividends_from_stocks="0",
+        instance_weight="1000.5",
+        num_persons_worked_for_employer="2",
+        weeks_worked_in_year="52",
+        education="Bachelors degree",
+        detailed_industry_recode="3",
+    )
     return ", ".join(fields[c] for c in CENSUS_COLUMNS)
 
 
-# -- readers: re-indexing ------------------------------------------------------------------------------------
+# -- reading and re-indexing ---------------------------------------------------------------------------------
 def test_encode_sorts_values_numerically_and_shares_one_id_for_empty_and_rare_values():
     enc = encode([np.array([10, 9, 100, 9])])
     assert enc.ids.tolist() == [1, 0, 2, 0] and enc.values == [9, 10, 100] and enc.size == 3
@@ -103,7 +116,7 @@ def test_encode_sorts_values_numerically_and_shares_one_id_for_empty_and_rare_va
 
 def test_streaming_reader_matches_an_independent_parse_across_blocks(tmp_path, monkeypatch):
     """Tiny parse blocks: ids assigned block by block (int -> float -> text) equal a global sort."""
-    monkeypatch.setattr(readers, "BLOCK_SIZE", 256)
+    monkeypatch.setattr(csv_reading, "BLOCK_SIZE", 256)
     rng = np.random.default_rng(0)
     rows, expected = [], []
     for i in range(400):
@@ -136,7 +149,7 @@ def test_encode_builds_one_vocabulary_over_several_files(tmp_path):
 def test_recent_items_are_each_users_previous_items_most_recent_first():
     user = np.array([0, 1, 0, 0, 1])
     item = np.array([5, 6, 7, 8, 9])
-    hist = readers.recent_items(user, item, 2)
+    hist = recent_items(user, item, 2)
     assert hist.tolist() == [[-1, -1], [-1, -1], [5, -1], [7, 5], [6, -1]]
 
 
@@ -174,10 +187,24 @@ def bad_ali_files(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
     return out
 
 
-@pytest.mark.parametrize("case", ["label outside {0,1}", "NaN label", "misspelt column", "missing column",
-                                  "wrong delimiter", "duplicated header name", "header line repeated",
-                                  "empty file", "header only", "word in a number column", "extra field",
-                                  "purchase without click", "missing file"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "label outside {0,1}",
+        "NaN label",
+        "misspelt column",
+        "missing column",
+        "wrong delimiter",
+        "duplicated header name",
+        "header line repeated",
+        "empty file",
+        "header only",
+        "word in a number column",
+        "extra field",
+        "purchase without click",
+        "missing file",
+    ],
+)
 def test_bad_files_fail_with_one_line_naming_file_column_and_line_and_leave_no_cache(tmp_path, case):
     path, needles = bad_ali_files(tmp_path)[case]
     cache = tmp_path / "cache"
@@ -213,18 +240,27 @@ def test_missing_path_and_missing_files_in_a_folder(tmp_path):
 def test_headerless_formats_name_the_line_and_the_wrong_delimiter(tmp_path):
     folder = write_ml100k(tmp_path / "ml")
     (folder / "u.data").write_text("1,10,5,200\n")
-    with pytest.raises(DataError, match=r"u\.data: line 1: the file is comma-separated, but this format is "
-                                        r"tab-separated"):
+    with pytest.raises(
+        DataError,
+        match=r"u\.data: line 1: the file is comma-separated, but this format is "
+        r"tab-separated",
+    ):
         MovieLens(path=str(folder)).build()
     write_ml100k(folder)
     (folder / "u.user").write_text("id|age|gender|occupation|zip\n1|17|M|student|55455\n2|56|F|other|T8H1N\n")
-    with pytest.raises(DataError, match=r"u\.user: line 1: column 'user_id' has 'id', expected an integer; "
-                                        "this format has no header line"):
+    with pytest.raises(
+        DataError,
+        match=r"u\.user: line 1: column 'user_id' has 'id', expected an integer; "
+        "this format has no header line",
+    ):
         MovieLens(path=str(folder)).build()
     write_ml100k(folder)
     (folder / "u.data").write_text("1\t10\t5\t200\n1\t99\t4\t300\n")
-    with pytest.raises(DataError, match=r"u\.data: line 2: column 'item_id' has id 99, which u\.item "
-                                        "does not"):
+    with pytest.raises(
+        DataError,
+        match=r"u\.data: line 2: column 'item_id' has id 99, which u\.item "
+        "does not",
+    ):
         MovieLens(path=str(folder)).build()
     (folder / "u.data").write_text("1\t10\t5\t200\n1\t20\t6\t300\n")
     with pytest.raises(DataError, match=r"u\.data: line 2: column 'rating' has value 6"):
@@ -267,13 +303,18 @@ def test_movielens_1m_layout_with_double_colon_separator(tmp_path):
     folder.mkdir()
     (folder / "ratings.dat").write_text("1::2::5::978300760\n2::1::3::978302109\n1::1::4::978301968\n")
     (folder / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
-    (folder / "movies.dat").write_bytes("1::Toy Story: The Return (1995)::Animation|Children's|Comedy\n"
-                                        "2::Jumanji (1995)::Adventure|Children's|Fantasy\n".encode("latin1"))
+    (folder / "movies.dat").write_bytes(
+        "1::Toy Story: The Return (1995)::Animation|Children's|Comedy\n"
+        "2::Jumanji (1995)::Adventure|Children's|Fantasy\n".encode("latin1")
+    )
     schema, c = MovieLens(path=str(folder), tasks=["like"], scenario="age_bucket").build()
     assert c["timestamp"].tolist() == [978300760, 978301968, 978302109]
     assert c["like"].tolist() == [1, 1, 0] and c["age_bucket"].tolist() == [0, 0, 6]
-    assert c["genres"][0][:3].tolist() == [GENRES.index("Adventure"), GENRES.index("Children's"),
-                                           GENRES.index("Fantasy")]
+    assert c["genres"][0][:3].tolist() == [
+        GENRES.index("Adventure"),
+        GENRES.index("Children's"),
+        GENRES.index("Fantasy"),
+    ]
     assert schema.feature("release_decade").vocab_size == 1  # both from the 1990s
 
 
@@ -297,8 +338,11 @@ def test_census_income_raw_layout_labels_and_mmoe_split(tmp_path):
     folder = tmp_path / "census"
     folder.mkdir()
     train = [census_line(30, "Never married", "- 50000."), census_line(50, "Divorced", "50000+.", 94)]
-    test = [census_line(20, "Never married", "50000+."), census_line(40, "Widowed", "- 50000."),
-            census_line(60, "Never married", "- 50000.")]
+    test = [
+        census_line(20, "Never married", "50000+."),
+        census_line(40, "Widowed", "- 50000."),
+        census_line(60, "Never married", "- 50000."),
+    ]
     with gzip.open(folder / "census-income.data.gz", "wt") as f:
         f.write("\n".join(train) + "\n")
     (folder / "census-income.test").write_text("\n".join(test) + "\n")
@@ -366,8 +410,13 @@ def test_ali_ccp_real_samples():
 
 
 def test_aliexpress_countries_make_the_scenario(tmp_path):
-    header = ["search_id", *(f"categorical_{i}" for i in range(1, 17)),
-              *(f"numerical_{i}" for i in range(1, 64)), "click", "conversion"]
+    header = [
+        "search_id",
+        *(f"categorical_{i}" for i in range(1, 17)),
+        *(f"numerical_{i}" for i in range(1, 64)),
+        "click",
+        "conversion",
+    ]
 
     def rows(seed):
         rng = np.random.default_rng(seed)
@@ -409,8 +458,9 @@ def read_dicts(path: Path) -> list[dict]:
 def test_kuairand_fixture_time_order_joins_and_rule_stage():
     folder = FIXTURES / "kuairand"
     schema, c = KuaiRand(path=str(folder), rule_stage="rule_stage").build()
-    logs = read_dicts(folder / "log_standard_4_08_to_4_21_pure.csv") + \
-        read_dicts(folder / "log_standard_4_22_to_5_08_pure.csv")
+    logs = read_dicts(folder / "log_standard_4_08_to_4_21_pure.csv") + read_dicts(
+        folder / "log_standard_4_22_to_5_08_pure.csv"
+    )
     logs.sort(key=lambda r: (int(r["time_ms"]), int(r["user_id"])))
     assert len(c["is_click"]) == len(logs) == 64
     assert c["time_ms"].tolist() == [int(r["time_ms"]) for r in logs]
@@ -418,8 +468,9 @@ def test_kuairand_fixture_time_order_joins_and_rule_stage():
     assert (schema.scenario_field, schema.time_field, schema.item_field) == ("tab", "time_ms", "video_id")
     users = {int(r["user_id"]): r for r in read_dicts(folder / "user_features_pure.csv")}
     degrees = sorted({r["user_active_degree"] for r in users.values()})
-    assert [degrees[i] for i in c["user_active_degree"]] == [users[int(r["user_id"])]["user_active_degree"]
-                                                             for r in logs]
+    assert [degrees[i] for i in c["user_active_degree"]] == [
+        users[int(r["user_id"])]["user_active_degree"] for r in logs
+    ]
     # 0 New, 1 Wander, 2 Stick, 3 Loyal, by the rule in the module docstring, per fixture user
     expected = {0: 3, 1: 2, 2: 0, 3: 1, 4: 2, 5: 1, 6: 1, 7: 0}
     assert c["rule_stage"].tolist() == [expected[int(r["user_id"])] for r in logs]
@@ -447,8 +498,9 @@ def test_wechat_fixture_day_split_and_feed_join():
     actions.sort(key=lambda r: int(r["date_"]))  # stable: file order within a day
     assert c["like"].tolist() == [float(r["like"]) for r in actions]
     assert c["date_"].tolist() == [int(r["date_"]) for r in actions]
-    assert c["split_part"].tolist() == [2 if int(r["date_"]) == 14 else 1 if int(r["date_"]) == 13 else 0
-                                        for r in actions]
+    assert c["split_part"].tolist() == [
+        2 if int(r["date_"]) == 14 else 1 if int(r["date_"]) == 13 else 0 for r in actions
+    ]
     feeds = {int(r["feedid"]): r for r in read_dicts(folder / "feed_info.csv")}
     authors = sorted({int(r["authorid"]) for r in feeds.values()})
     assert [authors[i] for i in c["authorid"]] == [int(feeds[int(r["feedid"])]["authorid"]) for r in actions]
@@ -491,6 +543,26 @@ def test_douban_real_sample():
     assert (np.diff(c["time_bin"]) >= 0).all() and schema.scenario_field == "domain"
 
 
+def test_settings_are_the_config_as_plain_data(tmp_path):
+    """``settings`` (the cache key's input) is each dataset config as written, defaults included, whatever
+    container types the constructor's defaults use."""
+    from omegaconf import OmegaConf
+
+    from mtlbench.data.source import DATASET_KEYS
+    from mtlbench.factory import create_dataset
+
+    for yaml in sorted((Path(__file__).resolve().parents[1] / "configs" / "dataset").glob("*.yaml")):
+        cfg = OmegaConf.to_container(OmegaConf.load(yaml))
+        settings = {k: v for k, v in cfg.items() if k not in DATASET_KEYS}
+        settings.update({k: str(tmp_path) for k in ("path",) if k in settings})
+        settings.update({k: ["y"] for k in ("tasks",) if settings.get(k) == "???"})
+        assert create_dataset(cfg["name"], **settings).settings == settings, yaml.name
+    wechat = WeChat(path=str(FIXTURES / "wechat")).settings  # the constructor's tuple defaults
+    assert wechat["tasks"] == ["like", "click_avatar", "forward"] and wechat["valid_days"] == [13]
+    assert MovieLens(path=str(tmp_path), task_thresholds=None).settings["task_thresholds"] == {"like": 4, "love": 5}
+    assert AliExpress(path=str(tmp_path), countries=[]).settings["countries"] is None
+
+
 def test_every_real_dataset_is_registered_and_rejects_unknown_settings():
     for name in ("census_income", "movielens", "ali_ccp", "aliexpress", "kuairand", "wechat", "douban"):
         assert name in DATASETS
@@ -507,8 +579,17 @@ def test_every_real_dataset_is_registered_and_rejects_unknown_settings():
 def test_mmoe_trains_on_the_real_census_test_split(tmp_path):
     path = shared_data("census-income-kdd") / "census-income.test.gz"
     out = tmp_path / "run"
-    proc = run_cli(["dataset=census_income", f"dataset.path={path}", "dataset.max_rows=20000", "model=mmoe",
-                    *FAST, f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "dataset=census_income",
+            f"dataset.path={path}",
+            "dataset.max_rows=20000",
+            "model=mmoe",
+            *FAST,
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["dataset"] == "census_income"
@@ -520,13 +601,23 @@ def test_mmoe_trains_on_the_real_census_test_split(tmp_path):
 def test_movielens_fixture_trains_end_to_end_and_bad_data_exits_with_one_line(tmp_path):
     folder = write_ml100k_random(tmp_path / "ml")
     out = tmp_path / "run"
-    proc = run_cli(["dataset=movielens", f"dataset.path={folder}", "model=shared_bottom",
-                    "dataset.hist_len=2", *FAST, f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "dataset=movielens",
+            f"dataset.path={folder}",
+            "model=shared_bottom",
+            "dataset.hist_len=2",
+            *FAST,
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "results.json").exists()
     (folder / "u.data").write_text("1\t10\t5\t200\n1\t20\tx\t300\n")
-    proc = run_cli(["dataset=movielens", f"dataset.path={folder}", *FAST,
-                    f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
+    proc = run_cli(
+        ["dataset=movielens", f"dataset.path={folder}", *FAST, f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path
+    )
     assert proc.returncode != 0
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("mtlbench: error:") and "u.data: line 2: column 'rating' has 'x'" in line

@@ -10,8 +10,16 @@ from conftest import run_cli
 pytestmark = pytest.mark.slow
 
 # 12,001 rows: the validation and test splits don't divide by 2 processes
-DATA = ["dataset.n_rows=12001", "dataset.n_users=400", "dataset.n_items=300", "trainer.max_epochs=2",
-        "batch_size=512", "trainer.enable_progress_bar=false", "logger=csv", "model=mmoe"]
+DATA = [
+    "dataset.n_rows=12001",
+    "dataset.n_users=400",
+    "dataset.n_items=300",
+    "trainer.max_epochs=2",
+    "batch_size=512",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+    "model=mmoe",
+]
 
 
 @pytest.mark.parametrize("optimizer", [[], ["optimizer.sparse_embeddings=true"]], ids=["dense", "sparse_embeddings"])
@@ -31,8 +39,10 @@ def test_two_processes_match_one_process_and_see_every_row_once(tmp_path, optimi
             # AUC/logloss by < 1e-3 and can flip a tie-close pair inside one small user group (GAUC/NDCG)
             for metric, tol in (("auc", 1e-3), ("logloss", 1e-3), ("gauc", 5e-3), ("ndcg@5", 5e-3)):
                 assert ddp["metrics"][split][task][metric] == pytest.approx(m[metric], abs=tol), (split, task, metric)
-    preds = {k: pq.read_table(d / "predictions.parquet").column("row").to_pylist()
-             for k, d in (("single", single_dir), ("ddp", ddp_dir))}
+    preds = {
+        k: pq.read_table(d / "predictions.parquet").column("row").to_pylist()
+        for k, d in (("single", single_dir), ("ddp", ddp_dir))
+    }
     assert len(preds["ddp"]) == len(set(preds["ddp"])) == len(preds["single"])
     assert sorted(preds["ddp"]) == sorted(preds["single"])
     # one checkpoint and one metrics log, written by rank 0 only

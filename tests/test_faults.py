@@ -14,9 +14,18 @@ from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
-BASE = ["dataset.n_rows=60000", "dataset.n_users=800", "dataset.n_items=400", "trainer.max_epochs=4",
-        "callbacks.early_stopping_patience=null", "batch_size=512", "trainer.enable_progress_bar=false",
-        "logger=none", "model=mmoe", "seed=4"]
+BASE = [
+    "dataset.n_rows=60000",
+    "dataset.n_users=800",
+    "dataset.n_items=400",
+    "trainer.max_epochs=4",
+    "callbacks.early_stopping_patience=null",
+    "batch_size=512",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+    "model=mmoe",
+    "seed=4",
+]
 
 
 def test_killed_run_resumes_to_the_same_metrics(tmp_path):
@@ -26,8 +35,14 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
 
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "mtlbench.cli.train", *BASE, f"hydra.run.dir={out}"]
-    p = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+    p = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        start_new_session=True,
+    )
     last = out / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not last.exists() and p.poll() is None and time.time() < deadline:

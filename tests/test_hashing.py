@@ -25,8 +25,9 @@ def test_float32_would_collide_but_ids_stay_distinct_through_the_data_path(tmp_p
     n = 40
     users = np.resize(ids, n)
     pq.write_table(pa.table({"u": users, "y": np.resize([0.0, 1.0], n)}), path)
-    schema, cols = TableDataset(path=str(path), tasks=["y"], categorical={"u": {"vocab_size": 0, "role": "user"}},
-                                user_field="u").build()
+    schema, cols = TableDataset(
+        path=str(path), tasks=["y"], categorical={"u": {"vocab_size": 0, "role": "user"}}, user_field="u"
+    ).build()
     assert cols["u"].dtype == np.int64 and np.array_equal(cols["u"], users)
     schema, cols = apply_hashing(schema, cols, 1000)
     assert schema.feature("u").vocab_size == 1000
@@ -45,10 +46,19 @@ def test_hash_is_a_deterministic_integer_function_that_spreads_ids():
 
 
 def test_sequences_hash_with_the_table_they_share_and_keep_padding():
-    schema = DatasetSchema("s", [Feature("item", "categorical", 10**9, "item"),
-                                 Feature("hist", "sequence", max_len=3, embedding="item", role="user")], tasks=["y"])
-    cols = {"item": np.array([5, BIG + 1]), "hist": np.array([[BIG + 1, -1, -1], [5, BIG + 1, -1]]),
-            "y": np.array([0.0, 1.0], np.float32)}
+    schema = DatasetSchema(
+        "s",
+        [
+            Feature("item", "categorical", 10**9, "item"),
+            Feature("hist", "sequence", max_len=3, embedding="item", role="user"),
+        ],
+        tasks=["y"],
+    )
+    cols = {
+        "item": np.array([5, BIG + 1]),
+        "hist": np.array([[BIG + 1, -1, -1], [5, BIG + 1, -1]]),
+        "y": np.array([0.0, 1.0], np.float32),
+    }
     schema2, out = apply_hashing(schema, cols, {"item": 64})
     schema2.validate(out)
     assert out["hist"][0, 0] == out["item"][1] and out["hist"][1, 0] == out["item"][0]
@@ -63,10 +73,21 @@ def test_cli_trains_with_hashed_ids_above_2_to_the_24(tmp_path):
     path = tmp_path / "log.parquet"
     pq.write_table(pa.table({"u": users, "t": np.arange(n), "y": rng.integers(0, 2, n).astype(float)}), path)
     out = tmp_path / "run"
-    proc = run_cli([*FAST, "dataset=table", f"dataset.path={path}", "dataset.tasks=[y]",
-                    "+dataset.categorical={u: {vocab_size: 0, role: user}}", "dataset.user_field=u",
-                    "dataset.time_field=t", "hash_buckets=512", "model=shared_bottom", f"hydra.run.dir={out}"],
-                   cwd=tmp_path)
+    proc = run_cli(
+        [
+            *FAST,
+            "dataset=table",
+            f"dataset.path={path}",
+            "dataset.tasks=[y]",
+            "+dataset.categorical={u: {vocab_size: 0, role: user}}",
+            "dataset.user_field=u",
+            "dataset.time_field=t",
+            "hash_buckets=512",
+            "model=shared_bottom",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
     assert res["params"] < 200_000  # the 2**24+-sized table was hashed into 512 rows

@@ -11,15 +11,24 @@ import numpy as np
 import pytest
 from test_report import AUCS, NDCG, make_run
 
-from mtlbench.report.tables import ReportSettings, write_report
+from mtlbench.report.tables import ReportSettings
+from mtlbench.report.write import write_report
 
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
-                None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed "
-                                                          "(Debian: apt-get install chromium; .ci/run does)")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--hide-scrollbars"]
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium; .ci/run does)"
+)
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 BAR_BEST = np.array([0xC4, 0x4E, 0x52]) / 255  # colour of the best model's bar (mtlbench.report.html)
 
 
@@ -62,8 +71,9 @@ class Dom(HTMLParser):
 
 
 def chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +81,14 @@ def report(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("html")
     for model in AUCS:
         for seed in range(3):
-            test = {"click": {"auc": AUCS[model][seed], "ndcg@5": NDCG[model][seed],
-                              "auc@scenario=0": AUCS[model][seed] - 0.1, "auc@scenario=1": AUCS[model][seed]}}
+            test = {
+                "click": {
+                    "auc": AUCS[model][seed],
+                    "ndcg@5": NDCG[model][seed],
+                    "auc@scenario=0": AUCS[model][seed] - 0.1,
+                    "auc@scenario=1": AUCS[model][seed],
+                }
+            }
             make_run(tmp / "sweep", model, seed, test, curve=[0.6 + 0.01 * seed, 0.65, 0.66], image=model == "ple")
     write_report([tmp / "sweep"], tmp / "report", ReportSettings(metrics=["auc", "ndcg@5"]))
     return tmp / "report" / "leaderboard.html"

@@ -140,9 +140,7 @@ def test_ndcg_hand_examples() -> None:
     assert ndcg_at_k(preds, target, group, 5).item() == pytest.approx(at5)
     assert ndcg_at_k(preds[:3], target[:3], group[:3], 1).item() == 0.0
     assert ndcg_at_k(preds[:3], target[:3], group[:3], 5).item() == pytest.approx(g1_at5)
-    assert ndcg_at_k(preds[:3], target[:3], group[:3], 2).item() == pytest.approx(
-        (1 / log2(3)) / (1 + 1 / log2(3))
-    )
+    assert ndcg_at_k(preds[:3], target[:3], group[:3], 2).item() == pytest.approx((1 / log2(3)) / (1 + 1 / log2(3)))
 
 
 def test_ndcg_ties_are_pessimistic() -> None:
@@ -192,9 +190,7 @@ def test_row_order_and_group_labels_do_not_matter(layout: str) -> None:
     ids = torch.unique(group)
     new_ids = torch.randperm(ids.numel(), generator=torch.Generator().manual_seed(1)) * 1_000_003 - 77
     relabelled = new_ids[torch.searchsorted(ids, group)]
-    assert torch.equal(
-        torch.stack([gauc(preds, target, relabelled), ndcg_at_k(preds, target, relabelled, 3)]), base
-    )
+    assert torch.equal(torch.stack([gauc(preds, target, relabelled), ndcg_at_k(preds, target, relabelled, 3)]), base)
     r_auc, r_imp, r_valid = grouped_auc(preds, target, relabelled)
     back = torch.argsort(torch.argsort(new_ids))  # position of each original group in the new id order
     torch.testing.assert_close(r_auc[back], auc, equal_nan=True, rtol=0, atol=0)
@@ -230,9 +226,7 @@ def test_log_loss_matches_sklearn(dtype: torch.dtype) -> None:
 
 
 def test_log_loss_clips_probabilities() -> None:
-    value = log_loss(
-        torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64), torch.tensor([1.0, 0.0, 1.0]), eps=1e-4
-    )
+    value = log_loss(torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64), torch.tensor([1.0, 0.0, 1.0]), eps=1e-4)
     assert value.item() == pytest.approx((2 * -math.log(1e-4) - math.log(1 - 1e-4)) / 3)
     assert math.isfinite(log_loss(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0])).item())
 
@@ -254,12 +248,12 @@ def test_grouped_metric_classes_match_functional_and_reset() -> None:
     for name, metric in metrics.items():
         with pytest.warns(UserWarning, match="before the ``update``"):
             assert torch.isnan(metric.compute())  # nothing seen yet
-        for chunk in _chunks(preds, target, group):  # groups are split across chunks
-            metric.update(*chunk)
+        for p, t, g in _chunks(preds, target, group):  # groups are split across chunks
+            metric.update(p, t, {"user": g})
         torch.testing.assert_close(metric.compute(), expected[name], rtol=0, atol=1e-7)
         metric.reset()
         other = make_data(9)
-        metric.update(*other)
+        metric.update(*other[:2], {"user": other[2]})
         want = gauc(*other) if name == "gauc" else ndcg_at_k(*other, 5)
         torch.testing.assert_close(metric.compute(), want, rtol=0, atol=1e-7)
 
@@ -277,7 +271,7 @@ def _ddp_compute(make_metric, shards: list[tuple[torch.Tensor, ...]]) -> list[to
             return [state[name] for state in world]
 
         metric = make_metric(dist_sync_fn=gather, distributed_available_fn=lambda: True)
-        metric.update(*shard)
+        metric.update(*shard[:2], {"user": shard[2]} if len(shard) > 2 else None)
         ranks.append((metric, calls))
         world.append({k: torch.cat(v) if isinstance(v, list) else v for k, v in metric.metric_state.items()})
     results = []
@@ -337,9 +331,7 @@ def test_cuda_matches_cpu() -> None:
     cuda = [t.cuda() for t in (preds, target, group)]
     torch.testing.assert_close(gauc(*cuda).cpu(), gauc(preds, target, group))
     torch.testing.assert_close(ndcg_at_k(*cuda, 5).cpu(), ndcg_at_k(preds, target, group, 5))
-    torch.testing.assert_close(
-        log_loss(torch.sigmoid(cuda[0]), cuda[1]).cpu(), log_loss(torch.sigmoid(preds), target)
-    )
+    torch.testing.assert_close(log_loss(torch.sigmoid(cuda[0]), cuda[1]).cpu(), log_loss(torch.sigmoid(preds), target))
 
 
 def test_per_scenario_auc_and_gauc_match_sklearn_on_each_scenario():
@@ -353,7 +345,8 @@ def test_per_scenario_auc_and_gauc_match_sklearn_on_each_scenario():
     p = np.clip(0.3 * y + rng.random(n) * 0.7, 0, 1).round(2).astype(np.float32)
     m = ScenarioMetrics()
     for chunk in np.array_split(np.arange(n), 4):
-        m.update(*(torch.from_numpy(a[chunk]) for a in (p, y, scen, user)))
+        ps, ys, ss, us = (torch.from_numpy(a[chunk]) for a in (p, y, scen, user))
+        m.update(ps, ys, {"scenario": ss, "user": us})
     got = m.compute()
     for s in range(3):
         rows = scen == s
@@ -436,14 +429,17 @@ def test_register_metric_adds_a_name_and_checks_the_class(scratch_metrics):
         register_metric("brier@3")(Brier)
 
 
-@pytest.mark.parametrize("name, words", [
-    ("aucc", ["unknown metric 'aucc'", "did you mean 'auc'"]),
-    ("ndgc@5", ["'ndgc@5'", "did you mean 'ndcg'"]),
-    ("ndcg", ["'ndcg'", "needs its parameter k"]),
-    ("ndcg@x", ["'ndcg@x'", "must be an integer"]),
-    ("ndcg@0", ["'ndcg@0'", "k must be >= 1"]),
-    ("auc@3", ["'auc@3'", "takes no '@' parameter"]),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("aucc", ["unknown metric 'aucc'", "did you mean 'auc'"]),
+        ("ndgc@5", ["'ndgc@5'", "did you mean 'ndcg'"]),
+        ("ndcg", ["'ndcg'", "needs its parameter k"]),
+        ("ndcg@x", ["'ndcg@x'", "must be an integer"]),
+        ("ndcg@0", ["'ndcg@0'", "k must be >= 1"]),
+        ("auc@3", ["'auc@3'", "takes no '@' parameter"]),
+    ],
+)
 def test_a_bad_metric_name_is_a_one_line_config_error(name, words):
     with pytest.raises(ConfigError) as e:
         create_metric(name)
@@ -475,8 +471,9 @@ def test_every_registered_metric_keeps_the_update_contract(name):
     n = 3000
     target = torch.tensor((rng.uniform(size=n) < 0.3).astype(np.float32))
     preds = torch.tensor(np.clip(0.3 * target.numpy() + 0.7 * rng.uniform(size=n), 0, 1), dtype=torch.float32)
-    groups = {g: torch.tensor(rng.integers(0, size, n), dtype=torch.int64)
-              for g, size in zip(GROUP_KEYS, (60, 300, 3, 4))}
+    groups = {
+        g: torch.tensor(rng.integers(0, size, n), dtype=torch.int64) for g, size in zip(GROUP_KEYS, (60, 300, 3, 4))
+    }
 
     whole = create_metric(_config_name(name))
     whole.update(preds, target, groups)
@@ -507,8 +504,15 @@ def test_every_registered_metric_keeps_the_update_contract(name):
 def test_higher_is_better_comes_from_the_metric_class(scratch_metrics):
     from mtlbench.report import stats
 
-    cases = {"auc": True, "logloss": False, "gauc": True, "sgauc": True, "ndcg@5": True, "auc@scenario=2": True,
-             "gauc@scenario=1": True}
+    cases = {
+        "auc": True,
+        "logloss": False,
+        "gauc": True,
+        "sgauc": True,
+        "ndcg@5": True,
+        "auc@scenario=2": True,
+        "gauc@scenario=1": True,
+    }
     for key, higher in cases.items():
         assert higher_is_better(key) is higher and stats.higher_is_better(key) is higher, key
     register_metric("brier")(Brier)
@@ -538,8 +542,7 @@ def test_report_bolds_and_tests_in_the_direction_of_a_plugin_metric(scratch_metr
     assert best == {"brier": ("mmoe", "ple"), "mystery": ("single_task", "ple")}
 
 
-@pytest.mark.parametrize("monitor, mode", [("auc", "max"), ("ndcg@5", "max"), ("logloss", "min"),
-                                           ("brier", "min")])
+@pytest.mark.parametrize("monitor, mode", [("auc", "max"), ("ndcg@5", "max"), ("logloss", "min"), ("brier", "min")])
 def test_checkpoint_and_early_stopping_direction_follow_the_metric_class(scratch_metrics, tmp_path, monitor, mode):
     from mtlbench.training.run import build_callbacks
 
@@ -579,8 +582,15 @@ def test_a_lower_is_better_monitor_keeps_the_epoch_with_the_minimum(scratch_metr
 
     register_metric("brier")(Brier)
     cfg = compose_cfg(["monitor=brier", "callbacks.early_stopping_patience=5"])
-    trainer = pl.Trainer(max_epochs=4, callbacks=build_callbacks(cfg, tmp_path), logger=False, accelerator="cpu",
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=4,
+        callbacks=build_callbacks(cfg, tmp_path),
+        logger=False,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(1)))
     trainer.fit(Logs([0.30, 0.10, 0.20, 0.40]), train_dataloaders=data, val_dataloaders=data)
     assert float(trainer.checkpoint_callback.best_model_score) == pytest.approx(0.10)
@@ -593,11 +603,16 @@ def test_the_default_metric_list_is_the_former_fixed_set(user, session, scenario
 
     schema = SimpleNamespace(user_field=user, session_field=session, scenario_field=scenario)
     names = [name for name, _ in task_metrics(schema, (1, 5)).items()]
-    expected = (["auc", "logloss"] + (["gauc", "ndcg@1", "ndcg@5"] if user else []) + (["sgauc"] if session else [])
-                + (["scenario"] if scenario else []))
+    expected = (
+        ["auc", "logloss"]
+        + (["gauc", "ndcg@1", "ndcg@5"] if user else [])
+        + (["sgauc"] if session else [])
+        + (["scenario"] if scenario else [])
+    )
     assert names == expected
     assert [name for name, _ in task_metrics(schema, (3,), ["ndcg", "auc", "ndcg@3", "ndcg@10"]).items()] == (
-        ["ndcg@3", "auc", "ndcg@10"] if user else ["auc"])  # bare ndcg: one per ndcg_k; repeats dropped
+        ["ndcg@3", "auc", "ndcg@10"] if user else ["auc"]
+    )  # bare ndcg: one per ndcg_k; repeats dropped
 
 
 def test_groups_offered_by_a_dataset_and_a_batch():
@@ -608,8 +623,14 @@ def test_groups_offered_by_a_dataset_and_a_batch():
     assert set(batch_groups(batch)) == {"user", "scenario", "stage"}
 
 
-SMALL = ["dataset.n_rows=1500", "dataset.n_users=200", "dataset.n_items=100", "trainer.max_epochs=1",
-         "batch_size=512", "logger=none"]
+SMALL = [
+    "dataset.n_rows=1500",
+    "dataset.n_users=200",
+    "dataset.n_items=100",
+    "trainer.max_epochs=1",
+    "batch_size=512",
+    "logger=none",
+]
 
 
 def test_the_eval_step_feeds_every_metric_the_labelled_rows_and_their_groups():
@@ -618,8 +639,13 @@ def test_the_eval_step_feeds_every_metric_the_labelled_rows_and_their_groups():
 
     from conftest import compose_cfg
 
-    overrides = [*SMALL, "dataset.n_rows=6000", "dataset.n_users=60", "eval_batch_size=100000",
-                 "metrics=[auc,gauc,ndcg@3,sgauc,scenario,logloss]"]
+    overrides = [
+        *SMALL,
+        "dataset.n_rows=6000",
+        "dataset.n_users=60",
+        "eval_batch_size=100000",
+        "metrics=[auc,gauc,ndcg@3,sgauc,scenario,logloss]",
+    ]
     dm, module = build_components(compose_cfg(overrides))
     dm.setup()
     batch = next(iter(dm.loader("valid")))
@@ -640,7 +666,8 @@ def test_the_eval_step_feeds_every_metric_the_labelled_rows_and_their_groups():
     ids, per_scenario = per_scenario_gauc(p, y, user, scenario)
     assert len(ids) == 3 and torch.isfinite(per_scenario).all()
     assert {k: v for k, v in got["scenario"].items() if k.startswith("gauc")} == pytest.approx(
-        {f"gauc@scenario={s}": v for s, v in zip(ids.tolist(), per_scenario.tolist())})
+        {f"gauc@scenario={s}": v for s, v in zip(ids.tolist(), per_scenario.tolist())}
+    )
 
 
 def test_metrics_and_monitor_are_checked_against_the_config_and_the_data():
@@ -672,5 +699,8 @@ def test_a_run_with_metrics_auc_writes_only_auc(tmp_path):
     res = json.loads((out / "results.json").read_text())
     for split in ("valid", "test"):
         assert {task: list(m) for task, m in res["metrics"][split].items()} == {
-            "click": ["auc"], "long_view": ["auc"], "purchase": ["auc"]}
+            "click": ["auc"],
+            "long_view": ["auc"],
+            "purchase": ["auc"],
+        }
     assert res["config"]["metrics"] == ["auc"]

@@ -19,15 +19,31 @@ from mtlbench.training.optim import build_optimizer, use_sparse_embeddings
 
 def toy(n=64):
     rng = np.random.default_rng(0)
-    features = [Feature("user", "categorical", 20, "user"), Feature("item", "categorical", 30, "item"),
-                Feature("scenario", "categorical", 3), Feature("price", "numeric"),
-                Feature("hist", "sequence", max_len=4, embedding="item", role="user")]
-    schema = DatasetSchema("toy", features,
-                           tasks=["click", "buy"], user_field="user", item_field="item", scenario_field="scenario",
-                           task_roles={"click": "click", "conversion": "buy"})
-    cols = {"user": rng.integers(0, 20, n), "item": rng.integers(0, 30, n), "scenario": rng.integers(0, 3, n),
-            "price": rng.random(n).astype(np.float32), "hist": rng.integers(-1, 30, (n, 4)),
-            "click": rng.integers(0, 2, n).astype(np.float32), "buy": rng.integers(0, 2, n).astype(np.float32)}
+    features = [
+        Feature("user", "categorical", 20, "user"),
+        Feature("item", "categorical", 30, "item"),
+        Feature("scenario", "categorical", 3),
+        Feature("price", "numeric"),
+        Feature("hist", "sequence", max_len=4, embedding="item", role="user"),
+    ]
+    schema = DatasetSchema(
+        "toy",
+        features,
+        tasks=["click", "buy"],
+        user_field="user",
+        item_field="item",
+        scenario_field="scenario",
+        task_roles={"click": "click", "conversion": "buy"},
+    )
+    cols = {
+        "user": rng.integers(0, 20, n),
+        "item": rng.integers(0, 30, n),
+        "scenario": rng.integers(0, 3, n),
+        "price": rng.random(n).astype(np.float32),
+        "hist": rng.integers(-1, 30, (n, 4)),
+        "click": rng.integers(0, 2, n).astype(np.float32),
+        "buy": rng.integers(0, 2, n).astype(np.float32),
+    }
     schema.validate(cols)
     return schema, build_tensors(schema, cols)
 
@@ -52,8 +68,10 @@ def test_model_contract_forward_backward(name):
     out = as_output(model(batch))
     assert list(out.logits) == ["click", "buy"]
     assert all(v.shape == (64,) for v in out.logits.values())
-    loss = sum(nn.functional.binary_cross_entropy_with_logits(out.logits[t], batch["labels"][:, k])
-               for k, t in enumerate(schema.tasks))
+    loss = sum(
+        nn.functional.binary_cross_entropy_with_logits(out.logits[t], batch["labels"][:, k])
+        for k, t in enumerate(schema.tasks)
+    )
     loss = loss + sum(out.aux_losses.values(), torch.zeros(()))
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -72,8 +90,10 @@ def test_model_trains_with_sparse_embeddings(name):
     opt = build_optimizer(model.parameters(), {"name": "adam", "sparse_embeddings": True})
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     out = as_output(model(batch))
-    loss = sum(nn.functional.binary_cross_entropy_with_logits(out.logits[t], batch["labels"][:, k])
-               for k, t in enumerate(schema.tasks))
+    loss = sum(
+        nn.functional.binary_cross_entropy_with_logits(out.logits[t], batch["labels"][:, k])
+        for k, t in enumerate(schema.tasks)
+    )
     (loss + sum(out.aux_losses.values(), torch.zeros(()))).backward()
     tables = [n for n, m in model.named_modules() if isinstance(m, FeatureEmbedding)]
     assert all(model.get_submodule(t).table.weight.grad.is_sparse for t in tables)
@@ -136,21 +156,36 @@ def test_mmoe_gates_are_a_convex_mix_of_experts():
 
 # -- backbones.py -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,settings,parts", [
-    ("mmoe", {}, ["embedding", "backbone.experts", "backbone.gates", "towers"]),
-    ("mmoe", {"per": "task_scenario"}, ["embedding", "backbone.experts", "backbone.gates", "towers"]),
-    ("shared_bottom", {}, ["embedding", "bottom", "towers"]),
-    ("ple", {"per": "scenario"}, ["embedding", "backbone.levels", "towers"]),
-    ("ple_stage", {}, ["embedding", "stage_embedding", "backbone.levels", "towers"]),
-    ("stan", {"backbone": "mmoe"}, ["embedding", "backbone.experts", "backbone.gates", "towers", "extractor",
-                                     "task_attention", "preference_heads"]),
-    ("aem2tl", {}, ["embedding", "scenario_cgc", "task_cgc", "towers"]),
-])
+
+@pytest.mark.parametrize(
+    "name,settings,parts",
+    [
+        ("mmoe", {}, ["embedding", "backbone.experts", "backbone.gates", "towers"]),
+        ("mmoe", {"per": "task_scenario"}, ["embedding", "backbone.experts", "backbone.gates", "towers"]),
+        ("shared_bottom", {}, ["embedding", "bottom", "towers"]),
+        ("ple", {"per": "scenario"}, ["embedding", "backbone.levels", "towers"]),
+        ("ple_stage", {}, ["embedding", "stage_embedding", "backbone.levels", "towers"]),
+        (
+            "stan",
+            {"backbone": "mmoe"},
+            [
+                "embedding",
+                "backbone.experts",
+                "backbone.gates",
+                "towers",
+                "extractor",
+                "task_attention",
+                "preference_heads",
+            ],
+        ),
+        ("aem2tl", {}, ["embedding", "scenario_cgc", "task_cgc", "towers"]),
+    ],
+)
 def test_models_on_shared_backbones_name_their_parts(name, settings, parts):
     """The parts of each model's checkpoint, in creation order (a shared backbone is ``backbone.*``)."""
     schema, _ = toy()
     keys = mtlbench.create_model(name, schema, embedding_dim=4, **settings).state_dict()
-    prefixes = list(dict.fromkeys(".".join(k.split(".")[:2 if k.startswith("backbone.") else 1]) for k in keys))
+    prefixes = list(dict.fromkeys(".".join(k.split(".")[: 2 if k.startswith("backbone.") else 1]) for k in keys))
     assert prefixes == parts
 
 

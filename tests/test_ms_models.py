@@ -31,8 +31,11 @@ MS_MODELS = ["star", "pepnet", "sfpnet", "base_dnn"]
 def toy(n=64, tasks=("click", "buy"), scenario=True, sequence=True, seed=0):
     """A tiny multi-scenario table: user, item, scenario, a numeric field and an item-id history."""
     rng = np.random.default_rng(seed)
-    feats = [Feature("user", "categorical", 20, "user"), Feature("item", "categorical", 30, "item"),
-             Feature("price", "numeric")]
+    feats = [
+        Feature("user", "categorical", 20, "user"),
+        Feature("item", "categorical", 30, "item"),
+        Feature("price", "numeric"),
+    ]
     cols = {"user": rng.integers(0, 20, n), "item": rng.integers(0, 30, n), "price": rng.random(n).astype(np.float32)}
     if scenario:
         feats.append(Feature("scenario", "categorical", 3))
@@ -44,15 +47,23 @@ def toy(n=64, tasks=("click", "buy"), scenario=True, sequence=True, seed=0):
         cols["hist"] = hist
     for t in tasks:
         cols[t] = rng.integers(0, 2, n).astype(np.float32)
-    schema = DatasetSchema("toy", feats, tasks=list(tasks), user_field="user", item_field="item",
-                           scenario_field="scenario" if scenario else None)
+    schema = DatasetSchema(
+        "toy",
+        feats,
+        tasks=list(tasks),
+        user_field="user",
+        item_field="item",
+        scenario_field="scenario" if scenario else None,
+    )
     schema.validate(cols)
     return schema, build_tensors(schema, cols)
 
 
 def bce(out, batch, schema):
-    return sum(nn.functional.binary_cross_entropy_with_logits(out[t], batch["labels"][:, k])
-               for k, t in enumerate(schema.tasks))
+    return sum(
+        nn.functional.binary_cross_entropy_with_logits(out[t], batch["labels"][:, k])
+        for k, t in enumerate(schema.tasks)
+    )
 
 
 # -- every model: shapes, gradients, single- and multi-task ------------------------------------------------
@@ -101,14 +112,17 @@ def test_sfpnet_without_sequence_names_it():
     mtlbench.create_model("star", schema, embedding_dim=4)  # the others don't need one
 
 
-@pytest.mark.parametrize("name, settings, words", [
-    ("sfpnet", {"sequence": "clicks"}, "sequence 'clicks' is not a sequence field"),
-    ("sfpnet", {"num_blocks": 2, "block_dims": [8]}, "one width per block"),
-    ("sfpnet", {"tower_type": "moe"}, "tower_type"),
-    ("pepnet", {"prior_fields": ["author"]}, "prior_fields ['author']"),
-    ("pepnet", {"epnet_granularity": "dim"}, "epnet_granularity"),
-    ("star", {"aux_fields": ["page"]}, "aux_fields ['page']"),
-])
+@pytest.mark.parametrize(
+    "name, settings, words",
+    [
+        ("sfpnet", {"sequence": "clicks"}, "sequence 'clicks' is not a sequence field"),
+        ("sfpnet", {"num_blocks": 2, "block_dims": [8]}, "one width per block"),
+        ("sfpnet", {"tower_type": "moe"}, "tower_type"),
+        ("pepnet", {"prior_fields": ["author"]}, "prior_fields ['author']"),
+        ("pepnet", {"epnet_granularity": "dim"}, "epnet_granularity"),
+        ("star", {"aux_fields": ["page"]}, "aux_fields ['page']"),
+    ],
+)
 def test_bad_settings_are_one_line_config_errors(name, settings, words):
     schema, _ = toy(8)
     with pytest.raises(ConfigError) as err:
@@ -120,17 +134,27 @@ def test_bad_settings_are_one_line_config_errors(name, settings, words):
 def test_star_linear_is_shared_weight_times_scenario_weight_plus_bias_sum():
     layer = StarLinear(2, 2, num_scenarios=2)
     with torch.no_grad():
-        layer.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))                 # W
-        layer.bias.copy_(torch.tensor([0.5, -0.5]))                                 # b
-        layer.scenario_weight.copy_(torch.tensor([[[1.0, 0.0], [0.0, 1.0]],         # W_0
-                                                  [[2.0, 2.0], [-1.0, 0.5]]]))      # W_1
-        layer.scenario_bias.copy_(torch.tensor([[0.0, 1.0], [10.0, 20.0]]))       # b_0, b_1
+        layer.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))  # W
+        layer.bias.copy_(torch.tensor([0.5, -0.5]))  # b
+        layer.scenario_weight.copy_(
+            torch.tensor(
+                [
+                    [[1.0, 0.0], [0.0, 1.0]],  # W_0
+                    [[2.0, 2.0], [-1.0, 0.5]],
+                ]
+            )
+        )  # W_1
+        layer.scenario_bias.copy_(torch.tensor([[0.0, 1.0], [10.0, 20.0]]))  # b_0, b_1
     x = torch.tensor([[1.0, 1.0], [1.0, 1.0], [2.0, 0.0]])
     p = torch.tensor([0, 1, 1])
     # scenario 0: W ⊙ W_0 = [[1, 0], [0, 4]];  scenario 1: W ⊙ W_1 = [[2, 4], [-3, 2]]
-    want = torch.tensor([[1 + 0 + 0.5 + 0.0, 0 + 4 - 0.5 + 1.0],
-                         [2 - 3 + 0.5 + 10.0, 4 + 2 - 0.5 + 20.0],
-                         [4 + 0.5 + 10.0, 8 - 0.5 + 20.0]])
+    want = torch.tensor(
+        [
+            [1 + 0 + 0.5 + 0.0, 0 + 4 - 0.5 + 1.0],
+            [2 - 3 + 0.5 + 10.0, 4 + 2 - 0.5 + 20.0],
+            [4 + 0.5 + 10.0, 8 - 0.5 + 20.0],
+        ]
+    )
     assert torch.allclose(layer(x, p), want)
     w, b = layer.effective()
     assert torch.allclose(w[1], torch.tensor([[2.0, 4.0], [-3.0, 2.0]]))
@@ -149,8 +173,15 @@ def test_partitioned_norm_uses_each_rows_scenario_statistics_and_parameters():
     out = pn(z, p)
     # scenario 0: mean 2, var 1 -> ±1;  scenario 1: mean 20, var 200/3 -> (z - 20)/sqrt(200/3)
     s1 = math.sqrt(200 / 3)
-    want = torch.tensor([[2 * 1 * -1 + 1 + 0], [2 * 1 * 1 + 1 + 0],
-                         [2 * 3 * (-10 / s1) + 1 + 10], [2 * 3 * 0 + 1 + 10], [2 * 3 * (10 / s1) + 1 + 10]])
+    want = torch.tensor(
+        [
+            [2 * 1 * -1 + 1 + 0],
+            [2 * 1 * 1 + 1 + 0],
+            [2 * 3 * (-10 / s1) + 1 + 10],
+            [2 * 3 * 0 + 1 + 10],
+            [2 * 3 * (10 / s1) + 1 + 10],
+        ]
+    )
     assert torch.allclose(out, want, atol=1e-5)
     # moving averages of the scenarios present (unbiased variance), scenario 2 untouched
     assert torch.allclose(pn.running_mean[:, 0], torch.tensor([0.5 * 2, 0.5 * 20, 0.0]))
@@ -257,20 +288,24 @@ def test_pepnet_field_granularity_gives_one_gate_per_field():
 
 # -- SFPNet --------------------------------------------------------------------------------------------------
 def test_distribution_aware_pooling_is_masked_mean_and_std():
-    v = torch.tensor([[[1.0, 2.0], [3.0, 6.0], [100.0, 100.0]],    # two real behaviours, one PAD
-                      [[5.0, -1.0], [7.0, 7.0], [9.0, 9.0]],       # one real behaviour
-                      [[4.0, 4.0], [4.0, 4.0], [4.0, 4.0]]])       # none
+    v = torch.tensor(
+        [
+            [[1.0, 2.0], [3.0, 6.0], [100.0, 100.0]],  # two real behaviours, one PAD
+            [[5.0, -1.0], [7.0, 7.0], [9.0, 9.0]],  # one real behaviour
+            [[4.0, 4.0], [4.0, 4.0], [4.0, 4.0]],
+        ]
+    )  # none
     mask = torch.tensor([[True, True, False], [True, False, False], [False, False, False]])
     out = distribution_pooling(v, mask, eps=1e-6)
     assert out.shape == (3, 2, 2)
-    assert torch.allclose(out[0, 0], torch.tensor([2.0, 4.0]))                             # mean
-    assert torch.allclose(out[0, 1], torch.sqrt(torch.tensor([1.0, 4.0]) + 1e-6))        # sqrt(E[b²] − E[b]²)
+    assert torch.allclose(out[0, 0], torch.tensor([2.0, 4.0]))  # mean
+    assert torch.allclose(out[0, 1], torch.sqrt(torch.tensor([1.0, 4.0]) + 1e-6))  # sqrt(E[b²] − E[b]²)
     assert torch.allclose(out[1, 0], torch.tensor([5.0, -1.0]))
     assert torch.allclose(out[1, 1], torch.full((2,), 1e-3))
     assert torch.allclose(out[2, 0], torch.zeros(2))
     # Eq. 2 as written: sqrt(mean of squares − square of mean)
     b = v[0, :2]
-    assert torch.allclose(out[0, 1], torch.sqrt((b ** 2).mean(0) - b.mean(0) ** 2 + 1e-6))
+    assert torch.allclose(out[0, 1], torch.sqrt((b**2).mean(0) - b.mean(0) ** 2 + 1e-6))
     # finite gradients even for zero variance; padded positions get none
     v.requires_grad_(True)
     distribution_pooling(v, mask).sum().backward()
@@ -287,8 +322,8 @@ def test_sam_gate_has_layernorm_and_reweights_features_and_pooled_sequence():
     feats = torch.cat([x, pooled], 1).flatten(1)
     hidden = torch.relu(torch.cat([feats, s], 1) @ sam.w0.weight.T + sam.w0.bias)
     normed = (hidden - hidden.mean(1, keepdim=True)) / torch.sqrt(hidden.var(1, unbiased=False, keepdim=True) + 1e-5)
-    a = torch.sigmoid(normed @ sam.w1.weight.T + sam.w1.bias)                    # Eq. 3 (LN at its init)
-    assert torch.allclose(out.flatten(1), feats * a, atol=1e-5)                 # Eq. 4
+    a = torch.sigmoid(normed @ sam.w1.weight.T + sam.w1.bias)  # Eq. 3 (LN at its init)
+    assert torch.allclose(out.flatten(1), feats * a, atol=1e-5)  # Eq. 4
 
 
 def test_residual_tailoring_of_features_and_every_behaviour():
@@ -297,11 +332,11 @@ def test_residual_tailoring_of_features_and_every_behaviour():
         for p in rtm.parameters():
             p.zero_()
         rtm.w3.bias.copy_(torch.tensor([1.0, 2.0, 10.0, 20.0, 100.0, 200.0]))  # C = [c_1 | c_B,mean | c_B,std]
-        rtm.wx1.copy_(torch.eye(2).unsqueeze(0))                                 # W_{x,1} = I
-        rtm.w4.weight.copy_(torch.eye(2))                                        # W_4 = I
+        rtm.wx1.copy_(torch.eye(2).unsqueeze(0))  # W_{x,1} = I
+        rtm.w4.weight.copy_(torch.eye(2))  # W_4 = I
         rtm.w5.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 0.0]]))
-        rtm.w5.bias.copy_(torch.tensor([0.0, 100.0]))                            # σ = [0.5, 1]
-    x_hat = torch.tensor([[[3.0, -1.0], [0.0, 0.0], [0.0, 0.0]]])                # x̂_1, B slots
+        rtm.w5.bias.copy_(torch.tensor([0.0, 100.0]))  # σ = [0.5, 1]
+    x_hat = torch.tensor([[[3.0, -1.0], [0.0, 0.0], [0.0, 0.0]]])  # x̂_1, B slots
     v = torch.tensor([[[1.0, -2.0], [-4.0, 5.0]]])
     x, v_new = rtm(x_hat, x_hat[:, :1], v)
     # Eq. 6: ReLU(I x̂ + 0) + σ(0) ⊗ c_1 = [3, 0] + 0.5 [1, 2]
@@ -330,8 +365,8 @@ def test_sdnn_layers_are_scenario_gated():
     net = ScenarioDNN(4, 2, [3], gate_hidden=5)
     h, s = torch.randn(6, 4), torch.randn(6, 2)
     g = net.gates[0]
-    a = torch.sigmoid(g[3](g[2](torch.relu(g[0](torch.cat([h, s], 1))))))          # Eq. 10
-    h1 = torch.relu(net.layers[0](h * a))                                            # Eq. 11
+    a = torch.sigmoid(g[3](g[2](torch.relu(g[0](torch.cat([h, s], 1))))))  # Eq. 10
+    h1 = torch.relu(net.layers[0](h * a))  # Eq. 11
     assert torch.allclose(net(h, s), net.out(h1).squeeze(-1), atol=1e-6)
     assert isinstance(g[2], nn.LayerNorm)
 
@@ -341,13 +376,13 @@ def test_sfpnet_padding_does_not_change_the_prediction_but_behaviours_do():
     schema, batch = toy(16)
     model = mtlbench.create_model("sfpnet", schema, embedding_dim=4).eval()
     longer = dict(batch)
-    longer["seq:hist"] = torch.cat([batch["seq:hist"], torch.full((16, 3), -1)], dim=1)   # more PAD
+    longer["seq:hist"] = torch.cat([batch["seq:hist"], torch.full((16, 3), -1)], dim=1)  # more PAD
     changed = dict(batch)
     changed["seq:hist"] = batch["seq:hist"].clone()
     real = batch["seq:hist"][:, 0] >= 0
     changed["seq:hist"][:, 0] = torch.where(real, (batch["seq:hist"][:, 0] + 1) % 30, -1)
     with torch.no_grad():
-        base, pad, other = (model.encode(b)[0] for b in (batch, longer, changed))   # H^1, before the towers
+        base, pad, other = (model.encode(b)[0] for b in (batch, longer, changed))  # H^1, before the towers
         assert torch.allclose(base, pad, atol=1e-6, rtol=0)
         moved = (base - other).abs().amax(1)
         assert (moved[real] > 1e-5).all() and (moved[~real] == 0).all() and (~real).any()
@@ -360,12 +395,12 @@ def test_sfpnet_blocks_stack_and_single_task_form_is_one_sdnn():
     model = mtlbench.create_model("sfpnet", schema, embedding_dim=4, num_blocks=2, block_dims=[6, 5])
     assert len(model.blocks) == 2 and len(model.towers) == 1 and isinstance(model.towers[0], ScenarioDNN)
     x, v, mask, s = model.inputs(batch)
-    assert x.shape == (16, 3, 4) and v.shape == (16, 4, 4)          # user, item, price; 4 behaviours
+    assert x.shape == (16, 3, 4) and v.shape == (16, 4, 4)  # user, item, price; 4 behaviours
     assert torch.equal(mask, batch["seq:hist"] >= 0)
     for block, width in zip(model.blocks, [6, 5]):
         x, v = block(x, v, mask, s)
         assert x.shape == (16, 3, width) and v.shape == (16, 4, width)
-    h = torch.cat([x.flatten(1), model.attention(v, mask, x[:, 1])], 1)          # item is field 1
+    h = torch.cat([x.flatten(1), model.attention(v, mask, x[:, 1])], 1)  # item is field 1
     assert torch.allclose(model(batch)["click"], model.towers[0](h, s), atol=1e-6)
 
 
@@ -396,16 +431,19 @@ def test_base_dnn_is_one_shared_dnn_with_the_scenario_as_input():
         assert torch.allclose(out[t], model.towers.towers[k](h).squeeze(-1), atol=1e-6)
     # nothing scenario-specific: parameters = embeddings + one DNN + towers
     assert sum(p.numel() for p in model.parameters()) == (
-        emb.table.weight.numel() + sum(p.numel() for p in model.dnn.parameters())
-        + sum(p.numel() for p in model.towers.parameters()))
+        emb.table.weight.numel()
+        + sum(p.numel() for p in model.dnn.parameters())
+        + sum(p.numel() for p in model.towers.parameters())
+    )
 
 
 # -- data layer: sequences with padding masks ------------------------------------------------------------------
 def test_lifecycle_sequence_reaches_the_models_with_its_padding_mask(tmp_path):
     from mtlbench.data.datamodule import MultiTaskDataModule
 
-    dm = MultiTaskDataModule("lifecycle", {"n_rows": 3000, "n_users": 200, "n_items": 100}, batch_size=256,
-                             cache_dir=str(tmp_path))
+    dm = MultiTaskDataModule(
+        "lifecycle", {"n_rows": 3000, "n_users": 200, "n_items": 100}, batch_size=256, cache_dir=str(tmp_path)
+    )
     schema = dm.load()
     batch = next(iter(dm.train_dataloader()))
     ids = batch["seq:hist_items"]
@@ -441,12 +479,31 @@ def test_cli_model_missing_field_is_one_line_error(tmp_path):
 
     rng = np.random.default_rng(0)
     path = tmp_path / "log.parquet"
-    pq.write_table(pa.table({"u": rng.integers(0, 5, 200), "s": rng.integers(0, 2, 200),
-                             "y": rng.integers(0, 2, 200).astype(np.float32)}), path)
-    proc = run_cli(["dataset=table", f"dataset.path={path}", "dataset.tasks=[y]",
-                    "+dataset.categorical={u: {vocab_size: 5, role: user}, s: {vocab_size: 2}}", "dataset.user_field=u",
-                    "dataset.scenario_field=s", "model=sfpnet", "trainer.max_epochs=1", "logger=none",
-                    f"hydra.run.dir={tmp_path / 'out'}"], cwd=tmp_path)
+    pq.write_table(
+        pa.table(
+            {
+                "u": rng.integers(0, 5, 200),
+                "s": rng.integers(0, 2, 200),
+                "y": rng.integers(0, 2, 200).astype(np.float32),
+            }
+        ),
+        path,
+    )
+    proc = run_cli(
+        [
+            "dataset=table",
+            f"dataset.path={path}",
+            "dataset.tasks=[y]",
+            "+dataset.categorical={u: {vocab_size: 5, role: user}, s: {vocab_size: 2}}",
+            "dataset.user_field=u",
+            "dataset.scenario_field=s",
+            "model=sfpnet",
+            "trainer.max_epochs=1",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'out'}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     err = [line for line in proc.stderr.splitlines() if line.startswith("mtlbench: error:")]
     assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -462,6 +519,7 @@ def test_sfpnet_single_task_ctr_run_end_to_end(tmp_path):
     from mtlbench.training.run import train
 
     if "lifecycle_ctr_test" not in DATASETS:
+
         @register_dataset("lifecycle_ctr_test")
         class ClickOnly(LifecycleSimulator):
             def build(self):

@@ -26,19 +26,33 @@ TASKS = ["click", "long_view", "purchase"]
 def tiny(n=48, scenario=True):
     """Three tasks like the lifecycle data: purchase implies click, labels on every impression."""
     rng = np.random.default_rng(0)
-    feats = [Feature("user", "categorical", 10, "user"), Feature("item", "categorical", 12, "item"),
-             Feature("price", "numeric"),
-             Feature("hist", "sequence", max_len=3, embedding="item", role="user")]
+    feats = [
+        Feature("user", "categorical", 10, "user"),
+        Feature("item", "categorical", 12, "item"),
+        Feature("price", "numeric"),
+        Feature("hist", "sequence", max_len=3, embedding="item", role="user"),
+    ]
     if scenario:
         feats.append(Feature("scenario", "categorical", 3))
-    schema = DatasetSchema("tiny", feats, tasks=list(TASKS), user_field="user", item_field="item",
-                           scenario_field="scenario" if scenario else None,
-                           task_roles={"click": "click", "conversion": "purchase"})
+    schema = DatasetSchema(
+        "tiny",
+        feats,
+        tasks=list(TASKS),
+        user_field="user",
+        item_field="item",
+        scenario_field="scenario" if scenario else None,
+        task_roles={"click": "click", "conversion": "purchase"},
+    )
     click = rng.integers(0, 2, n).astype(np.float32)
-    cols = {"user": rng.integers(0, 10, n), "item": rng.integers(0, 12, n),
-            "price": rng.random(n).astype(np.float32), "hist": rng.integers(-1, 12, (n, 3)), "click": click,
-            "long_view": (click * rng.integers(0, 2, n)).astype(np.float32),
-            "purchase": (click * rng.integers(0, 2, n)).astype(np.float32)}
+    cols = {
+        "user": rng.integers(0, 10, n),
+        "item": rng.integers(0, 12, n),
+        "price": rng.random(n).astype(np.float32),
+        "hist": rng.integers(-1, 12, (n, 3)),
+        "click": click,
+        "long_view": (click * rng.integers(0, 2, n)).astype(np.float32),
+        "purchase": (click * rng.integers(0, 2, n)).astype(np.float32),
+    }
     if scenario:
         cols["scenario"] = np.arange(n) % 3
     schema.validate(cols)
@@ -46,17 +60,18 @@ def tiny(n=48, scenario=True):
 
 
 def bce_all(out, batch):
-    return sum(F.binary_cross_entropy_with_logits(out.logits[t], batch["labels"][:, k])
-               for k, t in enumerate(TASKS))
+    return sum(F.binary_cross_entropy_with_logits(out.logits[t], batch["labels"][:, k]) for k, t in enumerate(TASKS))
 
 
 # -- forward / backward -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["aitm", "esmm", "aem2tl"])
 def test_forward_backward_shapes(name):
     schema, batch = tiny()
-    model = mtlbench.create_model(name, schema, embedding_dim=4, **({"chain": ["click", "purchase"]}
-                                                                    if name == "aitm" else {}))
+    model = mtlbench.create_model(
+        name, schema, embedding_dim=4, **({"chain": ["click", "purchase"]} if name == "aitm" else {})
+    )
     out = model(batch)
     assert list(out.logits) == TASKS and all(v.shape == (48,) for v in out.logits.values())
     if name == "aitm":
@@ -68,14 +83,17 @@ def test_forward_backward_shapes(name):
     assert model.shared_parameters(), "gradient-based weightings need shared parameters"
 
 
-@pytest.mark.parametrize("name, kwargs, words", [
-    ("esmm", {"cvr_task": "buy"}, ["cvr_task='buy'", "purchase"]),
-    ("esmm", {"ctr_task": "purchase", "cvr_task": "purchase"}, ["must differ"]),
-    ("aem2tl", {"ctr_task": "clk"}, ["ctr_task='clk'"]),
-    ("aem2tl", {"prior_fields": ["user", "age"]}, ["prior_fields", "age"]),
-    ("aitm", {"chain": ["click", "buy"]}, ["chain", "buy"]),
-    ("aitm", {"chain": ["click"]}, ["at least two"]),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, words",
+    [
+        ("esmm", {"cvr_task": "buy"}, ["cvr_task='buy'", "purchase"]),
+        ("esmm", {"ctr_task": "purchase", "cvr_task": "purchase"}, ["must differ"]),
+        ("aem2tl", {"ctr_task": "clk"}, ["ctr_task='clk'"]),
+        ("aem2tl", {"prior_fields": ["user", "age"]}, ["prior_fields", "age"]),
+        ("aitm", {"chain": ["click", "buy"]}, ["chain", "buy"]),
+        ("aitm", {"chain": ["click"]}, ["at least two"]),
+    ],
+)
 def test_bad_settings_are_one_line_config_errors(name, kwargs, words):
     schema, _ = tiny()
     with pytest.raises(ConfigError) as err:
@@ -90,8 +108,11 @@ def test_entire_space_models_refuse_a_click_conditional_conversion_label(name):
     """A CVR label that exists only on clicked rows is the biased label ESMM replaces: refused, not trained."""
     schema, _ = tiny()
     schema = replace(schema, tasks=["click", "cvr", "purchase"], conditional_tasks={"cvr": "click"})
-    with pytest.raises(ConfigError, match=r"cvr_task names 'cvr', labelled only where 'click' is positive.*"
-                                          r"entire-space conversion task is 'purchase'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"cvr_task names 'cvr', labelled only where 'click' is positive.*"
+        r"entire-space conversion task is 'purchase'",
+    ):
         mtlbench.create_model(name, schema, embedding_dim=4, cvr_task="cvr")
     narrowed = select_tasks(schema, ["click", "cvr"])  # no entire-space conversion task left
     assert narrowed.conditional_tasks == {"cvr": "click"} and narrowed.task_roles == {"click": "click"}
@@ -109,8 +130,9 @@ def test_conversion_models_take_their_tasks_from_the_task_roles(name):
     assert (model.ctr_task, model.cvr_task) == ("click", "purchase")
     swapped = replace(schema, task_roles={"click": "long_view", "conversion": "purchase"})
     assert mtlbench.create_model(name, swapped, embedding_dim=4).ctr_task == "long_view"
-    named = mtlbench.create_model(name, replace(schema, task_roles={}), embedding_dim=4, ctr_task="click",
-                                  cvr_task="long_view")  # the config's names win, roles or not
+    named = mtlbench.create_model(
+        name, replace(schema, task_roles={}), embedding_dim=4, ctr_task="click", cvr_task="long_view"
+    )  # the config's names win, roles or not
     assert (named.ctr_task, named.cvr_task) == ("click", "long_view")
     with pytest.raises(ConfigError) as err:
         mtlbench.create_model(name, replace(schema, task_roles={}), embedding_dim=4)
@@ -134,6 +156,7 @@ def test_aem2tl_without_a_scenario_field_names_the_missing_field():
 
 
 # -- ESMM: the entire-space product -------------------------------------------------------------------
+
 
 def test_ctcvr_logit_is_the_logit_of_the_product_and_stays_finite():
     assert ctcvr_logit(torch.tensor(0.0), torch.tensor(0.0)).item() == pytest.approx(math.log(1 / 3))  # p=1/4
@@ -162,13 +185,13 @@ def test_esmm_conversion_logit_is_pctr_times_pcvr_trained_over_all_impressions()
     y = batch["labels"][:, 2]
     pc = p_ctr * p_cvr
     ctcvr = -(y * torch.log(pc) + (1 - y) * torch.log(1 - pc)).mean()
-    assert F.binary_cross_entropy_with_logits(out.logits["purchase"], y).item() == pytest.approx(ctcvr.item(),
-                                                                                                  rel=1e-5)
+    assert F.binary_cross_entropy_with_logits(out.logits["purchase"], y).item() == pytest.approx(ctcvr.item(), rel=1e-5)
     # the long_view task is an ordinary tower
     assert torch.allclose(out.logits["long_view"], towers["long_view"](x).squeeze(-1), atol=1e-6)
 
 
 # -- AITM: transfer unit and calibrator --------------------------------------------------------------
+
 
 def test_ait_unit_attends_over_transferred_and_own_representation():
     ait = AIT(2)
@@ -194,8 +217,9 @@ def test_label_constraint_penalises_only_later_steps_predicted_above_earlier_one
 
 def test_aitm_transfers_along_the_chain_only_and_returns_the_weighted_calibrator():
     schema, batch = tiny()
-    model = mtlbench.create_model("aitm", schema, embedding_dim=4, tower=[6], chain=["click", "purchase"],
-                                  calibrator_weight=0.6)
+    model = mtlbench.create_model(
+        "aitm", schema, embedding_dim=4, tower=[6], chain=["click", "purchase"], calibrator_weight=0.6
+    )
     out = model(batch)
     probs = [torch.sigmoid(out.logits[t]) for t in ("click", "purchase")]
     want = 0.6 * torch.relu(probs[1] - probs[0]).mean()
@@ -210,6 +234,7 @@ def test_aitm_transfers_along_the_chain_only_and_returns_the_weighted_calibrator
 
 
 # -- AEM2TL: scenario CGC, personalised gates, decomposition -----------------------------------------
+
 
 def test_scenario_cgc_uses_each_rows_own_scenario_experts_and_gate():
     torch.manual_seed(0)
@@ -236,8 +261,8 @@ def test_personalized_gate_scales_units_by_two_sigmoid_and_stops_the_gradient_in
     got = tower(e, prior)
     assert torch.allclose(got, want, atol=1e-6)
     assert ((delta > 0) & (delta < 2)).all()
-    g_got, = torch.autograd.grad(got.sum(), e)
-    g_want, = torch.autograd.grad(want.sum(), e)
+    (g_got,) = torch.autograd.grad(got.sum(), e)
+    (g_want,) = torch.autograd.grad(want.sum(), e)
     assert torch.allclose(g_got, g_want, atol=1e-6)  # e reaches the gate only through stop_gradient
     with torch.no_grad():  # a gate that outputs logit 0 scales by 2·sigmoid(0) = 1: the plain tower
         tower.gate[-1].weight.zero_()
@@ -251,8 +276,9 @@ def test_aem2tl_decomposes_conversion_over_the_entire_space_with_personalised_pr
     model = mtlbench.create_model("aem2tl", schema, embedding_dim=4, tower=[6])
     assert model.prior_index == [0, 1, 2]  # default priors: the user, item and scenario fields
     out = model(batch)
-    assert torch.allclose(torch.sigmoid(out.logits["purchase"]),
-                          torch.sigmoid(out.logits["click"]) * out.extras["cvr"], atol=1e-6)
+    assert torch.allclose(
+        torch.sigmoid(out.logits["purchase"]), torch.sigmoid(out.logits["click"]) * out.extras["cvr"], atol=1e-6
+    )
     # by hand: embeddings -> Scenario-CGC -> Task-CGC -> gated towers; the click logit is its tower's output
     fields = model.embedding.fields(batch)
     x = torch.cat([fields.flatten(1), batch["numeric"]], 1)
@@ -266,6 +292,7 @@ def test_aem2tl_decomposes_conversion_over_the_entire_space_with_personalised_pr
 
 
 # -- end to end ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["aitm", "esmm", "aem2tl"])

@@ -35,8 +35,9 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor, y: to
 
 def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
-    return [(torch.randint(0, 20, (16, 2), generator=g), torch.randint(0, 2, (16,), generator=g).float())
-            for _ in range(n)]
+    return [
+        (torch.randint(0, 20, (16, 2), generator=g), torch.randint(0, 2, (16,), generator=g).float()) for _ in range(n)
+    ]
 
 
 def test_row_sparse_adam_matches_torch_sparse_adam_and_adam():
@@ -81,8 +82,10 @@ def test_row_sparse_adam_resumes_from_its_state_dict():
 def test_build_optimizer_choices():
     model = Tiny()
     assert type(build_optimizer(model.parameters(), {"name": "adam", "sparse_embeddings": True})) is RowSparseAdam
-    assert type(build_optimizer(model.parameters(), {"name": "sgd", "lr": 0.1, "sparse_embeddings": True})) \
+    assert (
+        type(build_optimizer(model.parameters(), {"name": "sgd", "lr": 0.1, "sparse_embeddings": True}))
         is torch.optim.SGD
+    )
     dense = build_optimizer(model.parameters(), {"name": "adam"})
     assert type(dense) is torch.optim.Adam and dense.defaults["fused"] is True
     with pytest.raises(ConfigError, match="weight_decay must be 0"):

@@ -45,11 +45,38 @@ def test_script_reports_throughput_memory_and_auc(tmp_path):
     out = tmp_path / "peers.json"
     libs = ["mtlbench", "fused"]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "peers.py"), "--rows", "6000",
-                           "--libs", ",".join(libs), "--models", "mmoe", "--repeats", "1", "--threads", "1",
-                           "--batch", "128", "--epochs", "2", "--max-vocab", "1000", "--roofline-seconds", "0.2",
-                           "--json", str(out), "--workdir", str(tmp_path / "w")],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "peers.py"),
+            "--rows",
+            "6000",
+            "--libs",
+            ",".join(libs),
+            "--models",
+            "mmoe",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--batch",
+            "128",
+            "--epochs",
+            "2",
+            "--max-vocab",
+            "1000",
+            "--roofline-seconds",
+            "0.2",
+            "--json",
+            str(out),
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["rows"] == 6000 and report["train_rows"] == 5400 and report["test_rows"] == 570
@@ -57,7 +84,7 @@ def test_script_reports_throughput_memory_and_auc(tmp_path):
     assert set(rows) == set(libs)
     for lib, r in rows.items():
         assert r["model"] == "mmoe"
-        assert r["train_samples"] == 2 * 5400, lib      # 2 epochs over the 90% training rows
+        assert r["train_samples"] == 2 * 5400, lib  # 2 epochs over the 90% training rows
         assert r["samples_per_second"] > 0 and r["peak_rss_mb"] > 50
         assert all(0.5 < r["auc"][t] <= 1.0 for t in peers.TASKS), (lib, r["auc"])
     # the same architecture and sizes: mtlbench's MMoE and the fused loop have the same parameter count
@@ -69,18 +96,49 @@ def test_script_reports_throughput_memory_and_auc(tmp_path):
     assert "| mtlbench | mmoe |" in proc.stdout
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch_rechub") is None
-                    and importlib.util.find_spec("deepctr_torch") is None, reason="no peer library installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch_rechub") is None and importlib.util.find_spec("deepctr_torch") is None,
+    reason="no peer library installed",
+)
 def test_peer_libraries_train_the_same_task(tmp_path):
-    libs = [x for x, mod in (("torch-rechub", "torch_rechub"), ("deepctr-torch", "deepctr_torch"))
-            if importlib.util.find_spec(mod) is not None]
+    libs = [
+        x
+        for x, mod in (("torch-rechub", "torch_rechub"), ("deepctr-torch", "deepctr_torch"))
+        if importlib.util.find_spec(mod) is not None
+    ]
     out = tmp_path / "peers.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "peers.py"), "--rows", "6000",
-                           "--libs", ",".join(libs), "--models", "mmoe,ple", "--repeats", "1", "--threads", "1",
-                           "--batch", "128", "--epochs", "2", "--max-vocab", "1000", "--no-roofline",
-                           "--clock", "cpu", "--json", str(out)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "peers.py"),
+            "--rows",
+            "6000",
+            "--libs",
+            ",".join(libs),
+            "--models",
+            "mmoe,ple",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--batch",
+            "128",
+            "--epochs",
+            "2",
+            "--max-vocab",
+            "1000",
+            "--no-roofline",
+            "--clock",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["clock"] == "cpu"

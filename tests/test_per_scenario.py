@@ -12,33 +12,43 @@ import mtlbench
 from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.tensors import build_tensors
 from mtlbench.errors import ConfigError
+from mtlbench.factory import create_weighting
 from mtlbench.models import as_output
 from mtlbench.models.backbones import PLEBackbone
 from mtlbench.models.layers import MLP, ExpertGroup, FeatureEmbedding, ScenarioTowers, Towers
-from mtlbench.training.run import create_weighting
 
 from conftest import FAST, run_cli
 
 MODELS = ["shared_bottom", "mmoe", "ple"]
-SMALL = {"shared_bottom": {"bottom": (8, 6), "tower": (5,)},
-         "mmoe": {"num_experts": 3, "expert": (8, 6), "tower": (5,)},
-         "ple": {"num_levels": 2, "num_specific_experts": 2, "num_shared_experts": 2, "expert": (8, 6),
-                 "tower": (5,)}}
+SMALL = {
+    "shared_bottom": {"bottom": (8, 6), "tower": (5,)},
+    "mmoe": {"num_experts": 3, "expert": (8, 6), "tower": (5,)},
+    "ple": {"num_levels": 2, "num_specific_experts": 2, "num_shared_experts": 2, "expert": (8, 6), "tower": (5,)},
+}
 S = 3
 
 
 def toy(n=48, tasks=("click", "buy"), scenario=True, seed=0):
     rng = np.random.default_rng(seed)
-    feats = [Feature("user", "categorical", 20, "user"), Feature("item", "categorical", 30, "item"),
-             Feature("price", "numeric")]
+    feats = [
+        Feature("user", "categorical", 20, "user"),
+        Feature("item", "categorical", 30, "item"),
+        Feature("price", "numeric"),
+    ]
     cols = {"user": rng.integers(0, 20, n), "item": rng.integers(0, 30, n), "price": rng.random(n).astype(np.float32)}
     if scenario:
         feats.append(Feature("scenario", "categorical", S))
         cols["scenario"] = np.arange(n) % S
     for t in tasks:
         cols[t] = rng.integers(0, 2, n).astype(np.float32)
-    schema = DatasetSchema("toy", feats, tasks=list(tasks), user_field="user", item_field="item",
-                           scenario_field="scenario" if scenario else None)
+    schema = DatasetSchema(
+        "toy",
+        feats,
+        tasks=list(tasks),
+        user_field="user",
+        item_field="item",
+        scenario_field="scenario" if scenario else None,
+    )
     schema.validate(cols)
     return schema, build_tensors(schema, cols)
 
@@ -54,8 +64,11 @@ def rows(batch, keep):
 
 
 def loss_of(out, batch, schema, tasks=None):
-    return sum(nn.functional.binary_cross_entropy_with_logits(out[t], batch["labels"][:, k])
-               for k, t in enumerate(schema.tasks) if tasks is None or t in tasks)
+    return sum(
+        nn.functional.binary_cross_entropy_with_logits(out[t], batch["labels"][:, k])
+        for k, t in enumerate(schema.tasks)
+        if tasks is None or t in tasks
+    )
 
 
 def grads(model, batch, schema, tasks=None):
@@ -76,10 +89,13 @@ def reference(name, schema, **kw):
         return {"embedding": emb, "bottom": bottom, "towers": Towers(schema.tasks, bottom.out_dim, list(c["tower"]))}
     if name == "mmoe":
         experts = ExpertGroup(c["num_experts"], d, list(c["expert"]))
-        return {"embedding": emb, "backbone.experts": experts, "backbone.gates": nn.Linear(d, c["num_experts"] * k),
-                "towers": Towers(schema.tasks, experts.out_dim, list(c["tower"]))}
-    backbone = PLEBackbone(k, d, c["num_levels"], c["num_specific_experts"], c["num_shared_experts"],
-                           list(c["expert"]))
+        return {
+            "embedding": emb,
+            "backbone.experts": experts,
+            "backbone.gates": nn.Linear(d, c["num_experts"] * k),
+            "towers": Towers(schema.tasks, experts.out_dim, list(c["tower"])),
+        }
+    backbone = PLEBackbone(k, d, c["num_levels"], c["num_specific_experts"], c["num_shared_experts"], list(c["expert"]))
     return {"embedding": emb, "backbone": backbone, "towers": Towers(schema.tasks, backbone.out_dim, list(c["tower"]))}
 
 
@@ -124,8 +140,11 @@ def slots(name, model):
     n = model.towers.n
     out = {j: [("towers.weight", j), ("towers.bias", j)] for j in range(n)}
     for j in range(n):
-        out[j] += [(f"towers.hidden.{w}.{i}", j) for w in ("weights", "biases")
-                   for i in range(len(model.towers.hidden.weights))]
+        out[j] += [
+            (f"towers.hidden.{w}.{i}", j)
+            for w in ("weights", "biases")
+            for i in range(len(model.towers.hidden.weights))
+        ]
     if name == "mmoe":
         e = model.num_experts
         for j in range(n):
@@ -138,8 +157,11 @@ def slots(name, model):
                 out[j] += [(f"backbone.levels.{li}.task_gates.{j}.{p}", slice(None)) for p in ("weight", "bias")]
             # the last level's specific experts (earlier ones also feed the shared gate, hence every slot)
             last = len(levels) - 1
-            out[j] += [(n_, slice(None)) for n_, _ in model.named_parameters()
-                       if n_.startswith(f"backbone.levels.{last}.specific.{j}.")]
+            out[j] += [
+                (n_, slice(None))
+                for n_, _ in model.named_parameters()
+                if n_.startswith(f"backbone.levels.{last}.specific.{j}.")
+            ]
     return out
 
 
@@ -217,8 +239,11 @@ def test_shared_bottom_slots_by_hand(per):
         h = model.bottom(model.embedding.flat(batch))
         for r in (0, 1, 2, 7):
             s = int(batch["scenario"][r])
-            want = (tower(model, s, h[r]) if per == "scenario"
-                    else torch.cat([tower(model, ti * S + s, h[r]) for ti in range(k)]))
+            want = (
+                tower(model, s, h[r])
+                if per == "scenario"
+                else torch.cat([tower(model, ti * S + s, h[r]) for ti in range(k)])
+            )
             torch.testing.assert_close(torch.stack([out[t][r] for t in schema.tasks]), want)
 
 
@@ -236,12 +261,12 @@ def test_mmoe_slots_by_hand(per):
             s = int(batch["scenario"][r])
             got = torch.stack([out[t][r] for t in schema.tasks])
             if per == "scenario":
-                gate = torch.softmax(x[r] @ w[s * e:(s + 1) * e].T + b[s * e:(s + 1) * e], dim=-1)
+                gate = torch.softmax(x[r] @ w[s * e : (s + 1) * e].T + b[s * e : (s + 1) * e], dim=-1)
                 torch.testing.assert_close(got, tower(model, s, gate @ experts[r]))
             else:
                 for ti in range(k):
                     j = ti * S + s
-                    gate = torch.softmax(x[r] @ w[j * e:(j + 1) * e].T + b[j * e:(j + 1) * e], dim=-1)
+                    gate = torch.softmax(x[r] @ w[j * e : (j + 1) * e].T + b[j * e : (j + 1) * e], dim=-1)
                     torch.testing.assert_close(got[ti], tower(model, j, gate @ experts[r])[0])
 
 
@@ -256,8 +281,11 @@ def test_ple_slots_by_hand(per):
         for r in (0, 1, 2, 7):
             s = int(batch["scenario"][r])
             got = torch.stack([out[t][r] for t in schema.tasks])
-            want = (tower(model, s, reps[s][r]) if per == "scenario"
-                    else torch.cat([tower(model, ti * S + s, reps[ti * S + s][r]) for ti in range(k)]))
+            want = (
+                tower(model, s, reps[s][r])
+                if per == "scenario"
+                else torch.cat([tower(model, ti * S + s, reps[ti * S + s][r]) for ti in range(k)])
+            )
             torch.testing.assert_close(got, want)
 
 
@@ -313,8 +341,10 @@ def test_gradient_weightings_run_on_per_scenario_models(name, per, weighting):
 
 def test_parameter_counts_grow_with_the_slots():
     schema, _ = toy()
-    count = {per: {n: sum(p.numel() for p in build(n, schema, per=per).parameters()) for n in MODELS}
-             for per in ("task", "scenario", "task_scenario")}
+    count = {
+        per: {n: sum(p.numel() for p in build(n, schema, per=per).parameters()) for n in MODELS}
+        for per in ("task", "scenario", "task_scenario")
+    }
     for n in MODELS:
         assert count["task"][n] < count["scenario"][n] < count["task_scenario"][n], n
 
@@ -323,8 +353,18 @@ def test_parameter_counts_grow_with_the_slots():
 @pytest.mark.slow
 def test_cli_mmoe_per_scenario_trains_and_reports_per_scenario_auc(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(["model=mmoe", "model.per=scenario", "dataset.n_rows=3000", "dataset.n_users=300",
-                    "dataset.n_items=200", *FAST, f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "model=mmoe",
+            "model.per=scenario",
+            "dataset.n_rows=3000",
+            "dataset.n_users=300",
+            "dataset.n_items=200",
+            *FAST,
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["model"]["per"] == "scenario"

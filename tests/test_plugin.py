@@ -15,9 +15,22 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def plugin_path(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                           "--target", str(target), str(REPO / "plugins" / "mtlbench-example")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO / "plugins" / "mtlbench-example"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0 and "setuptools" in proc.stderr and "No module named" in proc.stderr:
         pytest.skip("setuptools is not installed in this environment")
     assert proc.returncode == 0, proc.stderr
@@ -30,18 +43,63 @@ def env_with(path):
 
 def test_plugin_model_is_listed_only_when_installed(plugin_path, tmp_path):
     code = "import mtlbench; print(mtlbench.list_models('example*'))"
-    with_plugin = subprocess.run([sys.executable, "-c", code], env=env_with(plugin_path), capture_output=True,
-                                 text=True, cwd=tmp_path)  # cwd: import the installed package, not the checkout
+    with_plugin = subprocess.run(
+        [sys.executable, "-c", code], env=env_with(plugin_path), capture_output=True, text=True, cwd=tmp_path
+    )  # cwd: import the installed package, not the checkout
     without = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert with_plugin.stdout.strip() == "['example_gated']", with_plugin.stderr
     assert without.stdout.strip() == "[]"
 
 
+def test_plugin_weighting_and_dataset_train_from_the_cli(plugin_path, tmp_path):
+    """One file plus one config each: the plugin's dataset and weighting compose and train like built-ins."""
+    out = tmp_path / "run"
+    args = [
+        "dataset=example_toy",
+        "weighting=example_loss_scale",
+        "model=mmoe",
+        "model.expert=[16]",
+        "batch_size=256",
+        "model.tower=[8]",
+        "trainer.max_epochs=2",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtlbench.cli.train", *args, f"hydra.run.dir={out}"],
+        cwd=tmp_path,
+        env=dict(env_with(plugin_path), MTLBENCH_CACHE=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert (res["dataset"], res["weighting"]) == ("example_toy", "example_loss_scale")
+    assert res["config"]["dataset"]["n_rows"] == 20000 and res["config"]["weighting"]["momentum"] == 0.9
+    assert all(0.55 < m["auc"] < 1.0 for m in res["metrics"]["valid"].values()), res["metrics"]["valid"]
+    # the plugin's dataset settings are recorded from its constructor's signature (defaults included)
+    code = (
+        "import mtlbench; src = mtlbench.create_dataset('example_toy', n_rows=500); print(sorted(src.settings.items()))"
+    )
+    got = subprocess.run(
+        [sys.executable, "-c", code], env=env_with(plugin_path), capture_output=True, text=True, cwd=tmp_path
+    )
+    assert got.stdout.strip() == "[('dim', 4), ('n_items', 200), ('n_rows', 500), ('n_users', 500), ('seed', 0)]", (
+        got.stderr
+    )
+
+
 def test_plugin_model_trains_from_the_cli(plugin_path, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "mtlbench.cli.train", *TINY, "model=example_gated",
-                           f"hydra.run.dir={out}"], cwd=tmp_path, env=env_with(plugin_path), capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtlbench.cli.train", *TINY, "model=example_gated", f"hydra.run.dir={out}"],
+        cwd=tmp_path,
+        env=env_with(plugin_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["model"] == "example_gated" and res["config"]["model"]["bottom"] == [64]
@@ -50,10 +108,23 @@ def test_plugin_model_trains_from_the_cli(plugin_path, tmp_path):
 
 def test_plugin_metric_is_computed_and_monitored_when_listed(plugin_path, tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "mtlbench.cli.train", *TINY, "model=shared_bottom", "metrics=[auc,hit_rate@3]",
-            "monitor=hit_rate@3"]
-    proc = subprocess.run([*args, f"hydra.run.dir={out}"], cwd=tmp_path, env=env_with(plugin_path),
-                          capture_output=True, text=True, timeout=600)
+    args = [
+        sys.executable,
+        "-m",
+        "mtlbench.cli.train",
+        *TINY,
+        "model=shared_bottom",
+        "metrics=[auc,hit_rate@3]",
+        "monitor=hit_rate@3",
+    ]
+    proc = subprocess.run(
+        [*args, f"hydra.run.dir={out}"],
+        cwd=tmp_path,
+        env=env_with(plugin_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     for split in ("valid", "test"):
@@ -72,14 +143,18 @@ def test_plugin_metric_is_computed_and_monitored_when_listed(plugin_path, tmp_pa
                 hits.append((y[np.argsort(-p, kind="stable")[:3]] > 0.5).any())
         assert m["hit_rate@3"] == pytest.approx(np.mean(hits), abs=1e-6), task
     # its direction comes from the plugin's class, found through the entry point
-    code = ("from mtlbench.metrics import higher_is_better, metric_class; "
-            "print(metric_class('hit_rate@3').__module__, higher_is_better('hit_rate@3'))")
-    found = subprocess.run([sys.executable, "-c", code], env=env_with(plugin_path), capture_output=True, text=True,
-                           cwd=tmp_path)
+    code = (
+        "from mtlbench.metrics import higher_is_better, metric_class; "
+        "print(metric_class('hit_rate@3').__module__, higher_is_better('hit_rate@3'))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], env=env_with(plugin_path), capture_output=True, text=True, cwd=tmp_path
+    )
     assert found.stdout.split() == ["mtlbench_example.metric", "True"], found.stderr
     # without the plugin the name is unknown: one line, before any data is read, no results.json
-    missing = subprocess.run([*args, f"hydra.run.dir={tmp_path / 'missing'}"], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=600)
+    missing = subprocess.run(
+        [*args, f"hydra.run.dir={tmp_path / 'missing'}"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert missing.returncode != 0
     err = [line for line in missing.stderr.splitlines() if line.startswith("mtlbench: error:")]
     assert len(err) == 1 and "unknown metric 'hit_rate'" in err[0], missing.stderr[-2000:]

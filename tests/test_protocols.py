@@ -38,13 +38,14 @@ def aliccp_raw(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_sfpnet_table4_on_raw_aliccp(tmp_path, aliccp_raw):
     sweep, runs, md = sweep_run(tmp_path, ["experiment=sfpnet_table4", f"dataset.path={aliccp_raw}"])
-    assert sorted(runs) == sorted(f"{m}_equal_seed0" for m in
-                                  ["base_dnn", "shared_bottom", "mmoe", "ple", "star", "pepnet", "sfpnet"])
+    assert sorted(runs) == sorted(
+        f"{m}_equal_seed0" for m in ["base_dnn", "shared_bottom", "mmoe", "ple", "star", "pepnet", "sfpnet"]
+    )
     for name, r in runs.items():
-        assert list(r["metrics"]["test"]) == ["ctr"], name          # CTR only
+        assert list(r["metrics"]["test"]) == ["ctr"], name  # CTR only
         assert r["config"]["model"]["embedding_dim"] == 40 and r["config"]["dataset"]["name"] == "ali_ccp"
         assert {f"auc@scenario={s}" for s in range(3)} <= set(r["metrics"]["test"]["ctr"])
-    for model in ("shared_bottom", "mmoe", "ple"):                  # the multi-scenario form of the baselines
+    for model in ("shared_bottom", "mmoe", "ple"):  # the multi-scenario form of the baselines
         assert runs[f"{model}_equal_seed0"]["config"]["model"]["per"] == "scenario"
     assert runs["sfpnet_equal_seed0"]["config"]["model"]["num_blocks"] == 2
     assert "| model | seeds | CTR AUC |" in md and "| SFPNet | 1 |" in md and "| SharedBottom | 1 |" in md
@@ -56,8 +57,8 @@ def test_sfpnet_table4_on_raw_aliccp(tmp_path, aliccp_raw):
 @pytest.mark.slow
 def test_aem2tl_table_on_raw_aliccp(tmp_path, aliccp_raw):
     sweep, runs, md = sweep_run(tmp_path, ["experiment=aem2tl_table", f"dataset.path={aliccp_raw}"])
-    assert "aem2tl_gradnorm_seed0" in runs                          # the model selects its adaptive weighting
-    assert runs["esmm_equal_seed0"]["cvr"]["given"] == "ctr"         # tasks from the dataset's roles
+    assert "aem2tl_gradnorm_seed0" in runs  # the model selects its adaptive weighting
+    assert runs["esmm_equal_seed0"]["cvr"]["given"] == "ctr"  # tasks from the dataset's roles
     for r in runs.values():
         assert list(r["metrics"]["test"]) == ["ctr", "ctcvr"]
     for column in ("CTR AUC", "CTCVR AUC", "CTR GAUC", "CTCVR GAUC", "CTR B1", "CTCVR B3"):
@@ -72,7 +73,7 @@ def test_stan_table2_on_wechat(tmp_path):
     sweep, runs, md = sweep_run(tmp_path, ["experiment=stan_table2", f"dataset.path={data}"])
     assert len(runs) == 8
     stan = runs["stan_stan_stage_seed0"]
-    assert stan["model_info"]["user_extractor"] == "dnn"             # f of Eq. 6 a DNN (section 4.1.3)
+    assert stan["model_info"]["user_extractor"] == "dnn"  # f of Eq. 6 a DNN (section 4.1.3)
     assert set(stan["model_info"]["user_fields"]) >= {"userid", "device"}
     for task in ("like", "click_avatar", "forward"):
         assert f"{task} AUC" in md and f"{task} NDCG@5" in md

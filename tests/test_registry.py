@@ -27,3 +27,18 @@ def test_duplicate_registration_is_refused():
     reg.register("a")(lambda: 1)
     with pytest.raises(ValueError, match="already registered"):
         reg.register("a")(lambda: 2)
+
+
+def test_factory_names_the_unknown_setting_and_the_known_ones():
+    """One line: the kind, the name, the unknown key and the settings the constructor takes (run arguments out)."""
+    from mtlbench.errors import ConfigError
+    from mtlbench.factory import create_dataset, create_weighting
+
+    with pytest.raises(ConfigError) as e:
+        create_dataset("ali_ccp", path="x", task=["ctr"])
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("dataset 'ali_ccp' has no setting(s) ['task']")
+    assert "'tasks'" in msg and "'path'" in msg  # a dataset's `tasks` is one of its settings
+    with pytest.raises(ConfigError) as e:
+        create_weighting("gradnorm", ["a", "b"], alhpa=1.0)
+    assert "['alpha'" in str(e.value) and "'tasks'" not in str(e.value)  # the run passes the tasks itself

@@ -20,7 +20,8 @@ from scipy import stats as sps
 
 from mtlbench.report import stats
 from mtlbench.report.collect import find_runs, group_runs
-from mtlbench.report.tables import ReportSettings, build, to_csv, to_latex, to_markdown, write_report
+from mtlbench.report.tables import ReportSettings, build, to_csv, to_latex, to_markdown
+from mtlbench.report.write import write_report
 
 BASE_CFG = {
     "dataset": {"name": "lifecycle", "n_rows": 1000, "split": {"method": "auto", "ratios": [0.8, 0.1, 0.1]}},
@@ -29,14 +30,30 @@ BASE_CFG = {
     "trainer": {"max_epochs": 1, "enable_progress_bar": False},
     "logger": {"name": "csv"},
     "optimizer": {"name": "adam", "lr": 0.001},
-    "seed": 0, "batch_size": 512, "print_summary": True, "resume": False,
+    "seed": 0,
+    "batch_size": 512,
+    "print_summary": True,
+    "resume": False,
 }
 
 
-def make_run(root: Path, model: str, seed: int, test: dict[str, dict[str, float]], *, weighting: str = "equal",
-             model_cfg: dict | None = None, data_cfg: dict | None = None, cfg: dict | None = None,
-             valid: dict | None = None, sps_: float = 1000.0, params: int = 123, curve: list[float] | None = None,
-             image: bool = False, complete: bool = True) -> Path:
+def make_run(
+    root: Path,
+    model: str,
+    seed: int,
+    test: dict[str, dict[str, float]],
+    *,
+    weighting: str = "equal",
+    model_cfg: dict | None = None,
+    data_cfg: dict | None = None,
+    cfg: dict | None = None,
+    valid: dict | None = None,
+    sps_: float = 1000.0,
+    params: int = 123,
+    curve: list[float] | None = None,
+    image: bool = False,
+    complete: bool = True,
+) -> Path:
     """A run directory as mtlbench.training.run.train writes it."""
     config = json.loads(json.dumps(BASE_CFG))
     config["model"] = {"name": model, "embedding_dim": 16, **(model_cfg or {})}
@@ -62,9 +79,17 @@ def make_run(root: Path, model: str, seed: int, test: dict[str, dict[str, float]
 
         matplotlib.image.imsave(run / "stage_tsne.png", np.random.default_rng(0).random((20, 20, 3)))
     if complete:
-        results = {"model": model, "dataset": config["dataset"]["name"], "weighting": weighting, "seed": seed,
-                   "version": "0.1.0", "metrics": {"valid": valid or test, "test": test},
-                   "train": {"samples_per_second": sps_, "seconds": 1.0}, "params": params, "config": config}
+        results = {
+            "model": model,
+            "dataset": config["dataset"]["name"],
+            "weighting": weighting,
+            "seed": seed,
+            "version": "0.1.0",
+            "metrics": {"valid": valid or test, "test": test},
+            "train": {"samples_per_second": sps_, "seconds": 1.0},
+            "params": params,
+            "config": config,
+        }
         (run / "results.json").write_text(json.dumps(results))
     return run
 
@@ -107,7 +132,7 @@ def test_mean_std_uses_the_sample_std():
 
 
 def test_paired_ttest_matches_the_formula():
-    a = {0: 0.71, 1: 0.74, 2: 0.73, 3: 0.75, 9: 0.9}   # seed 9 has no partner: left out
+    a = {0: 0.71, 1: 0.74, 2: 0.73, 3: 0.75, 9: 0.9}  # seed 9 has no partner: left out
     b = {0: 0.70, 1: 0.71, 2: 0.72, 3: 0.71}
     d = np.array([0.01, 0.03, 0.01, 0.04])
     t = d.mean() / (d.std(ddof=1) / math.sqrt(4))
@@ -119,11 +144,9 @@ def test_paired_ttest_matches_the_formula():
 
 def test_mann_whitney_exact_p_values():
     # every value of one side beats every value of the other: two-sided exact p = 2 / C(n+m, n)
-    r4 = stats.significance({s: 0.8 + s / 100 for s in range(4)}, {s: 0.7 + s / 100 for s in range(4)},
-                            "mannwhitney")
+    r4 = stats.significance({s: 0.8 + s / 100 for s in range(4)}, {s: 0.7 + s / 100 for s in range(4)}, "mannwhitney")
     assert r4.p == pytest.approx(2 / 70) and r4.mark == "*"
-    r3 = stats.significance({s: 0.8 + s / 100 for s in range(3)}, {s: 0.7 + s / 100 for s in range(3)},
-                            "mannwhitney")
+    r3 = stats.significance({s: 0.8 + s / 100 for s in range(3)}, {s: 0.7 + s / 100 for s in range(3)}, "mannwhitney")
     assert r3.p == pytest.approx(2 / 20) and r3.mark == ""  # 3 seeds can never reach p < 0.05
 
 
@@ -159,8 +182,9 @@ def test_runs_are_grouped_by_everything_but_the_seed(tmp_path):
 def test_runs_are_listed_in_launch_order(tmp_path):
     """Hydra numbers its jobs 0, 1, ..., 10, 11: job 10 comes after job 2, not after job 1."""
     t = {"click": {"auc": 0.7}}
-    for job, model in enumerate(["single_task", "single_task", "mmoe", "mmoe", "mmoe", "mmoe", "mmoe", "mmoe",
-                                 "mmoe", "mmoe", "ple", "ple"]):
+    for job, model in enumerate(
+        ["single_task", "single_task", "mmoe", "mmoe", "mmoe", "mmoe", "mmoe", "mmoe", "mmoe", "mmoe", "ple", "ple"]
+    ):
         make_run(tmp_path / f"{job}_{model}", model, job, t)
     runs, _ = find_runs([tmp_path])
     assert [r.path.parent.name for r in runs][-4:] == ["8_mmoe", "9_mmoe", "10_ple", "11_ple"]
@@ -191,12 +215,26 @@ def three_models(tmp_path: Path) -> Path:
     root = tmp_path / "sweep"
     for model in AUCS:
         for seed in range(3):
-            test = {"click": {"auc": AUCS[model][seed], "ndcg@5": NDCG[model][seed],
-                              "logloss": LOGLOSS[model][seed],
-                              "auc@scenario=0": AUCS[model][seed] - 0.1, "auc@scenario=1": AUCS[model][seed]},
-                    "buy": {"auc": 0.6 + 0.01 * seed, "ndcg@5": None}}
-            make_run(root, model, seed, test, sps_=1000.0 * (seed + 1), params=10 + len(model),
-                     curve=[0.6 + 0.01 * seed, 0.65], image=model == "mmoe")
+            test = {
+                "click": {
+                    "auc": AUCS[model][seed],
+                    "ndcg@5": NDCG[model][seed],
+                    "logloss": LOGLOSS[model][seed],
+                    "auc@scenario=0": AUCS[model][seed] - 0.1,
+                    "auc@scenario=1": AUCS[model][seed],
+                },
+                "buy": {"auc": 0.6 + 0.01 * seed, "ndcg@5": None},
+            }
+            make_run(
+                root,
+                model,
+                seed,
+                test,
+                sps_=1000.0 * (seed + 1),
+                params=10 + len(model),
+                curve=[0.6 + 0.01 * seed, 0.65],
+                image=model == "mmoe",
+            )
     make_run(root, "mmoe", 7, {"click": {"auc": 0.1}}, complete=False)
     return root
 
@@ -211,8 +249,8 @@ def test_markdown_has_mean_std_relaimpr_bold_second_and_marks(three_models):
     mmoe_auc = np.mean(AUCS["mmoe"])
     assert rows["mmoe"][1].startswith(f"**{mmoe_auc:.4f} ± {np.std(AUCS['mmoe'], ddof=1):.4f}**")
     assert rows["ple"][1].startswith("<u>0.7367 ± 0.0058</u>")
-    assert rows["mmoe"][2] == f"{((mmoe_auc - 0.5) / (0.71 - 0.5) - 1) * 100:.2f}%"       # Eq. 15
-    assert rows["ple"][4] == f"{(0.60 / np.mean(NDCG['single_task']) - 1) * 100:.2f}%"   # Eq. 16
+    assert rows["mmoe"][2] == f"{((mmoe_auc - 0.5) / (0.71 - 0.5) - 1) * 100:.2f}%"  # Eq. 15
+    assert rows["ple"][4] == f"{(0.60 / np.mean(NDCG['single_task']) - 1) * 100:.2f}%"  # Eq. 16
     assert rows["ple"][3].startswith("**0.6000 ± 0.0200**")
     # logloss: lower is better, no RelaImpr
     assert rows["mmoe"][5].startswith("**0.3900") and rows["single_task"][5].startswith("<u>0.4100")
@@ -246,14 +284,16 @@ def test_csv_holds_every_cell_and_the_p_values(three_models):
     assert r["compared_with"] == "ple" and r["test"] == "ttest"
     assert cell[("ple", "click", "auc")]["p_value"] == ""  # only the tested model carries it
     assert float(cell[("ple", "click", "auc")]["relaimpr_pct"]) == pytest.approx(
-        ((np.mean(AUCS["ple"]) - 0.5) / 0.21 - 1) * 100)
+        ((np.mean(AUCS["ple"]) - 0.5) / 0.21 - 1) * 100
+    )
     assert cell[("single_task", "click", "auc")]["relaimpr_pct"] == ""
     assert float(cell[("mmoe", "click", "auc")]["train_samples_per_second"]) == pytest.approx(2000.0)
 
 
 def test_mann_whitney_and_a_chosen_candidate(three_models):
-    board = build([three_models], ReportSettings(metrics=["auc"], scenario_metrics=[], test="mannwhitney",
-                                                 candidate="ple"))
+    board = build(
+        [three_models], ReportSettings(metrics=["auc"], scenario_metrics=[], test="mannwhitney", candidate="ple")
+    )
     comp = board.sections[0].tables[0].comparisons[0]
     assert (comp.best, comp.baseline) == ("ple", "mmoe")  # ple against the best of the others
     assert comp.result.p == pytest.approx(sps.mannwhitneyu(AUCS["ple"], AUCS["mmoe"]).pvalue)
@@ -279,9 +319,13 @@ def test_latex_marks_best_and_second(three_models):
 
 
 def test_model_order_and_labels_and_missing_models(three_models):
-    settings = ReportSettings(metrics=["auc"], scenario_metrics=[], models=["single_task", "ple", "stan", "mmoe"],
-                              model_labels={"single_task": "MLP_Single", "ple": "PLE"},
-                              task_labels={"click": "CTR"})
+    settings = ReportSettings(
+        metrics=["auc"],
+        scenario_metrics=[],
+        models=["single_task", "ple", "stan", "mmoe"],
+        model_labels={"single_task": "MLP_Single", "ple": "PLE"},
+        task_labels={"click": "CTR"},
+    )
     board = build([three_models], settings)
     assert [r.label for r in board.sections[0].rows] == ["MLP_Single", "PLE", "mmoe"]
     assert board.missing_models == ["stan"]
@@ -298,7 +342,7 @@ def test_html_is_self_contained_with_plots_and_run_images(three_models, tmp_path
     assert page.count('<figure class="bars">') == 2  # one bar chart per task
     assert page.count('<figure class="curves">') == 1
     assert page.count('<figure class="run-image">') == 1 and "stage_tsne.png" in page
-    assert "src=\"http" not in page and "href=" not in page  # nothing outside the page
+    assert 'src="http' not in page and "href=" not in page  # nothing outside the page
 
 
 def test_validation_curve_reads_epochs_and_skips_the_post_fit_validation(tmp_path):
@@ -324,8 +368,21 @@ def test_bad_settings_are_one_clear_error(tmp_path):
 
 def test_cli_writes_all_files_and_fails_in_one_line(three_models, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "mtlbench.cli.report", str(three_models), "--out", str(out), "--metrics",
-           "auc", "--label", "single_task=MLP_Single", "--test", "mannwhitney", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mtlbench.cli.report",
+        str(three_models),
+        "--out",
+        str(out),
+        "--metrics",
+        "auc",
+        "--label",
+        "single_task=MLP_Single",
+        "--test",
+        "mannwhitney",
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.tex", "leaderboard.html"):
@@ -333,8 +390,13 @@ def test_cli_writes_all_files_and_fails_in_one_line(three_models, tmp_path):
     md = (out / "leaderboard.md").read_text()
     assert "| MLP_Single | 3 |" in md and "Mann-Whitney U test" in md
     assert "9 complete run(s), 1 incomplete" in proc.stderr
-    bad = subprocess.run([sys.executable, "-m", "mtlbench.cli.report", str(tmp_path / "nope"), "--out",
-                          str(out)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    bad = subprocess.run(
+        [sys.executable, "-m", "mtlbench.cli.report", str(tmp_path / "nope"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert bad.stderr.startswith("mtlbench-report: error:") and "nope" in bad.stderr
 
@@ -343,13 +405,25 @@ def test_terminal_summary_keeps_different_hyper_parameters_apart():
     from mtlbench.report.summary import mean_std_table
 
     def run(lr, seed, auc):
-        cfg = {"seed": seed, "model": {"name": "mmoe"}, "optimizer": {"lr": lr}, "dataset": {"name": "d"},
-               "weighting": {"name": "equal"}}
-        return {"dataset": "d", "model": "mmoe", "weighting": "equal", "seed": seed, "config": cfg,
-                "metrics": {"test": {"click": {"auc": auc}}}}
+        cfg = {
+            "seed": seed,
+            "model": {"name": "mmoe"},
+            "optimizer": {"lr": lr},
+            "dataset": {"name": "d"},
+            "weighting": {"name": "equal"},
+        }
+        return {
+            "dataset": "d",
+            "model": "mmoe",
+            "weighting": "equal",
+            "seed": seed,
+            "config": cfg,
+            "metrics": {"test": {"click": {"auc": auc}}},
+        }
 
-    table = mean_std_table([run(1e-3, 0, .7), run(1e-3, 1, .72), run(1e-2, 0, .6), run(1e-2, 1, .62)],
-                           metrics=("auc",))
+    table = mean_std_table(
+        [run(1e-3, 0, 0.7), run(1e-3, 1, 0.72), run(1e-2, 0, 0.6), run(1e-2, 1, 0.62)], metrics=("auc",)
+    )
     rows = [line for line in table.splitlines() if line.startswith("| d | mmoe")]
     assert len(rows) == 2  # not one row of "4 seeds"
     assert "optimizer.lr=0.001 | 2 | 0.7100" in table and "optimizer.lr=0.01 | 2 | 0.6100" in table

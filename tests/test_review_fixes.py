@@ -11,8 +11,9 @@ from torch import nn
 import mtlbench
 from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.tensors import build_tensors
+from mtlbench.factory import create_weighting
 from mtlbench.models import ModelOutput
-from mtlbench.training.run import build_components, create_weighting
+from mtlbench.training.run import build_components
 
 from conftest import FAST, compose_cfg
 
@@ -20,13 +21,22 @@ from conftest import FAST, compose_cfg
 def two_task_table(n=32, seed=0):
     """user, item, scenario (3) and two tasks whose labels disagree (y and 1 - y): conflicting gradients."""
     rng = np.random.default_rng(seed)
-    feats = [Feature("user", "categorical", 10, "user"), Feature("item", "categorical", 12, "item"),
-             Feature("scenario", "categorical", 3)]
+    feats = [
+        Feature("user", "categorical", 10, "user"),
+        Feature("item", "categorical", 12, "item"),
+        Feature("scenario", "categorical", 3),
+    ]
     y = rng.integers(0, 2, n).astype(np.float32)
-    cols = {"user": rng.integers(0, 10, n), "item": rng.integers(0, 12, n), "scenario": rng.integers(0, 3, n),
-            "a": y, "b": 1.0 - y}
-    schema = DatasetSchema("toy", feats, tasks=["a", "b"], user_field="user", item_field="item",
-                           scenario_field="scenario")
+    cols = {
+        "user": rng.integers(0, 10, n),
+        "item": rng.integers(0, 12, n),
+        "scenario": rng.integers(0, 3, n),
+        "a": y,
+        "b": 1.0 - y,
+    }
+    schema = DatasetSchema(
+        "toy", feats, tasks=["a", "b"], user_field="user", item_field="item", scenario_field="scenario"
+    )
     schema.validate(cols)
     return schema, build_tensors(schema, cols)
 
@@ -35,26 +45,45 @@ def two_task_table(n=32, seed=0):
 def test_pcgrad_on_ple_projects_only_the_truly_shared_parameters():
     torch.manual_seed(0)
     schema, batch = two_task_table()
-    model = mtlbench.create_model("ple", schema, embedding_dim=4, num_levels=1, num_specific_experts=1,
-                                  num_shared_experts=2, expert=(6,), tower=(4,))
+    model = mtlbench.create_model(
+        "ple",
+        schema,
+        embedding_dim=4,
+        num_levels=1,
+        num_specific_experts=1,
+        num_shared_experts=2,
+        expert=(6,),
+        tower=(4,),
+    )
     out = ModelOutput(model(batch))
-    losses = torch.stack([nn.functional.binary_cross_entropy_with_logits(out.logits[t], batch["labels"][:, k],
-                                                                         reduction="none")
-                          for k, t in enumerate(schema.tasks)], dim=1)
+    losses = torch.stack(
+        [
+            nn.functional.binary_cross_entropy_with_logits(out.logits[t], batch["labels"][:, k], reduction="none")
+            for k, t in enumerate(schema.tasks)
+        ],
+        dim=1,
+    )
     mask = torch.ones_like(losses, dtype=torch.bool)
     names = dict(model.named_parameters())
-    specific = {k: [n for n in names if n.startswith((f"backbone.levels.0.specific.{k}.",
-                                                      f"backbone.levels.0.task_gates.{k}."))] for k in (0, 1)}
+    specific = {
+        k: [
+            n for n in names if n.startswith((f"backbone.levels.0.specific.{k}.", f"backbone.levels.0.task_gates.{k}."))
+        ]
+        for k in (0, 1)
+    }
     shared = [n for n in names if n.startswith(("embedding.", "backbone.levels.0.shared."))]
     assert specific[0] and specific[1] and shared
     # each task's own gradient, by hand
     task_loss = losses.mean(0)
-    own = [dict(zip(names, torch.autograd.grad(task_loss[k], list(names.values()), retain_graph=True,
-                                               allow_unused=True))) for k in (0, 1)]
+    own = [
+        dict(zip(names, torch.autograd.grad(task_loss[k], list(names.values()), retain_graph=True, allow_unused=True)))
+        for k in (0, 1)
+    ]
 
     def flat(k, which):
-        return torch.cat([(own[k][n] if own[k][n] is not None else torch.zeros_like(names[n])).reshape(-1)
-                          for n in which])
+        return torch.cat(
+            [(own[k][n] if own[k][n] is not None else torch.zeros_like(names[n])).reshape(-1) for n in which]
+        )
 
     g0, g1 = flat(0, shared), flat(1, shared)
     assert g0 @ g1 < 0  # the two tasks conflict on the shared parameters
@@ -127,8 +156,14 @@ def rule_stage_of(rows, tasks, conditional=None, train=None, **settings):
 
     perm = np.random.default_rng(1).permutation(len(rows))
     rows = [rows[i] for i in perm]
-    schema = DatasetSchema("r", [Feature("u", vocab_size=10, role="user")], tasks=list(tasks), user_field="u",
-                           time_field="t", conditional_tasks=dict(conditional or {}))
+    schema = DatasetSchema(
+        "r",
+        [Feature("u", vocab_size=10, role="user")],
+        tasks=list(tasks),
+        user_field="u",
+        time_field="t",
+        conditional_tasks=dict(conditional or {}),
+    )
     cols = {"u": np.array([r[0] for r in rows]), "t": np.array([r[1] for r in rows])}
     for task in tasks:
         cols[task] = np.array([r[2][task] for r in rows], np.float32)
@@ -143,21 +178,43 @@ def test_rule_stage_of_a_row_uses_only_strictly_earlier_training_rows_of_its_use
     def r(u, t, c, s, train=True):
         return (u, t, {"c": c, "s": s, "train": train})
 
-    rows = [r(0, 1, 1, 1), r(0, 2, 1, 1),                                  # whole (c, s) = (1, 1)
-            r(1, 1, 0, 0), r(1, 2, 0, 0),                                  # (0, 0)
-            r(2, 1, 1, 0), r(2, 2, 1, 0),                                  # (1, 0)
-            r(3, 1, 0, 0), r(3, 2, 1, 1), r(3, 2, 1, 1), r(3, 3, 1, 0),    # (.75, .5); two rows at t = 2
-            r(4, 1, 0, 0), r(4, 2, 0, 0),                                  # (0, 0)
-            r(5, 1, 1, 1), r(5, 5, 0, 0, False), r(5, 6, 0, 0, False)]     # one training row (1, 1), then test
+    rows = [
+        r(0, 1, 1, 1),
+        r(0, 2, 1, 1),  # whole (c, s) = (1, 1)
+        r(1, 1, 0, 0),
+        r(1, 2, 0, 0),  # (0, 0)
+        r(2, 1, 1, 0),
+        r(2, 2, 1, 0),  # (1, 0)
+        r(3, 1, 0, 0),
+        r(3, 2, 1, 1),
+        r(3, 2, 1, 1),
+        r(3, 3, 1, 0),  # (.75, .5); two rows at t = 2
+        r(4, 1, 0, 0),
+        r(4, 2, 0, 0),  # (0, 0)
+        r(5, 1, 1, 1),
+        r(5, 5, 0, 0, False),
+        r(5, 6, 0, 0, False),
+    ]  # one training row (1, 1), then test
     # medians over the six users' whole training rates: c of (1, 0, 1, .75, 0, 1) = .875; s of
     # (1, 0, 0, .5, 0, 1) = .25; two tasks: 0 New (low c), 1 Wander (high c, low s), 2 high on both, 4 no history
     stages = rule_stage_of(rows, ["c", "s"])
-    assert stages == [4, 2,
-                      4, 0,
-                      4, 1,
-                      4, 0, 0, 0,  # t = 2: only the t = 1 row (not each other); t = 3: c = 2/3 <= .875
-                      4, 0,
-                      4, 2, 2]     # its training row never sees its own label; test rows read training only
+    assert stages == [
+        4,
+        2,
+        4,
+        0,
+        4,
+        1,
+        4,
+        0,
+        0,
+        0,  # t = 2: only the t = 1 row (not each other); t = 3: c = 2/3 <= .875
+        4,
+        0,
+        4,
+        2,
+        2,
+    ]  # its training row never sees its own label; test rows read training only
     # the leak of today's per-user constant: user 5's only training row was "high on both" from its own label
     assert stages[12] == 4
 
@@ -201,8 +258,9 @@ def hash_warnings(overrides):
 def test_hash_buckets_on_the_user_field_with_stan_warns_once_about_shared_stage_state():
     got = hash_warnings(["model=stan", "model.expert=[8]", "model.tower=[]", "hash_buckets=64"])
     assert len(got) == 1 and "'user_id'" in got[0] and "STAN's per-user stage state" in got[0]
-    assert len(hash_warnings(["model=stan", "model.expert=[8]", "model.tower=[]",
-                              "hash_buckets={user_id: 1000}"])) == 1  # named explicitly: hashed whatever the size
+    assert (
+        len(hash_warnings(["model=stan", "model.expert=[8]", "model.tower=[]", "hash_buckets={user_id: 1000}"])) == 1
+    )  # named explicitly: hashed whatever the size
     # no warning: users not hashed (vocabulary 200 <= 500; only items named), or no per-user stage state
     assert hash_warnings(["model=stan", "model.expert=[8]", "model.tower=[]", "hash_buckets=500"]) == []
     assert hash_warnings(["model=stan", "model.expert=[8]", "model.tower=[]", "hash_buckets={item_id: 16}"]) == []
@@ -223,8 +281,13 @@ def test_douban_domain_must_be_movie_book_or_music(tmp_path):
     from mtlbench.datasets.douban import Douban
     from mtlbench.errors import DataError
 
-    good = [DOUBAN_HEADER, "1,10,1,movie,a,2007-07-10,3", "2,11,0,book,b,2008-01-03,1", "1,12,1,music,a,2007-07-10,2",
-            "2,10,1, movie ,b,2008-01-03,4"]
+    good = [
+        DOUBAN_HEADER,
+        "1,10,1,movie,a,2007-07-10,3",
+        "2,11,0,book,b,2008-01-03,1",
+        "1,12,1,music,a,2007-07-10,2",
+        "2,10,1, movie ,b,2008-01-03,4",
+    ]
     schema, c = Douban(path=str(write_lines(tmp_path / "ok" / "d.csv", good))).build()
     assert schema.feature("domain").vocab_size == 3 and sorted(set(c["domain"].tolist())) == [0, 1, 2]
     bad = good[:3] + ["1,13,1,games,a,2007-07-10,5"] + good[3:]
@@ -237,11 +300,17 @@ def test_douban_domain_must_be_movie_book_or_music(tmp_path):
 
 
 def aliexpress_file(path, seed=0):
-    header = ["search_id", *(f"categorical_{i}" for i in range(1, 17)), *(f"numerical_{i}" for i in range(1, 64)),
-              "click", "conversion"]
+    header = [
+        "search_id",
+        *(f"categorical_{i}" for i in range(1, 17)),
+        *(f"numerical_{i}" for i in range(1, 64)),
+        "click",
+        "conversion",
+    ]
     rng = np.random.default_rng(seed)
-    rows = [",".join(str(v) for v in [k, *rng.integers(0, 5, 16), *np.round(rng.random(63), 3), k % 2, 0])
-            for k in range(4)]
+    rows = [
+        ",".join(str(v) for v in [k, *rng.integers(0, 5, 16), *np.round(rng.random(63), 3), k % 2, 0]) for k in range(4)
+    ]
     return write_lines(path, [",".join(header), *rows])
 
 

@@ -6,14 +6,25 @@ from mtlbench.errors import DataError
 
 
 def schema() -> DatasetSchema:
-    return DatasetSchema("toy", [Feature("user", "categorical", 3, "user"), Feature("x", "numeric"),
-                                 Feature("hist", "sequence", max_len=2, embedding="user")],
-                         tasks=["click"], user_field="user")
+    return DatasetSchema(
+        "toy",
+        [
+            Feature("user", "categorical", 3, "user"),
+            Feature("x", "numeric"),
+            Feature("hist", "sequence", max_len=2, embedding="user"),
+        ],
+        tasks=["click"],
+        user_field="user",
+    )
 
 
 def columns(**over):
-    c = {"user": np.array([0, 1, 2]), "x": np.zeros(3, np.float32),
-         "hist": np.array([[-1, -1], [0, -1], [1, 0]]), "click": np.array([0, 1, np.nan], np.float32)}
+    c = {
+        "user": np.array([0, 1, 2]),
+        "x": np.zeros(3, np.float32),
+        "hist": np.array([[-1, -1], [0, -1], [1, 0]]),
+        "click": np.array([0, 1, np.nan], np.float32),
+    }
     c.update(over)
     return c
 
@@ -31,13 +42,16 @@ def test_non_finite_numeric_feature_is_named():
         schema().validate(columns(x=np.array([0.0, np.nan, 1.0], np.float32)))
 
 
-@pytest.mark.parametrize("over, words", [
-    ({"click": np.array([0, 2, 1], np.float32)}, ["'click'", "value 2.0", "row 1"]),
-    ({"user": np.array([0, 3, 1])}, ["'user'", "row 1", "[0, 3)"]),
-    ({"user": np.array([0, -1, 1])}, ["'user'", "row 1"]),
-    ({"hist": np.array([[-1, -1], [0, 5], [1, 0]])}, ["'hist'", "row 1"]),
-    ({"user": np.array([0.0, 1.0, 2.0])}, ["'user'", "integer ids"]),
-])
+@pytest.mark.parametrize(
+    "over, words",
+    [
+        ({"click": np.array([0, 2, 1], np.float32)}, ["'click'", "value 2.0", "row 1"]),
+        ({"user": np.array([0, 3, 1])}, ["'user'", "row 1", "[0, 3)"]),
+        ({"user": np.array([0, -1, 1])}, ["'user'", "row 1"]),
+        ({"hist": np.array([[-1, -1], [0, 5], [1, 0]])}, ["'hist'", "row 1"]),
+        ({"user": np.array([0.0, 1.0, 2.0])}, ["'user'", "integer ids"]),
+    ],
+)
 def test_bad_values_name_column_and_row(over, words):
     with pytest.raises(DataError) as e:
         schema().validate(columns(**over), source="toy.csv")
@@ -60,8 +74,13 @@ def test_schema_round_trips_through_dict():
 
 
 def funnel(**roles) -> DatasetSchema:
-    return DatasetSchema("funnel", [Feature("user", "categorical", 3, "user")], tasks=["ctr", "cvr", "ctcvr"],
-                         conditional_tasks={"cvr": "ctr"}, task_roles=roles)
+    return DatasetSchema(
+        "funnel",
+        [Feature("user", "categorical", 3, "user")],
+        tasks=["ctr", "cvr", "ctcvr"],
+        conditional_tasks={"cvr": "ctr"},
+        task_roles=roles,
+    )
 
 
 def test_task_roles_are_checked_and_resolve_role_references():

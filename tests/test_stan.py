@@ -15,6 +15,7 @@ from mtlbench.data.derived import compute_derived
 from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.tensors import build_tensors
 from mtlbench.errors import ConfigError
+from mtlbench.factory import create_model, create_weighting
 from mtlbench.models import ModelOutput
 from mtlbench.models.stan import (
     STAN,
@@ -24,7 +25,7 @@ from mtlbench.models.stan import (
     TaskAttention,
     preference_loss,
 )
-from mtlbench.training.run import build_components, create_model, create_weighting
+from mtlbench.training.run import build_components
 from mtlbench.weighting.stan_stage import StanStage, StanWithoutBeta, stage_weighted_loss
 
 from conftest import FAST, TINY, compose_cfg, run_cli
@@ -74,7 +75,7 @@ def test_eq8_task_attention_by_hand():
     u = torch.tensor([[[1.0, 2.0], [3.0, 0.0]]])
     s = ta(u)
     assert s.shape == (1, 2, 2, 2)
-    lo, hi = 1 / (1 + math.e ** 2), math.e ** 2 / (1 + math.e ** 2)  # softmax([a, a+2])
+    lo, hi = 1 / (1 + math.e**2), math.e**2 / (1 + math.e**2)  # softmax([a, a+2])
     # task 0: scores = U'; softmax over the two features per dimension: [1,3] -> [lo,hi], [2,0] -> [hi,lo]
     assert torch.allclose(s[0, 0], torch.tensor([[1 * lo, 2 * hi], [3 * hi, 0.0]]), atol=1e-6)
     # task 1: W u'_f = [[2,0],[0,0]]: dimension 0 softmax([2,0]) = [hi,lo], dimension 1 softmax([0,0]) = 1/2
@@ -86,7 +87,7 @@ def test_eq8_softmax_over_dims_option():
     with torch.no_grad():
         ta.weight[0] = torch.eye(2)
     u = torch.tensor([[[1.0, 3.0], [0.0, 0.0]]])
-    lo, hi = 1 / (1 + math.e ** 2), math.e ** 2 / (1 + math.e ** 2)
+    lo, hi = 1 / (1 + math.e**2), math.e**2 / (1 + math.e**2)
     assert torch.allclose(ta(u)[0, 0], torch.tensor([[lo, 3 * hi], [0.0, 0.0]]), atol=1e-6)
     with pytest.raises(ConfigError, match="task_attention_softmax"):
         TaskAttention(1, 2, softmax_over="rows")
@@ -105,12 +106,26 @@ def test_eq9_single_linear_layer_on_row_major_vec():
 
 
 def small_schema():
-    schema = DatasetSchema("s", [Feature("user", vocab_size=3, role="user"), Feature("age", vocab_size=2, role="user"),
-                                 Feature("item", vocab_size=4, role="item")],
-                           tasks=["a", "b"], user_field="user", item_field="item", time_field="t")
-    cols = {"user": np.array([0, 1, 2, 1]), "age": np.array([1, 0, 1, 1]), "item": np.array([3, 2, 1, 0]),
-            "a": np.array([1, 0, 1, 0], np.float32), "b": np.array([0, 0, 1, np.nan], np.float32),
-            "t": np.arange(4)}
+    schema = DatasetSchema(
+        "s",
+        [
+            Feature("user", vocab_size=3, role="user"),
+            Feature("age", vocab_size=2, role="user"),
+            Feature("item", vocab_size=4, role="item"),
+        ],
+        tasks=["a", "b"],
+        user_field="user",
+        item_field="item",
+        time_field="t",
+    )
+    cols = {
+        "user": np.array([0, 1, 2, 1]),
+        "age": np.array([1, 0, 1, 1]),
+        "item": np.array([3, 2, 1, 0]),
+        "a": np.array([1, 0, 1, 0], np.float32),
+        "b": np.array([0, 0, 1, np.nan], np.float32),
+        "t": np.arange(4),
+    }
     return schema, cols
 
 
@@ -122,20 +137,21 @@ def test_eq6_to_9_match_an_independent_loop_implementation():
     model = STAN(schema, embedding_dim=3, expert=(4,), tower=(), user_extractor="attention")
     pref = model(batch).extras["preference"].detach().numpy()
     table = model.embedding.table.weight.detach().numpy().astype(np.float64)
-    wq, wk, wv = (w.detach().numpy().astype(np.float64) for w in (model.extractor.w_q, model.extractor.w_k,
-                                                                  model.extractor.w_v))
+    wq, wk, wv = (
+        w.detach().numpy().astype(np.float64) for w in (model.extractor.w_q, model.extractor.w_k, model.extractor.w_v)
+    )
     wt = model.task_attention.weight.detach().numpy().astype(np.float64)
     hw, hb = model.preference_heads.weight.detach().numpy(), model.preference_heads.bias.detach().numpy()
     for i in range(4):
         u = np.stack([table[cols["user"][i]], table[3 + cols["age"][i]]])  # d1 = 2 user fields, offsets 0, 3
         scores = (wq @ u) @ (wk @ u).T / math.sqrt(2)
         att = np.exp(scores) / np.exp(scores).sum(1, keepdims=True)
-        up = att @ (wv @ u)                                                  # Eq. 7
+        up = att @ (wv @ u)  # Eq. 7
         for k in range(2):
-            a = np.array([[wt[k] @ up[f] for f in range(2)]])[0]            # rows W^k u'_f
-            soft = np.exp(a) / np.exp(a).sum(0, keepdims=True)               # over the features
-            s = up * soft                                                    # Eq. 8
-            y = sig(float(s.reshape(-1) @ hw[k] + hb[k]))                    # Eq. 9
+            a = np.array([[wt[k] @ up[f] for f in range(2)]])[0]  # rows W^k u'_f
+            soft = np.exp(a) / np.exp(a).sum(0, keepdims=True)  # over the features
+            s = up * soft  # Eq. 8
+            y = sig(float(s.reshape(-1) @ hw[k] + hb[k]))  # Eq. 9
             assert pref[i, k] == pytest.approx(y, abs=1e-5)
 
 
@@ -156,12 +172,24 @@ def test_stan_settings_errors_are_config_errors():
 def test_user_feature_set_takes_user_sequences_pooled_and_f_defaults_to_the_dnn():
     """U = every user-side categorical *and* sequence field (the history mean-pooled as in the backbone)."""
     torch.manual_seed(0)
-    schema = DatasetSchema("seq_u", [Feature("user", vocab_size=3, role="user"),
-                                     Feature("item", vocab_size=4, role="item"),
-                                     Feature("hist", "sequence", role="user", max_len=2, embedding="item")],
-                           tasks=["a", "b"], user_field="user", item_field="item")
-    cols = {"user": np.array([0, 0]), "item": np.array([1, 1]), "hist": np.array([[2, -1], [3, 2]]),
-            "a": np.array([1, 0], np.float32), "b": np.array([0, 1], np.float32)}
+    schema = DatasetSchema(
+        "seq_u",
+        [
+            Feature("user", vocab_size=3, role="user"),
+            Feature("item", vocab_size=4, role="item"),
+            Feature("hist", "sequence", role="user", max_len=2, embedding="item"),
+        ],
+        tasks=["a", "b"],
+        user_field="user",
+        item_field="item",
+    )
+    cols = {
+        "user": np.array([0, 0]),
+        "item": np.array([1, 1]),
+        "hist": np.array([[2, -1], [3, 2]]),
+        "a": np.array([1, 0], np.float32),
+        "b": np.array([0, 1], np.float32),
+    }
     model = STAN(schema, embedding_dim=4, expert=(4,), tower=())
     assert model.user_fields == ["user", "hist"] and isinstance(model.extractor, FeatureDNN)
     assert model.model_info() == {"user_fields": ["user", "hist"], "user_extractor": "dnn"}
@@ -179,9 +207,13 @@ def test_a_single_user_field_is_warned_about_once_per_dataset(recwarn):
     schema, _ = small_schema()
     STAN(schema, embedding_dim=4, expert=(4,), tower=())  # user + age: no warning
     assert not [w for w in recwarn if "single field" in str(w.message)]
-    one = DatasetSchema("one_user_field", [Feature("user", vocab_size=3, role="user"),
-                                           Feature("item", vocab_size=4, role="item")],
-                        tasks=["a", "b"], user_field="user", item_field="item")
+    one = DatasetSchema(
+        "one_user_field",
+        [Feature("user", vocab_size=3, role="user"), Feature("item", vocab_size=4, role="item")],
+        tasks=["a", "b"],
+        user_field="user",
+        item_field="item",
+    )
     with pytest.warns(UserWarning, match="'one_user_field'.*single field .'user'"):
         STAN(one, embedding_dim=4, expert=(4,), tower=())
     recwarn.clear()
@@ -197,25 +229,32 @@ def test_stan_configs_select_the_dnn_of_section_4_1_3_and_attention_on_request()
 
 # -- Eq. 10: pseudo-labels -----------------------------------------------------------------------------
 def history_table():
-    schema = DatasetSchema("h", [Feature("u", vocab_size=3, role="user")], tasks=["a", "b"], user_field="u",
-                           time_field="t")
+    schema = DatasetSchema(
+        "h", [Feature("u", vocab_size=3, role="user")], tasks=["a", "b"], user_field="u", time_field="t"
+    )
     nan = np.nan
-    cols = {"u": np.array([0, 0, 1, 0, 1, 1]), "t": np.array([5, 1, 2, 3, 2, 7]),
-            "a": np.array([1, 0, 1, 1, 0, 1], np.float32), "b": np.array([0, 1, nan, nan, 1, 0], np.float32)}
+    cols = {
+        "u": np.array([0, 0, 1, 0, 1, 1]),
+        "t": np.array([5, 1, 2, 3, 2, 7]),
+        "a": np.array([1, 0, 1, 1, 0, 1], np.float32),
+        "b": np.array([0, 1, nan, nan, 1, 0], np.float32),
+    }
     return schema, cols
 
 
 def test_eq10_running_mean_of_strictly_earlier_labels():
     schema, cols = history_table()
     got = compute_derived("stan_pseudo_label", schema, cols, np.arange(6), prior=0.25, history="all")
-    want = np.array([
-        [0.5, 1.0],    # row 0 (u0, t5): rows 1, 3 before; b of row 3 missing
-        [0.25, 0.25],  # row 1 (u0, t1): first interaction -> prior
-        [0.25, 0.25],  # row 2 (u1, t2): nothing strictly before (row 4 has the same time)
-        [0.0, 1.0],    # row 3 (u0, t3): row 1
-        [0.25, 0.25],  # row 4 (u1, t2): row 2 is simultaneous, not earlier
-        [0.5, 1.0],    # row 5 (u1, t7): rows 2, 4; b of row 2 missing
-    ])
+    want = np.array(
+        [
+            [0.5, 1.0],  # row 0 (u0, t5): rows 1, 3 before; b of row 3 missing
+            [0.25, 0.25],  # row 1 (u0, t1): first interaction -> prior
+            [0.25, 0.25],  # row 2 (u1, t2): nothing strictly before (row 4 has the same time)
+            [0.0, 1.0],  # row 3 (u0, t3): row 1
+            [0.25, 0.25],  # row 4 (u1, t2): row 2 is simultaneous, not earlier
+            [0.5, 1.0],  # row 5 (u1, t7): rows 2, 4; b of row 2 missing
+        ]
+    )
     np.testing.assert_allclose(got, want)
     assert got.dtype == np.float32
 
@@ -303,7 +342,8 @@ def test_full_objective_adds_the_preference_loss_to_the_weighted_bce():
     labels = batch["labels"]
     mask = ~torch.isnan(labels)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(
-        torch.stack([out.logits["a"], out.logits["b"]], 1), labels.nan_to_num(0), reduction="none")
+        torch.stack([out.logits["a"], out.logits["b"]], 1), labels.nan_to_num(0), reduction="none"
+    )
     gamma = out.extras["preference"]
     want = sum((gamma[:, k] * bce[:, k])[mask[:, k]].mean() for k in range(2)) + out.aux_losses["preference"]
     assert loss.item() == pytest.approx(want.item(), rel=1e-5)
@@ -315,8 +355,8 @@ def test_algorithm1_alpha_beta_after_a_known_sequence_in_any_batch_order():
     # user 0's samples at positions 1, 2, 3 with y~ = 0.2, 0.5, 0.9, fed out of order in two batches
     w.update(torch.tensor([0, 1]), torch.tensor([[0.9], [0.6]]), torch.tensor([3, 1]))
     w.update(torch.tensor([0, 0]), torch.tensor([[0.2], [0.5]]), torch.tensor([1, 2]))
-    assert w.alpha[0, 0].item() == pytest.approx(1 + 0.2 * 1 + 0.5 * 2 + 0.9 * 3)   # 4.9
-    assert w.beta[0, 0].item() == pytest.approx(1 + 0.8 * 1 + 0.5 * 2 + 0.1 * 3)    # 3.1
+    assert w.alpha[0, 0].item() == pytest.approx(1 + 0.2 * 1 + 0.5 * 2 + 0.9 * 3)  # 4.9
+    assert w.beta[0, 0].item() == pytest.approx(1 + 0.8 * 1 + 0.5 * 2 + 0.1 * 3)  # 3.1
     assert (w.alpha[1, 0].item(), w.beta[1, 0].item()) == pytest.approx((1.6, 1.4))
     assert w.count.tolist() == [3, 1]
 
@@ -400,8 +440,7 @@ def test_rule_stage_medians_over_training_users():
     c += [1, 1]
     s += [1, 1]
     p += [1, 1]
-    cols = {"u": np.array(u), "c": np.array(c, np.float32), "s": np.array(s, np.float32),
-            "p": np.array(p, np.float32)}
+    cols = {"u": np.array(u), "c": np.array(c, np.float32), "s": np.array(s, np.float32), "p": np.array(p, np.float32)}
     stage = compute_derived("rule_stage", schema, cols, np.arange(12))
     by_user = dict(zip(cols["u"].tolist(), stage.tolist()))
     assert by_user == {0: 0, 1: 1, 2: 2, 3: 3, 4: 0, 5: 0, 6: 4}  # New, Wander, Stick, Loyal, New, New, none
@@ -414,11 +453,28 @@ def test_rule_stage_medians_over_training_users():
 def test_stage_state_survives_a_lightning_checkpoint(tmp_path):
     import pytorch_lightning as pl
 
-    cfg = compose_cfg([*TINY, "model=stan", "weighting=stan_stage", "model.expert=[8]", "model.tower=[]",
-                       "model.stage_analysis.enabled=false", "trainer.max_epochs=1"])
+    cfg = compose_cfg(
+        [
+            *TINY,
+            "model=stan",
+            "weighting=stan_stage",
+            "model.expert=[8]",
+            "model.tower=[]",
+            "analysis=none",
+            "trainer.max_epochs=1",
+        ]
+    )
     dm, module = build_components(cfg)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, use_distributed_sampler=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+    )
     trainer.fit(module, datamodule=dm)
     state = {k: getattr(module.weighting, k).clone() for k in ("alpha", "beta", "count")}
     assert state["count"].sum().item() == 3 * 512  # three batches applied
@@ -451,7 +507,7 @@ def run_ok(args, tmp_path, name):
 
 @pytest.mark.slow
 def test_stan_trains_from_the_cli_and_writes_the_stage_analysis(tmp_path):
-    out, res = run_ok(["model=stan", "model.stage_analysis.tsne_users=200"], tmp_path, "stan")
+    out, res = run_ok(["model=stan", "analysis.tsne_users=200"], tmp_path, "stan")
     assert (res["model"], res["weighting"]) == ("stan", "stan_stage")
     for t in ("click", "long_view", "purchase"):
         assert 0.5 < res["metrics"]["test"][t]["auc"] < 1.0
@@ -474,8 +530,7 @@ def test_stan_trains_from_the_cli_and_writes_the_stage_analysis(tmp_path):
 
 @pytest.mark.slow
 def test_stan_wo_beta_and_ple_stage_train_from_the_cli(tmp_path):
-    out, res = run_ok(["model=stan_wo_beta", "model.stage_analysis.tsne_users=0"],
-                      tmp_path, "wo")
+    out, res = run_ok(["model=stan_wo_beta", "analysis.tsne_users=0"], tmp_path, "wo")
     assert (res["model"], res["weighting"]) == ("stan_wo_beta", "stan_wo_beta") and "stage_analysis" in res
     users = pq.read_table(out / "user_stages.parquet").to_pydict()
     assert users["gamma_click"] == users["preference_click"] and "alpha_click" not in users
@@ -522,8 +577,16 @@ def test_stan_on_the_wechat_fixture_records_its_user_fields_in_results_json(tmp_
     res = json.loads((tmp_path / "stan" / "results.json").read_text())
     assert res["model_info"] == {"user_fields": ["userid", "device", "hist_feeds"], "user_extractor": "dnn"}
     assert set(res["metrics"]["test"]) == {"like", "click_avatar", "forward"}
-    proc = run_cli([*WECHAT, "model=stan_wo_beta", "dataset.hist_len=0", "model.user_extractor=attention",
-                    f"hydra.run.dir={tmp_path / 'wo'}"], cwd=tmp_path)
+    proc = run_cli(
+        [
+            *WECHAT,
+            "model=stan_wo_beta",
+            "dataset.hist_len=0",
+            "model.user_extractor=attention",
+            f"hydra.run.dir={tmp_path / 'wo'}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "wo" / "results.json").read_text())
     assert res["model"] == "stan_wo_beta"

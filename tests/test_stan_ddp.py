@@ -21,10 +21,14 @@ def rank_batches(rank: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tens
     """Different (users, y~, positions) per rank and step; rank 1's last batch is smaller than rank 0's."""
     g = torch.Generator().manual_seed(100 + rank)
     out = []
-    for size in ((5, 4) if rank == 0 else (5, 2)):
-        out.append((torch.randint(0, NUM_USERS, (size,), generator=g), torch.rand(size, 2, generator=g,
-                                                                                   dtype=torch.float64),
-                    torch.randint(1, 9, (size,), generator=g)))
+    for size in (5, 4) if rank == 0 else (5, 2):
+        out.append(
+            (
+                torch.randint(0, NUM_USERS, (size,), generator=g),
+                torch.rand(size, 2, generator=g, dtype=torch.float64),
+                torch.randint(1, 9, (size,), generator=g),
+            )
+        )
     return out
 
 
@@ -66,8 +70,10 @@ def test_two_gloo_processes_end_with_identical_state_equal_to_the_union(tmp_path
 @pytest.mark.slow
 def test_stan_trains_with_lightning_ddp_on_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
-    proc = run_cli([*TINY, "model=stan", "trainer=ddp", "trainer.devices=2",
-                    "model.stage_analysis.tsne_users=0", f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_cli(
+        [*TINY, "model=stan", "trainer=ddp", "trainer.devices=2", "analysis.tsne_users=0", f"hydra.run.dir={out}"],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["train"]["world_size"] == 2 and "stage_analysis" in res

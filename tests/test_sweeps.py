@@ -57,11 +57,14 @@ def reference(tmp_path_factory) -> Path:
 
 
 # -- launcher configs ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, target", [
-    ("sequential", "hydra._internal.core_plugins.basic_launcher.BasicLauncher"),
-    ("parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
-    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
-])
+@pytest.mark.parametrize(
+    "name, target",
+    [
+        ("sequential", "hydra._internal.core_plugins.basic_launcher.BasicLauncher"),
+        ("parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ],
+)
 def test_launcher_configs_compose(name, target):
     cfg = compose_hydra([f"hydra/launcher={name}"])
     assert cfg.hydra.launcher._target_ == target
@@ -76,16 +79,26 @@ def test_slurm_launcher_submits_the_configured_sbatch_script(tmp_path, monkeypat
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\nfor last; do :; done\ncp "$last" {tmp_path}/submitted.sh\n'
-                                    'echo "Submitted batch job 4242"\n')
+    (bin_dir / "sbatch").write_text(
+        f'#!/bin/sh\nfor last; do :; done\ncp "$last" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n'
+    )
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     sweep = tmp_path / "sweep"
-    cfg = compose_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.mem_gb=32",
-                         "hydra.launcher.timeout_min=90", "hydra.launcher.gpus_per_node=1",
-                         "hydra.launcher.array_parallelism=2", "hydra.launcher.account=proj1",
-                         "hydra.launcher.setup=[source /opt/venv/bin/activate]", f"hydra.sweep.dir={sweep}"])
+    cfg = compose_hydra(
+        [
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.mem_gb=32",
+            "hydra.launcher.timeout_min=90",
+            "hydra.launcher.gpus_per_node=1",
+            "hydra.launcher.array_parallelism=2",
+            "hydra.launcher.account=proj1",
+            "hydra.launcher.setup=[source /opt/venv/bin/activate]",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     params.pop("_target_")
     launcher = SlurmLauncher(**params)
@@ -105,10 +118,19 @@ def test_slurm_launcher_submits_the_configured_sbatch_script(tmp_path, monkeypat
         launcher.launch([["seed=0"], ["seed=1"], ["seed=2"]], initial_job_idx=0)
     assert info.value.args[0] == ["4242_0", "4242_1", "4242_2"]
     script = (tmp_path / "submitted.sh").read_text()
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --mem=32GB", "#SBATCH --time=90",
-                 "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=4", "#SBATCH --array=0-2%2",
-                 "#SBATCH --account=proj1", "#SBATCH --ntasks-per-node=1", "#SBATCH --job-name=mtlbench-",
-                 "source /opt/venv/bin/activate", f"{sweep}/.submitit/"):
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --mem=32GB",
+        "#SBATCH --time=90",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --array=0-2%2",
+        "#SBATCH --account=proj1",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --job-name=mtlbench-",
+        "source /opt/venv/bin/activate",
+        f"{sweep}/.submitit/",
+    ):
         assert line in script, line
 
 
@@ -138,8 +160,14 @@ def test_completed_results_need_the_identical_resolved_config(tmp_path):
 def test_killed_sweep_resumes_to_the_report_of_an_uninterrupted_one(reference, tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "mtlbench.cli.train", *sweep_args(sweep)]
-    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+    p = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while p.poll() is None and time.time() < deadline:  # kill once a run is complete and the next began
         done, started = list(sweep.glob("*/results.json")), list(sweep.glob("*/config.yaml"))
@@ -169,8 +197,14 @@ def test_a_changed_config_is_not_skipped(reference, tmp_path):
     sweep = tmp_path / "sweep"
     shutil.copytree(reference, sweep)
     before = (sweep / "0_single_task_equal_seed0" / "results.json").stat().st_mtime_ns
-    args = ["-m", *[a for a in SWEEP if not a.startswith(("model=", "seed="))], "model=single_task", "seed=0",
-            "optimizer.lr=0.002", f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        *[a for a in SWEEP if not a.startswith(("model=", "seed="))],
+        "model=single_task",
+        "seed=0",
+        "optimizer.lr=0.002",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = run_cli(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipped" not in proc.stderr
@@ -182,8 +216,14 @@ def test_a_changed_config_is_not_skipped(reference, tmp_path):
 @pytest.mark.slow
 def test_parallel_launcher_runs_the_same_jobs(reference, tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", *[a for a in SWEEP if not a.startswith("model=")], "model=single_task",
-            "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        *[a for a in SWEEP if not a.startswith("model=")],
+        "model=single_task",
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = run_cli(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
@@ -198,8 +238,14 @@ def test_parallel_launcher_runs_the_same_jobs(reference, tmp_path):
 @pytest.mark.slow
 def test_experiment_sweeps_the_available_models_and_writes_its_report(tmp_path):
     sweep = tmp_path / "exp"
-    args = ["experiment=stan_table2", "dataset=lifecycle", *TINY, "seed=0",
-            "hydra.callbacks.summary.models=[single_task,not_landed]", f"hydra.sweep.dir={sweep}"]
+    args = [
+        "experiment=stan_table2",
+        "dataset=lifecycle",
+        *TINY,
+        "seed=0",
+        "hydra.callbacks.summary.models=[single_task,not_landed]",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = run_cli(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "left out of the sweep: not_landed" in proc.stderr
@@ -218,8 +264,16 @@ def test_experiment_sweeps_the_available_models_and_writes_its_report(tmp_path):
 
 
 def test_experiment_with_no_available_model_fails_in_one_line(tmp_path):
-    proc = run_cli(["experiment=stan_table2", "dataset=lifecycle", *TINY,
-                    "hydra.callbacks.summary.models=[nope1,nope2]", f"hydra.sweep.dir={tmp_path / 'x'}"], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "experiment=stan_table2",
+            "dataset=lifecycle",
+            *TINY,
+            "hydra.callbacks.summary.models=[nope1,nope2]",
+            f"hydra.sweep.dir={tmp_path / 'x'}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtlbench: error:")]
     assert len(errors) == 1 and "nope1" in errors[0] and "Traceback" not in proc.stderr
@@ -231,7 +285,7 @@ def test_experiments_have_deterministic_sweep_dirs_and_a_report(name):
     assert cfg.hydra.sweep.dir == f"multirun/{name}/lifecycle"
     paper = compose_hydra([f"experiment={name}", "dataset.path=x"])  # the dataset the paper used, by default
     assert paper.dataset.name == {"stan_table2": "wechat"}.get(name, "ali_ccp")
-    assert cfg.hydra.callbacks.summary._target_ == "mtlbench.report.callback.WriteReport"
+    assert cfg.hydra.callbacks.summary._target_ == "mtlbench.cli.sweep_callbacks.WriteReport"
     assert cfg.hydra.mode.name == "MULTIRUN"
     from mtlbench.report.tables import settings_from
 
@@ -240,13 +294,28 @@ def test_experiments_have_deterministic_sweep_dirs_and_a_report(name):
 
 
 # -- Optuna --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("monitor, direction", [("auc", "maximize"), ("logloss", "minimize"), ("ndcg@5", "maximize")])
+def test_optuna_direction_follows_the_monitored_metric(monitor, direction):
+    cfg = compose_hydra(["hparams_search=optuna", f"monitor={monitor}"])
+    assert cfg.hydra.sweeper.direction == direction
+
+
 @pytest.mark.slow
 def test_optuna_search_maximises_the_validation_metric(tmp_path):
-    hs = "hparams_search=optuna" if "hparams_search" in (REPO / "configs" / "train.yaml").read_text() \
+    hs = (
+        "hparams_search=optuna"
+        if "hparams_search" in (REPO / "configs" / "train.yaml").read_text()
         else "+hparams_search=optuna"
+    )
     sweep = tmp_path / "hps"
-    args = [hs, *[a for a in TINY if not a.startswith("batch_size")], "model=single_task",
-            "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={sweep}"]
+    args = [
+        hs,
+        *[a for a in TINY if not a.startswith("batch_size")],
+        "model=single_task",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = run_cli(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = [json.loads(p.read_text()) for p in sorted(sweep.glob("trial*/results.json"))]
@@ -278,11 +347,11 @@ def read_wandb_records(path: Path) -> list:
         if left < 7:
             pos += left
             continue
-        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
         if length == 0 and kind == 0:  # block padding
             pos += left
             continue
-        data = raw[pos + 7:pos + 7 + length]
+        data = raw[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 1:
             records.append(data)
@@ -322,8 +391,16 @@ def test_wandb_logs_config_steps_epochs_and_results_grouped_by_sweep(tmp_path, m
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_home"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     sweep = tmp_path / "sweep"
-    args = ["-m", *[a for a in TINY if a != "logger=none"], "logger=wandb", "trainer.max_epochs=2",
-            "trainer.log_every_n_steps=5", "model=mmoe", "seed=3", f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        *[a for a in TINY if a != "logger=none"],
+        "logger=wandb",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=5",
+        "model=mmoe",
+        "seed=3",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = run_cli(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = next(sweep.glob("*_mmoe_*"))
@@ -344,8 +421,12 @@ def test_wandb_logs_config_steps_epochs_and_results_grouped_by_sweep(tmp_path, m
     for key in ("train/loss", "train/loss_click", "train/weight_purchase"):
         assert history.get(key, 0) >= 2, key  # per step
     assert history.get("valid/click/auc", 0) >= 2  # per epoch (2 epochs)
-    summary = {record_key(item): json.loads(item.value_json) for r in records
-               if r.WhichOneof("record_type") == "summary" for item in r.summary.update}
+    summary = {
+        record_key(item): json.loads(item.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "summary"
+        for item in r.summary.update
+    }
     assert summary["final/test/click/auc"] == pytest.approx(results["metrics"]["test"]["click"]["auc"])
     assert summary["final/params"] == results["params"]
     assert "exit" in kinds  # the run was finished

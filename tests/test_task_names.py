@@ -14,14 +14,23 @@ from conftest import compose_cfg
 
 RENAMED = {"click": "forward", "long_view": "train", "purchase": "type"}
 ODD = {"click": "like.v2", "long_view": "click avatar", "purchase": "purchase"}
-SMALL = ["dataset.n_rows=4000", "dataset.n_users=150", "dataset.n_items=120", "trainer.max_epochs=1",
-         "batch_size=512", "trainer.enable_progress_bar=false", "logger=none", "predictions=true",
-         "model.stage_analysis.enabled=false"]
+SMALL = [
+    "dataset.n_rows=4000",
+    "dataset.n_users=150",
+    "dataset.n_items=120",
+    "trainer.max_epochs=1",
+    "batch_size=512",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+    "predictions=true",
+    "analysis=none",
+]
 
 
 def renamed_simulator(name: str, mapping: dict[str, str]) -> str:
     """A lifecycle simulator whose tasks (and task roles) carry other names."""
     if name not in DATASETS:
+
         @register_dataset(name)
         class Renamed(LifecycleSimulator):
             def build(self):
@@ -31,12 +40,12 @@ def renamed_simulator(name: str, mapping: dict[str, str]) -> str:
                 schema.tasks = [mapping[t] for t in schema.tasks]
                 schema.task_roles = {r: mapping[t] for r, t in schema.task_roles.items()}
                 return schema, cols
+
     return name
 
 
 def overrides(model: str) -> list[str]:
-    staged = model in ("stan", "stan_wo_beta", "ple_stage")  # their stage analysis is tested elsewhere
-    return [*(o for o in SMALL if staged or not o.startswith("model.stage_analysis")), f"model={model}"]
+    return [*SMALL, f"model={model}"]  # analysis=none in SMALL: STAN's stage analysis is tested elsewhere
 
 
 @pytest.mark.slow

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from mtlbench.errors import ConfigError
+from mtlbench.factory import create_weighting
 from mtlbench.models import ModelOutput
-from mtlbench.training.run import create_weighting
 
 
 def matrix():

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from mtlbench.errors import ConfigError
+from mtlbench.factory import create_weighting
 from mtlbench.models import ModelOutput
-from mtlbench.training.run import create_weighting
 from mtlbench.weighting.base import WeightedLoss, task_means
 from mtlbench.weighting.gradient import GradientWeighting
 from mtlbench.weighting.pcgrad import project_conflicting
@@ -57,11 +57,12 @@ class Separate(nn.Module):
         return [self.a, self.b]
 
     def out(self):
-        losses, mask = matrix([self.a ** 2, self.b ** 2])
+        losses, mask = matrix([self.a**2, self.b**2])
         return losses, mask, ModelOutput({"x": self.a.expand(1), "y": self.b.expand(1)})
 
 
 # -- uncertainty --------------------------------------------------------------------------------------
+
 
 def test_uncertainty_loss_is_kendall_eq10_with_log_variances():
     w = create_weighting("uncertainty", ["a", "b"])
@@ -90,6 +91,7 @@ def test_uncertainty_gives_the_task_with_the_larger_loss_the_smaller_weight(c):
 
 # -- GradNorm -----------------------------------------------------------------------------------------
 
+
 def test_gradnorm_raises_the_weight_of_the_task_whose_gradient_norm_lags():
     model = Linear(["strong", "weak"])
     w = create_weighting("gradnorm", ["strong", "weak"], alpha=1.5)
@@ -101,8 +103,9 @@ def test_gradnorm_raises_the_weight_of_the_task_whose_gradient_norm_lags():
         res = w(losses, mask, {}, out)
         # L_grad by hand: G = w·(3, 1), targets = mean(G)·1
         g = res.task_weights * torch.tensor([3.0, 1.0])
-        assert res.loss.item() == pytest.approx((res.task_weights * torch.tensor([3.0, 1.0])).sum().item()
-                                                + (g - g.mean()).abs().sum().item(), rel=1e-5)
+        assert res.loss.item() == pytest.approx(
+            (res.task_weights * torch.tensor([3.0, 1.0])).sum().item() + (g - g.mean()).abs().sum().item(), rel=1e-5
+        )
         res.loss.backward()
         opt.step()
     weights = run(w, model, [0.0, 0.0], [3.0, 1.0]).task_weights
@@ -117,7 +120,7 @@ def test_gradnorm_raises_the_weight_of_the_task_that_trains_slower():
     run(w, model, [0.0, 0.0], [1.0, 1.0])  # L(0) = (1, 1)
     res = run(w, model, [-0.5, 0.0], [1.0, 1.0])  # L = (0.5, 1.0), equal gradient norms 1
     r = torch.tensor([0.5, 1.0]) / 0.75  # relative inverse training rates
-    assert res.loss.item() == pytest.approx(1.5 + (1.0 - r ** 2).abs().sum().item(), rel=1e-5)  # G = 1, α = 2
+    assert res.loss.item() == pytest.approx(1.5 + (1.0 - r**2).abs().sum().item(), rel=1e-5)  # G = 1, α = 2
     res.loss.backward()
     assert w.weights.grad[0] > 0 > w.weights.grad[1]  # descent lowers 'fast' and raises 'slow'
     # the model gets the weighted sum only: ∂/∂θ Σ w_k (a_k + b_k θ) = Σ w_k b_k (L_grad adds nothing)
@@ -204,6 +207,7 @@ def test_gradient_weighting_base_owns_the_shared_set_and_the_per_task_gradients(
 
 # -- DWA ----------------------------------------------------------------------------------------------
 
+
 def test_dwa_weights_follow_the_ratio_of_the_last_two_epoch_losses():
     w = create_weighting("dwa", ["fast", "slow"], temperature=2.0)
 
@@ -229,6 +233,7 @@ def test_dwa_weights_follow_the_ratio_of_the_last_two_epoch_losses():
 
 
 # -- PCGrad -------------------------------------------------------------------------------------------
+
 
 class Bilinear(nn.Module):
     """L_k = g_k·θ + c_k·u: θ shared (gets surgery), u not listed as shared (gets the plain sum)."""
@@ -293,18 +298,20 @@ def test_pcgrad_matches_an_independent_projection_with_the_same_random_order():
 
 # -- end to end ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["uncertainty", "gradnorm", "dwa", "pcgrad"])
 def test_cli_mmoe_with_each_weighting_logs_task_weights(tmp_path, name):
     out = tmp_path / "run"
-    proc = run_cli([*TINY, "model=mmoe", f"weighting={name}", "logger=csv", "trainer.log_every_n_steps=1",
-                    f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_cli(
+        [*TINY, "model=mmoe", f"weighting={name}", "logger=csv", "trainer.log_every_n_steps=1", f"hydra.run.dir={out}"],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["weighting"] == name and 0.0 < res["metrics"]["test"]["purchase"]["auc"] < 1.0
     rows = [r for r in csv.DictReader((out / "logs" / "metrics.csv").open()) if r.get("train/weight_click")]
-    weights = np.array([[float(r[f"train/weight_{t}"]) for t in ("click", "long_view", "purchase")]
-                        for r in rows])
+    weights = np.array([[float(r[f"train/weight_{t}"]) for t in ("click", "long_view", "purchase")] for r in rows])
     assert len(weights) > 5
     if name in ("uncertainty", "gradnorm"):  # learned weights move within the first epoch
         assert not np.allclose(weights[-1], 1.0)

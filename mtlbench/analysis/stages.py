@@ -18,24 +18,28 @@ Algorithm 1) and ``pseudo_label`` (Eq. 10, the raw running label means, a no-lea
 rule-based stage of section 2.1 is compared directly (``rule_stage_nmi``). ``stage_tsne.png`` is the
 Fig. 6 picture: 2-D t-SNE of the representations coloured by true stage.
 
-``python -m mtlbench.analysis.stages RUN_DIR ...`` runs the analysis on finished runs of any model with
-towers (e.g. vanilla ``ple`` for the paper's STAN-vs-PLE comparison) and prints it as JSON.
+In a run it is a Lightning callback chosen by the ``analysis`` config group: ``analysis=stages`` (any model with
+towers; PLE_stage selects it), ``analysis=stan_stages`` (STAN's, which model=stan selects: also writes
+``user_stages.parquet``), ``analysis=none``. ``python -m mtlbench.cli.stages RUN_DIR ...`` runs the analysis
+on finished runs of any model with towers (e.g. vanilla ``ple`` for the paper's STAN-vs-PLE comparison) and prints
+it as JSON.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 
 from mtlbench.data.lifecycle_inputs import STAGE_NAMES, UNKNOWN_STAGE, rule_stage
+from mtlbench.errors import ConfigError
 from mtlbench.models.base import as_output
-from mtlbench.training.results import write_parquet
+from mtlbench.registry import register_analysis
+from mtlbench.rundir import write_parquet
 from mtlbench.weighting.stan_stage import StanWithoutBeta
 
 STAGE_FIELD = "true_stage"
@@ -57,8 +61,9 @@ def last_rows(user: np.ndarray, time: np.ndarray | None = None) -> tuple[np.ndar
 
 
 @torch.no_grad()
-def model_representations(module: Any, datamodule: Any, rows: np.ndarray, batch_size: int = 16384
-                          ) -> dict[str, np.ndarray]:
+def model_representations(
+    module: Any, datamodule: Any, rows: np.ndarray, batch_size: int = 16384
+) -> dict[str, np.ndarray]:
     """Run the trained model on ``rows``: the towers' inputs (``backbone``) and every ``extras`` tensor."""
     model = module.model
     was_training = model.training
@@ -67,7 +72,8 @@ def model_representations(module: Any, datamodule: Any, rows: np.ndarray, batch_
     hook = None
     if isinstance(getattr(model, "towers", None), torch.nn.Module):
         hook = model.towers.register_forward_pre_hook(
-            lambda _m, args: captured.append(torch.cat([t.flatten(1) for t in args[0]], 1).float().cpu()))
+            lambda _m, args: captured.append(torch.cat([t.flatten(1) for t in args[0]], 1).float().cpu())
+        )
     extras: dict[str, list[torch.Tensor]] = {}
     try:
         device = next(model.parameters()).device
@@ -129,8 +135,9 @@ def probe_accuracy(x: np.ndarray, stage: np.ndarray, seed: int = 0, folds: int =
     return float(scores.mean())
 
 
-def stage_recovery(reps: dict[str, np.ndarray], stage: np.ndarray, seed: int = 0, probe: bool = True
-                   ) -> dict[str, dict[str, float]]:
+def stage_recovery(
+    reps: dict[str, np.ndarray], stage: np.ndarray, seed: int = 0, probe: bool = True
+) -> dict[str, dict[str, float]]:
     """``kmeans_nmi`` (and ``probe_accuracy``) of every representation against the true stages."""
     out = {}
     for name, x in reps.items():
@@ -141,8 +148,9 @@ def stage_recovery(reps: dict[str, np.ndarray], stage: np.ndarray, seed: int = 0
     return out
 
 
-def plot_tsne(reps: dict[str, np.ndarray], stage: np.ndarray, path: Path, seed: int = 0,
-              titles: dict[str, str] | None = None) -> None:
+def plot_tsne(
+    reps: dict[str, np.ndarray], stage: np.ndarray, path: Path, seed: int = 0, titles: dict[str, str] | None = None
+) -> None:
     """Fig. 6: one 2-D t-SNE panel per representation, points coloured by true stage (Agg backend)."""
     import matplotlib
 
@@ -169,23 +177,34 @@ def plot_tsne(reps: dict[str, np.ndarray], stage: np.ndarray, path: Path, seed: 
 
 
 # -- one run ----------------------------------------------------------------------------------------------
-TITLES = {"preference": "STAN preference y~ (Eq. 9)", "user_representation": "STAN user embedding s^k (Eq. 8)",
-          "backbone": "backbone task representations (Eq. 3)"}
+TITLES = {
+    "preference": "STAN preference y~ (Eq. 9)",
+    "user_representation": "STAN user embedding s^k (Eq. 8)",
+    "backbone": "backbone task representations (Eq. 3)",
+}
 
 
-def stage_analysis(module: Any, datamodule: Any, run_dir: Path, enabled: bool = True, max_users: int = 5000,
-                   tsne_users: int = 1000, probe: bool = True, stage_field: str = STAGE_FIELD,
-                   extra: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+def stage_analysis(
+    module: Any,
+    datamodule: Any,
+    run_dir: Path,
+    max_users: int = 5000,
+    tsne_users: int = 0,
+    probe: bool = True,
+    stage_field: str = STAGE_FIELD,
+    extra: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """``{"stage_analysis": {...}}`` for a trained module, or ``{}`` without a ``stage_field`` column.
 
     ``extra``: more per-user representations, aligned with the users' last rows (see :func:`last_rows`).
     """
     schema, columns = datamodule.schema, datamodule.columns
-    if not enabled or stage_field not in columns or schema.user_field is None:
+    if stage_field not in columns or schema.user_field is None:
         return {}
     seed = int(getattr(datamodule, "seed", 0))
-    rows, users = last_rows(columns[schema.user_field],
-                            columns[schema.time_field] if schema.time_field in columns else None)
+    rows, users = last_rows(
+        columns[schema.user_field], columns[schema.time_field] if schema.time_field in columns else None
+    )
     in_test = np.isin(rows, datamodule.splits["test"])
     pick = np.flatnonzero(in_test)
     rng = np.random.default_rng(seed)
@@ -207,15 +226,28 @@ def stage_analysis(module: Any, datamodule: Any, run_dir: Path, enabled: bool = 
         return _stage_report(reps, stage, rules, run_dir, seed, len(pick), tsne_users, probe, rng)
 
 
-def _stage_report(reps: dict[str, np.ndarray], stage: np.ndarray, rules: np.ndarray, run_dir: Path, seed: int,
-                  users: int, tsne_users: int, probe: bool, rng: np.random.Generator) -> dict[str, Any]:
+def _stage_report(
+    reps: dict[str, np.ndarray],
+    stage: np.ndarray,
+    rules: np.ndarray,
+    run_dir: Path,
+    seed: int,
+    users: int,
+    tsne_users: int,
+    probe: bool,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
     """Clustering, probes and the t-SNE picture of the representations of ``users`` users."""
     from sklearn.metrics import normalized_mutual_info_score
 
     result: dict[str, Any] = {
-        "rows": "each user's last test interaction", "users": int(users), "seed": seed,
-        "stage_counts": {STAGE_NAMES[s] if s < len(STAGE_NAMES) else str(s): int(c)
-                         for s, c in zip(*np.unique(stage, return_counts=True))},
+        "rows": "each user's last test interaction",
+        "users": int(users),
+        "seed": seed,
+        "stage_counts": {
+            STAGE_NAMES[s] if s < len(STAGE_NAMES) else str(s): int(c)
+            for s, c in zip(*np.unique(stage, return_counts=True))
+        },
         "majority_accuracy": float(np.bincount(stage).max() / len(stage)),
         "representations": stage_recovery(reps, stage, seed, probe),
         "rule_stage_nmi": float(normalized_mutual_info_score(stage, rules)),
@@ -237,8 +269,9 @@ def stan_run_summary(module: Any, datamodule: Any, run_dir: Path, **settings: An
     Beta(alpha, beta) (seeded), ``gamma_mean_<task>`` its mean; with ``stan_wo_beta``, gamma = y~.
     """
     schema, columns = datamodule.schema, datamodule.columns
-    rows, users = last_rows(columns[schema.user_field],
-                            columns[schema.time_field] if schema.time_field in columns else None)
+    rows, users = last_rows(
+        columns[schema.user_field], columns[schema.time_field] if schema.time_field in columns else None
+    )
     reps = model_representations(module, datamodule, rows, datamodule.eval_batch_size)
     pref = reps["preference"]
     out: dict[str, np.ndarray] = {"user_id": users, "row": rows}
@@ -266,38 +299,59 @@ def stan_run_summary(module: Any, datamodule: Any, run_dir: Path, **settings: An
     if stage_field in columns:
         out[stage_field] = np.asarray(columns[stage_field])[rows]
     write_parquet(run_dir / USER_STAGES_FILE, out)
-    return stage_analysis(module, datamodule, run_dir, extra={"gamma_mean": gamma_mean} if gamma_mean is not None
-                          else None, **settings)
+    return stage_analysis(
+        module, datamodule, run_dir, extra={"gamma_mean": gamma_mean} if gamma_mean is not None else None, **settings
+    )
 
 
-# -- command line -----------------------------------------------------------------------------------------
-def analyse_run(run_dir: str | Path, **settings: Any) -> dict[str, Any]:
-    """Rebuild a finished run from its ``config.yaml`` and best checkpoint and run :func:`stage_analysis`."""
-    from omegaconf import OmegaConf
+# -- in a run: after-test callbacks -----------------------------------------------------------------------
+@register_analysis("stages")
+class StageAnalysis(pl.Callback):
+    """After testing (best checkpoint), on rank zero: :func:`stage_analysis` into ``results.json``.
 
-    from mtlbench.training.run import build_components
+    ``max_users``: users (last test interaction) for the k-means NMI and the linear probe; ``tsne_users``: users in
+    ``stage_tsne.png`` (0 = no picture); ``probe``: fit the linear probes; ``stage_field``: the ground-truth stage
+    column (a dataset without it, every real log, skips the analysis).
+    """
 
-    run_dir = Path(run_dir)
-    results = json.loads((run_dir / "results.json").read_text())
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    dm, module = build_components(cfg)
-    ckpt = results["train"].get("best_checkpoint")
-    if ckpt:
-        state = torch.load(run_dir / ckpt, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
-    return stage_analysis(module, dm, run_dir, **settings)
+    def __init__(
+        self, max_users: int = 5000, tsne_users: int = 0, probe: bool = True, stage_field: str = STAGE_FIELD
+    ) -> None:
+        self.settings: dict[str, Any] = {
+            "max_users": max_users,
+            "tsne_users": tsne_users,
+            "probe": probe,
+            "stage_field": stage_field,
+        }
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if trainer.is_global_zero:
+            # trainer.datamodule: set by Lightning's data connector, not declared in the Trainer class
+            datamodule = trainer.datamodule  # type: ignore[attr-defined]
+            pl_module.summaries.update(self.analyse(pl_module, datamodule, Path(trainer.default_root_dir)))
+
+    def analyse(self, module: Any, datamodule: Any, run_dir: Path) -> dict[str, Any]:
+        return stage_analysis(module, datamodule, run_dir, **self.settings)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dirs", nargs="+", type=Path)
-    parser.add_argument("--max-users", type=int, default=5000)
-    parser.add_argument("--tsne-users", type=int, default=0, help="0 = no picture")
-    args = parser.parse_args(argv)
-    for d in args.run_dirs:
-        res = analyse_run(d, max_users=args.max_users, tsne_users=args.tsne_users)
-        print(json.dumps({"run": str(d), **res}, indent=1))
+@register_analysis("stan_stages")
+class StanStageAnalysis(StageAnalysis):
+    """STAN's: :func:`stan_run_summary` (``user_stages.parquet`` + the stage analysis with gamma and y~).
 
+    The defaults draw the paper's Fig. 6 picture (1000 users in ``stage_tsne.png``).
+    """
 
-if __name__ == "__main__":
-    main()
+    def __init__(
+        self, max_users: int = 5000, tsne_users: int = 1000, probe: bool = True, stage_field: str = STAGE_FIELD
+    ) -> None:
+        super().__init__(max_users, tsne_users, probe, stage_field)
+
+    def setup(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
+        if not getattr(pl_module.model, "outputs_preference", False):
+            raise ConfigError(
+                f"analysis=stan_stages needs STAN's preference output; model "
+                f"{type(pl_module.model).__name__} has none (use analysis=stages)"
+            )
+
+    def analyse(self, module: Any, datamodule: Any, run_dir: Path) -> dict[str, Any]:
+        return stan_run_summary(module, datamodule, run_dir, **self.settings)

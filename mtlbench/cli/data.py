@@ -20,7 +20,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -37,7 +37,7 @@ def dataset_overrides(dataset: str, args: list[str]) -> list[str]:
         if "=" not in a and not a.startswith("~"):
             raise ConfigError(f"expected key=value, got {a!r}")
         prefix = a[0] if a[0] in "+~" else ""
-        body = a[len(prefix):]
+        body = a[len(prefix) :]
         key = body.split("=", 1)[0]
         if key in TOP_LEVEL or key.startswith("dataset.") or key.startswith("hydra."):
             out.append(a)
@@ -72,25 +72,19 @@ def dataset_factory(name: str) -> Any:
 
 def dataset_source(cfg) -> tuple[str, Any, dict]:
     """(registered name, the DatasetSource, split settings) of a composed config."""
-    import inspect
-
     from omegaconf import OmegaConf
 
     from mtlbench.data.source import DATASET_KEYS
+    from mtlbench.factory import check_settings
 
-    ds = OmegaConf.to_container(cfg.dataset, resolve=True)
+    ds = cast("dict[str, Any]", OmegaConf.to_container(cfg.dataset, resolve=True))  # a DictConfig gives a dict
     name = ds["name"]
     settings = {k: v for k, v in ds.items() if k not in DATASET_KEYS}
     missing = [k for k, v in settings.items() if v == "???"]
     if missing:
         raise ConfigError(f"dataset {name!r} needs {', '.join(f'{k}=...' for k in missing)}")
     factory = dataset_factory(name)
-    params = inspect.signature(factory).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(settings) - set(params))
-        if unknown:
-            raise ConfigError(f"dataset {name!r} has no setting(s) {unknown}; its settings are "
-                              f"{[p for p in params if p != 'self']}")
+    check_settings(factory, "dataset", name, settings)
     return name, factory(**settings), dict(ds.get("split") or {})
 
 
@@ -119,19 +113,31 @@ def describe_data(schema, columns: dict[str, np.ndarray], splits: dict[str, np.n
         out[key] = _distinct(columns[field], schema.feature(field).vocab_size) if field else None
     if schema.time_field:
         t = np.asarray(columns[schema.time_field])
-        out["time"] = {"field": schema.time_field, "min": _fmt_time(float(t.min())),
-                       "max": _fmt_time(float(t.max()))}
+        out["time"] = {"field": schema.time_field, "min": _fmt_time(float(t.min())), "max": _fmt_time(float(t.max()))}
     scen = np.asarray(columns[schema.scenario_field], dtype=np.int64) if schema.scenario_field else None
-    out["scenario"] = ({"field": schema.scenario_field, "count": schema.num_scenarios,
-                        "rows": np.bincount(scen, minlength=schema.num_scenarios).tolist()}
-                       if scen is not None else None)
+    out["scenario"] = (
+        {
+            "field": schema.scenario_field,
+            "count": schema.num_scenarios,
+            "rows": np.bincount(scen, minlength=schema.num_scenarios).tolist(),
+        }
+        if scen is not None
+        else None
+    )
     if scen is not None and getattr(schema, "scenario_labels", None):
         out["scenario"]["labels"] = list(schema.scenario_labels)
     if getattr(schema, "stats", None):  # what the reader counted, e.g. rows it dropped
         out["stats"] = dict(schema.stats)
-    out["features"] = [{"name": f.name, "kind": f.kind,
-                        "vocab": schema.vocab_of(f) if f.kind != "numeric" else None, "role": f.role,
-                        **({"max_len": f.max_len} if f.kind == "sequence" else {})} for f in schema.features]
+    out["features"] = [
+        {
+            "name": f.name,
+            "kind": f.kind,
+            "vocab": schema.vocab_of(f) if f.kind != "numeric" else None,
+            "role": f.role,
+            **({"max_len": f.max_len} if f.kind == "sequence" else {}),
+        }
+        for f in schema.features
+    ]
     tasks = {}
     for t in schema.tasks:
         y = np.asarray(columns[t], dtype=np.float64)
@@ -154,9 +160,11 @@ def describe_data(schema, columns: dict[str, np.ndarray], splits: dict[str, np.n
 
 
 def format_description(d: dict[str, Any]) -> str:
-    lines = [f"dataset {d['dataset']}: {d['rows']:,} rows"
-             + (f", {d['users']:,} users" if d.get("users") is not None else "")
-             + (f", {d['items']:,} items" if d.get("items") is not None else "")]
+    lines = [
+        f"dataset {d['dataset']}: {d['rows']:,} rows"
+        + (f", {d['users']:,} users" if d.get("users") is not None else "")
+        + (f", {d['items']:,} items" if d.get("items") is not None else "")
+    ]
     if d.get("time"):
         lines.append(f"time ({d['time']['field']}): {d['time']['min']} .. {d['time']['max']}")
     if d.get("scenario"):
@@ -176,8 +184,9 @@ def format_description(d: dict[str, Any]) -> str:
     how = split["method"]
     if split["resolved"] != how:
         how += f" -> {split['resolved']}"
-    lines.append(f"splits ({how}, ratios {split['ratios']}): "
-                 + ", ".join(f"{k} {v:,}" for k, v in d["splits"].items()))
+    lines.append(
+        f"splits ({how}, ratios {split['ratios']}): " + ", ".join(f"{k} {v:,}" for k, v in d["splits"].items())
+    )
     if d.get("task_roles"):
         lines.append("task roles: " + ", ".join(f"{r}={t}" for r, t in d["task_roles"].items()))
     lines.append("label rate per task (labelled rows; per split; per scenario):")
@@ -186,8 +195,12 @@ def format_description(d: dict[str, Any]) -> str:
         by_split = " ".join(f"{k}={'-' if v is None else f'{v:.4f}'}" for k, v in e["rate_by_split"].items())
         lines.append(f"  {t:<16} {rate} on {e['labelled']:,} rows; {by_split}")
         if "rate_by_scenario" in e:
-            lines.append("  " + " " * 16 + " by scenario: " + " ".join(
-                f"{i}={'-' if v is None else f'{v:.4f}'}" for i, v in enumerate(e["rate_by_scenario"])))
+            lines.append(
+                "  "
+                + " " * 16
+                + " by scenario: "
+                + " ".join(f"{i}={'-' if v is None else f'{v:.4f}'}" for i, v in enumerate(e["rate_by_scenario"]))
+            )
     return "\n".join(lines)
 
 
@@ -222,9 +235,14 @@ def build_entry(src: Any, name: str, cache_dir: str | None) -> tuple[Path, dict,
     start = time.perf_counter()
     schema, columns = src.build()
     schema.validate(columns, source=name)
-    meta = {"dataset": name, "settings": src.settings, "rows": len(columns[schema.tasks[0]]),
-            "build_seconds": round(time.perf_counter() - start, 3), "fingerprint": path.name,
-            "columns": len(columns)}
+    meta = {
+        "dataset": name,
+        "settings": src.settings,
+        "rows": len(columns[schema.tasks[0]]),
+        "build_seconds": round(time.perf_counter() - start, 3),
+        "fingerprint": path.name,
+        "columns": len(columns),
+    }
     write_entry(path, schema, columns, meta)
     return path, meta, False
 
@@ -241,19 +259,28 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     schema = json.loads((path / "schema.json").read_text())
     columns = meta.get("columns") or len(schema["features"])
-    report = {"dataset": name, "cache": str(path), "bytes": dir_size(path), "rows": meta["rows"],
-              "columns": columns, "seconds": round(seconds, 3), "build_seconds": meta["build_seconds"],
-              "rows_per_second": round(meta["rows"] / max(meta["build_seconds"], 1e-9)),
-              "already_prepared": existed}
+    report = {
+        "dataset": name,
+        "cache": str(path),
+        "bytes": dir_size(path),
+        "rows": meta["rows"],
+        "columns": columns,
+        "seconds": round(seconds, 3),
+        "build_seconds": meta["build_seconds"],
+        "rows_per_second": round(meta["rows"] / max(meta["build_seconds"], 1e-9)),
+        "already_prepared": existed,
+    }
     if schema.get("stats"):  # what the reader counted, e.g. rows it dropped
         report["stats"] = schema["stats"]
     if args.json:
         print(json.dumps(report))
     else:
-        what = "already prepared" if existed else (f"prepared in {meta['build_seconds']:.1f}s "
-                                                    f"({report['rows_per_second']:,} rows/s)")
-        print(f"{name}: {what}: {meta['rows']:,} rows, {columns} columns, {report['bytes'] / 2**20:,.1f} MiB "
-              f"-> {path}")
+        what = (
+            "already prepared"
+            if existed
+            else (f"prepared in {meta['build_seconds']:.1f}s ({report['rows_per_second']:,} rows/s)")
+        )
+        print(f"{name}: {what}: {meta['rows']:,} rows, {columns} columns, {report['bytes'] / 2**20:,.1f} MiB -> {path}")
         if report.get("stats"):
             print("input: " + ", ".join(f"{k} {v:,}" for k, v in report["stats"].items()))
     return 0
@@ -261,33 +288,45 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from mtlbench.data.download import download
-    from mtlbench.datasets.readers import progress_enabled
+    from mtlbench.datasets.progress import progress_enabled
 
-    download(args.name, args.dest or Path.cwd(), url=args.url, sha256=args.sha256, retries=args.retries,
-             progress=progress_enabled())
+    download(
+        args.name,
+        args.dest or Path.cwd(),
+        url=args.url,
+        sha256=args.sha256,
+        retries=args.retries,
+        progress=progress_enabled(),
+    )
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--progress", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                        help="show progress bars (default: when stderr is a terminal)")
-    p = argparse.ArgumentParser(prog="mtlbench-data", description="Describe, prepare and download datasets.",
-                                parents=[common])
+    common.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=argparse.SUPPRESS,
+        help="show progress bars (default: when stderr is a terminal)",
+    )
+    p = argparse.ArgumentParser(
+        prog="mtlbench-data", description="Describe, prepare and download datasets.", parents=[common]
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    for name, helptext in (("describe", "schema, rows, users, items, time span, label rates, split sizes"),
-                           ("prepare", "build the cache entry and report its size and time")):
+    for name, helptext in (
+        ("describe", "schema, rows, users, items, time span, label rates, split sizes"),
+        ("prepare", "build the cache entry and report its size and time"),
+    ):
         c = sub.add_parser(name, help=helptext, parents=[common])
         c.add_argument("dataset", help="a dataset config name (configs/dataset/<name>.yaml)")
-        c.add_argument("overrides", nargs="*",
-                       help="key=value overrides of the dataset config, e.g. path=...")
+        c.add_argument("overrides", nargs="*", help="key=value overrides of the dataset config, e.g. path=...")
         c.add_argument("--json", action="store_true", help="print JSON")
         if name == "prepare":
             c.add_argument("--force", action="store_true", help="rebuild even when the cache has the entry")
-    d = sub.add_parser("download", parents=[common],
-                       help="fetch a dataset whose licence allows it (SHA-256 checked, resumable)")
-    d.add_argument("name",
-                   help="movielens-100k, movielens-1m, census_income (others print where to get them)")
+    d = sub.add_parser(
+        "download", parents=[common], help="fetch a dataset whose licence allows it (SHA-256 checked, resumable)"
+    )
+    d.add_argument("name", help="movielens-100k, movielens-1m, census_income (others print where to get them)")
     d.add_argument("--dest", help="destination folder (default: the current folder)")
     d.add_argument("--url", help="another location of the file (a mirror); needs --sha256")
     d.add_argument("--sha256", help="expected SHA-256 of the file")
@@ -297,9 +336,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from mtlbench.datasets import readers
+    from mtlbench.datasets.progress import set_progress
+    from mtlbench.log import to_stderr
 
-    readers.set_progress(getattr(args, "progress", None))
+    to_stderr()  # the library's messages (e.g. rows dropped while preparing) as "[mtlbench] ..." lines
+
+    set_progress(getattr(args, "progress", None))
     commands = {"describe": cmd_describe, "prepare": cmd_prepare, "download": cmd_download}
     try:
         return commands[args.command](args)

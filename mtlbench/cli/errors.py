@@ -18,7 +18,7 @@ USER_ERRORS = (MtlbenchError, HydraException, OmegaConfBaseException)
 
 def one_line(ex: BaseException) -> str:
     """First meaningful lines of an error and its cause, joined into one line."""
-    parts = []
+    parts: list[str] = []
     e: BaseException | None = ex
     while e is not None and len(parts) < 3:
         text = str(e).strip()

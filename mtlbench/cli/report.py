@@ -12,7 +12,8 @@ import sys
 from mtlbench.errors import MtlbenchError
 from mtlbench.report import stats
 from mtlbench.report.collect import IGNORED_KEYS
-from mtlbench.report.tables import ReportSettings, to_markdown, write_report
+from mtlbench.report.tables import ReportSettings, to_markdown
+from mtlbench.report.write import write_report
 
 
 def _list(text: str) -> list[str]:
@@ -33,30 +34,63 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mtlbench-report",
         description="Turn run and sweep directories into paper-style leaderboards "
-                    "(leaderboard.md, .csv, .tex and a self-contained .html).")
+        "(leaderboard.md, .csv, .tex and a self-contained .html).",
+    )
     p.add_argument("dirs", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="run directories or sweep directories")
     p.add_argument("--out", required=True, help="directory for the leaderboard files")
-    p.add_argument("--metrics", default="auc,gauc,ndcg@5",
-                   help="overall columns per task, comma-separated (default: auc,gauc,ndcg@5)")
-    p.add_argument("--scenario-metrics", default="auc",
-                   help="metrics with a per-scenario table when runs report them (default: auc; 'none' for none)")
+    p.add_argument(
+        "--metrics",
+        default="auc,gauc,ndcg@5",
+        help="overall columns per task, comma-separated (default: auc,gauc,ndcg@5)",
+    )
+    p.add_argument(
+        "--scenario-metrics",
+        default="auc",
+        help="metrics with a per-scenario table when runs report them (default: auc; 'none' for none)",
+    )
     p.add_argument("--split", default="test", choices=("test", "valid"), help="which split (default: test)")
-    p.add_argument("--base", default="single_task",
-                   help="base model of RelaImpr, STAN Eq. 15-16 (default: single_task; 'none' for no RelaImpr)")
-    p.add_argument("--test", default="ttest", choices=sorted(stats.TESTS),
-                   help="significance test of the best model against the best baseline: paired t-test "
-                        "(STAN) or Mann-Whitney U (SFPNet); default: ttest")
-    p.add_argument("--candidate", default=None,
-                   help="test this model against the best other model (default: the best model per column)")
+    p.add_argument(
+        "--base",
+        default="single_task",
+        help="base model of RelaImpr, STAN Eq. 15-16 (default: single_task; 'none' for no RelaImpr)",
+    )
+    p.add_argument(
+        "--test",
+        default="ttest",
+        choices=sorted(stats.TESTS),
+        help="significance test of the best model against the best baseline: paired t-test "
+        "(STAN) or Mann-Whitney U (SFPNet); default: ttest",
+    )
+    p.add_argument(
+        "--candidate",
+        default=None,
+        help="test this model against the best other model (default: the best model per column)",
+    )
     p.add_argument("--tasks", default="", help="tasks to show, comma-separated (default: all)")
-    p.add_argument("--task-label", action="append", default=[], metavar="TASK=LABEL",
-                   help="display name of a task, e.g. purchase=CTCVR (repeatable)")
-    p.add_argument("--label", action="append", default=[], metavar="MODEL=LABEL",
-                   help="display name of a model, e.g. single_task=MLP_Single (repeatable)")
-    p.add_argument("--models", default="", help="row order, comma-separated model names (default: base first, "
-                                                 "then by name)")
-    p.add_argument("--ignore", action="append", default=[], metavar="KEY",
-                   help="another config key (glob) that does not separate groups (repeatable)")
+    p.add_argument(
+        "--task-label",
+        action="append",
+        default=[],
+        metavar="TASK=LABEL",
+        help="display name of a task, e.g. purchase=CTCVR (repeatable)",
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="MODEL=LABEL",
+        help="display name of a model, e.g. single_task=MLP_Single (repeatable)",
+    )
+    p.add_argument(
+        "--models", default="", help="row order, comma-separated model names (default: base first, then by name)"
+    )
+    p.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="another config key (glob) that does not separate groups (repeatable)",
+    )
     p.add_argument("--title", default="Leaderboard")
     p.add_argument("--no-html", action="store_true", help="skip leaderboard.html (and its plots)")
     p.add_argument("--quiet", action="store_true", help="do not print the Markdown table")
@@ -67,11 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         settings = ReportSettings(
-            metrics=_list(args.metrics), scenario_metrics=_list(args.scenario_metrics), split=args.split,
-            base=None if args.base.lower() in ("", "none") else args.base, test=args.test,
-            candidate=args.candidate, tasks=_list(args.tasks) or None,
-            task_labels=_pairs(args.task_label, "--task-label"), model_labels=_pairs(args.label, "--label"),
-            models=_list(args.models) or None, ignore=[*IGNORED_KEYS, *args.ignore], title=args.title)
+            metrics=_list(args.metrics),
+            scenario_metrics=_list(args.scenario_metrics),
+            split=args.split,
+            base=None if args.base.lower() in ("", "none") else args.base,
+            test=args.test,
+            candidate=args.candidate,
+            tasks=_list(args.tasks) or None,
+            task_labels=_pairs(args.task_label, "--task-label"),
+            model_labels=_pairs(args.label, "--label"),
+            models=_list(args.models) or None,
+            ignore=[*IGNORED_KEYS, *args.ignore],
+            title=args.title,
+        )
         board = write_report(args.dirs, args.out, settings, html=not args.no_html)
     except MtlbenchError as e:
         print(f"mtlbench-report: error: {e}", file=sys.stderr)

@@ -13,88 +13,47 @@ import json
 import os
 import shutil
 import sys
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from mtlbench.cli import errors
 from mtlbench.config import register_configs
-from mtlbench.errors import ConfigError
 from mtlbench.registry import load_plugins
 
 #: config keys that change only what is printed or how a run gets to its end, never its results: a run
 #: that differs from a complete one only in these is still skipped
-SKIP_IGNORED = ("print_summary", "resume", "skip_complete", "trainer.enable_progress_bar",
-                "trainer.enable_model_summary")
+SKIP_IGNORED = (
+    "print_summary",
+    "resume",
+    "skip_complete",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+)
 #: what a redone run must not inherit from an interrupted attempt in the same directory
 STALE_OUTPUTS = ("checkpoints", "logs")
 
 
-# -- experiments: sweep over the models that exist ----------------------------------------------------------
-_reported_missing: set[tuple[str, ...]] = set()
-
-
-def _names(args: tuple[Any, ...]) -> list[str]:
-    out: list[str] = []
-    for a in args:
-        if isinstance(a, ListConfig | list | tuple):
-            out += _names(tuple(a))
-        else:
-            out += [s.strip() for s in str(a).split(",") if s.strip()]
-    return out
-
-
-def model_available(name: str) -> bool:
-    """A model can be swept when it is registered and ships ``configs/model/<name>.yaml``.
-
-    ``<protocol>/<name>`` is a protocol's variant of a model (e.g. ``sfpnet_table4/mmoe``: MMoE per scenario),
-    a config that inherits the model's own and changes what the protocol states.
-    """
-    from mtlbench.registry import MODELS
-
-    config = resources.files("mtlbench.configs").joinpath("model", *f"{name}.yaml".split("/"))
-    return name.rsplit("/", 1)[-1] in MODELS and config.is_file()
-
-
-def available_models(*wanted: Any) -> str:
-    """OmegaConf resolver ``${available_models:[a, b, c]}``: the sweep value ``a,c`` of the models that exist.
-
-    Experiments list the models of a paper's table; models that have not landed yet are left out of the
-    sweep (and named once on stderr) instead of failing it.
-    """
-    names = _names(wanted)
-    present = [n for n in names if model_available(n)]
-    missing = tuple(n for n in names if n not in present)
-    if missing and missing not in _reported_missing:
-        _reported_missing.add(missing)
-        print(f"mtlbench: models not available (yet), left out of the sweep: {', '.join(missing)}",
-              file=sys.stderr)
-    if not present:
-        raise ConfigError(f"none of the models {names} is available; registered models with a config: "
-                          "see `mtlbench --help`")
-    return ",".join(present)
-
-
-OmegaConf.register_new_resolver("available_models", available_models, replace=True)
+register_configs()  # at import: a launcher's worker process unpickles _app without running main()
 
 
 # -- resumable sweeps -----------------------------------------------------------------------------------
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     from mtlbench.report.collect import flatten
-    from mtlbench.training.results import _jsonable
+    from mtlbench.rundir import jsonable
 
-    flat = flatten(json.loads(json.dumps(_jsonable(config))))  # as stored in results.json
+    flat = flatten(json.loads(json.dumps(jsonable(config))))  # as stored in results.json
     return {k: v for k, v in flat.items() if k not in SKIP_IGNORED}
 
 
 def completed_results(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     """The results.json in ``run_dir`` if it was produced by this exact resolved config, else None."""
-    import mtlbench
-    from mtlbench.training.results import RESULTS_FILE
+    from mtlbench.rundir import RESULTS_FILE
+    from mtlbench.version import __version__
 
     path = run_dir / RESULTS_FILE
     if not path.exists():
@@ -103,9 +62,9 @@ def completed_results(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
         stored = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    if stored.get("version") != mtlbench.__version__:
+    if stored.get("version") != __version__:
         return None
-    current = OmegaConf.to_container(cfg, resolve=True)
+    current = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))  # a DictConfig gives a dict
     return stored if _comparable(stored.get("config") or {}) == _comparable(current) else None
 
 
@@ -132,7 +91,7 @@ def _app(cfg: DictConfig) -> float | None:
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    multirun = hc.mode.name == "MULTIRUN"
+    multirun = hc.mode == RunMode.MULTIRUN
     results = completed_results(cfg, run_dir) if multirun and skip_complete_enabled(cfg) else None
     if results is not None:
         print(f"mtlbench: {run_dir} already has results for this config: skipped (reused)", file=sys.stderr)
@@ -164,7 +123,6 @@ def _valid_objective(results: dict, metric: str) -> float:
 
 
 def main() -> None:
-    register_configs()
     load_plugins()
     errors.install()
     _app()

@@ -19,8 +19,11 @@ import pyarrow as pa
 
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.data.source import DatasetSource
+from mtlbench.log import get_logger
 
 CACHE_ENV = "MTLBENCH_CACHE"
+
+logger = get_logger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -76,8 +79,9 @@ def entry_path(source: DatasetSource, name: str, cache_dir: str | os.PathLike | 
     return root / f"{name}-{source.fingerprint()}"
 
 
-def load_or_build(source: DatasetSource, name: str, cache_dir: str | os.PathLike | None = None,
-                  log: bool = True) -> tuple[DatasetSchema, dict[str, np.ndarray], Path]:
+def load_or_build(
+    source: DatasetSource, name: str, cache_dir: str | os.PathLike | None = None, log: bool = True
+) -> tuple[DatasetSchema, dict[str, np.ndarray], Path]:
     """Return the cached dataset, building and validating it first when the cache has no entry."""
     path = entry_path(source, name, cache_dir)
     if not (path / "meta.json").exists():
@@ -85,11 +89,16 @@ def load_or_build(source: DatasetSource, name: str, cache_dir: str | os.PathLike
         schema, columns = source.build()
         schema.validate(columns, source=name)
         rows = len(columns[schema.tasks[0]])
-        meta = {"dataset": name, "settings": source.settings, "rows": rows,
-                "build_seconds": round(time.perf_counter() - start, 3), "fingerprint": path.name}
+        meta = {
+            "dataset": name,
+            "settings": source.settings,
+            "rows": rows,
+            "build_seconds": round(time.perf_counter() - start, 3),
+            "fingerprint": path.name,
+        }
         write_entry(path, schema, columns, meta)
         del columns  # free the built arrays before the entry is mapped back
         if log:
-            print(f"[mtlbench] prepared {name}: {rows:,} rows in {meta['build_seconds']:.1f}s -> {path}")
+            logger.info("prepared %s: %s rows in %.1fs -> %s", name, f"{rows:,}", meta["build_seconds"], path)
     schema, columns = read_entry(path)
     return schema, columns, path

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -15,7 +16,7 @@ from mtlbench.data.loader import TensorBatchLoader
 from mtlbench.data.schema import DatasetSchema, select_tasks
 from mtlbench.data.splits import check_not_empty, make_splits
 from mtlbench.errors import ConfigError
-from mtlbench.registry import DATASETS
+from mtlbench.factory import create_dataset
 
 
 class MultiTaskDataModule(pl.LightningDataModule):
@@ -25,16 +26,30 @@ class MultiTaskDataModule(pl.LightningDataModule):
     ``batch_size // world`` rows per step, so results don't depend on the number of processes.
     """
 
-    def __init__(self, name: str, settings: dict[str, Any] | None = None, cache_dir: str | None = None,
-                 split_method: str = "auto", split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                 batch_size: int = 2048, eval_batch_size: int = 16384, seed: int = 0,
-                 extra_inputs: tuple[str, ...] = (), extra_settings: dict[str, Any] | None = None,
-                 hash_buckets: int | dict[str, int] | None = None, tasks: list[str] | None = None) -> None:
+    name: str  # the registered dataset name (LightningDataModule declares it Optional)
+
+    def __init__(
+        self,
+        name: str,
+        settings: dict[str, Any] | None = None,
+        cache_dir: str | None = None,
+        split_method: str = "auto",
+        split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        batch_size: int = 2048,
+        eval_batch_size: int = 16384,
+        seed: int = 0,
+        extra_inputs: tuple[str, ...] = (),
+        extra_settings: dict[str, Any] | None = None,
+        hash_buckets: int | dict[str, int] | None = None,
+        tasks: list[str] | None = None,
+    ) -> None:
         super().__init__()
         self.name = name
         self.settings = dict(settings or {})
         self.cache_dir = cache_dir
-        self.split_method, self.split_ratios = split_method, tuple(split_ratios)
+        self.split_method = split_method
+        # a tuple of any length from a config: make_splits checks it holds three ratios
+        self.split_ratios = cast("tuple[float, float, float]", tuple(split_ratios))
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.seed = int(seed)
         self.extra_inputs = tuple(extra_inputs)
@@ -46,15 +61,13 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.columns: dict[str, np.ndarray] = {}
         self.splits: dict[str, np.ndarray] = {}
         self.tensors: dict[str, torch.Tensor] = {}
-        self.cache_path = None
+        self.cache_path: Path | None = None
 
     def load(self) -> DatasetSchema:
         """Load (building on first use) the cached dataset, split it and build the batch tensors."""
         if self.schema is not None:
             return self.schema
-        from mtlbench.training.run import call_with_config
-
-        source = call_with_config(DATASETS.get(self.name), "dataset", self.name, **self.settings)
+        source = create_dataset(self.name, **self.settings)
         schema, columns, self.cache_path = load_or_build(source, self.name, self.cache_dir)
         self.hashed_fields = sorted(hash_plan(schema, self.hash_buckets))
         self.schema, self.columns = apply_hashing(schema, columns, self.hash_buckets)
@@ -67,8 +80,9 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.tensors = build_tensors(self.schema, self.columns)
         standardize_numeric(self.schema, self.tensors, self.splits["train"])
         for name in self.extra_inputs:
-            values = compute_derived(name, self.schema, self.columns, self.splits["train"],
-                                     **self.extra_settings.get(name, {}))
+            values = compute_derived(
+                name, self.schema, self.columns, self.splits["train"], **self.extra_settings.get(name, {})
+            )
             self.tensors[name] = torch.from_numpy(np.ascontiguousarray(values))
         return self.schema
 
@@ -89,13 +103,22 @@ class MultiTaskDataModule(pl.LightningDataModule):
         rank, world = self._world()
         rows = torch.from_numpy(self.splits[split])
         if train and self.batch_size % world:
-            raise ConfigError(f"batch_size={self.batch_size} is the global batch and must divide by the {world} "
-                              "processes")
+            raise ConfigError(
+                f"batch_size={self.batch_size} is the global batch and must divide by the {world} processes"
+            )
         if len(rows) < world:
             raise ConfigError(f"split {split!r} has {len(rows)} rows, fewer than the {world} processes")
         if train:
-            return TensorBatchLoader(self.tensors, rows, max(1, self.batch_size // world), shuffle=True,
-                                     seed=self.seed, rank=rank, world=world, epoch_fn=self._epoch)
+            return TensorBatchLoader(
+                self.tensors,
+                rows,
+                max(1, self.batch_size // world),
+                shuffle=True,
+                seed=self.seed,
+                rank=rank,
+                world=world,
+                epoch_fn=self._epoch,
+            )
         return TensorBatchLoader(self.tensors, rows, self.eval_batch_size, rank=rank, world=world)
 
     def train_dataloader(self) -> TensorBatchLoader:

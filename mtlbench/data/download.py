@@ -50,43 +50,103 @@ class Source:
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
 UCI = "https://archive.ics.uci.edu/ml/machine-learning-databases/census-income-mld"
-GROUPLENS_TERMS = ("GroupLens research licence (non-commercial, acknowledge GroupLens, no redistribution "
-                   "without permission)")
+GROUPLENS_TERMS = (
+    "GroupLens research licence (non-commercial, acknowledge GroupLens, no redistribution without permission)"
+)
 TIANCHI_TERMS = "Tianchi dataset terms (non-commercial research)"
-SOURCES: dict[str, Source] = {s.name: s for s in (
-    # checksums: tensorflow/datasets url_checksums/movielens.txt (commit 1c076ac3)
-    Source("movielens-100k", "movielens", GROUPLENS_TERMS, "https://grouplens.org/datasets/movielens/100k/",
-           (Remote(f"{GROUPLENS}/ml-100k.zip", "ml-100k.zip",
-                   "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229", 4924029, True),),
-           folder="ml-100k"),
-    Source("movielens-1m", "movielens", GROUPLENS_TERMS, "https://grouplens.org/datasets/movielens/1m/",
-           (Remote(f"{GROUPLENS}/ml-1m.zip", "ml-1m.zip",
-                   "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20", 5917549, True),),
-           folder="ml-1m"),
-    # census-income.test.gz: SHA-256 of the copy in drawbridge/keras-mmoe (data/census-income.test.gz); UCI
-    # publishes no checksum, and none is known for census-income.data.gz (it is printed after download)
-    Source("census_income", "census_income", "CC BY 4.0 (UCI Machine Learning Repository)",
-           "https://archive.ics.uci.edu/dataset/117/census+income+kdd",
-           (Remote(f"{UCI}/census-income.data.gz", "census-income.data.gz"),
-            Remote(f"{UCI}/census-income.test.gz", "census-income.test.gz",
-                   "5ac4cacd3ca9f1ecb10de1a0a41e4ac68fdc419e3fec190f5c0c6cc03b2ea659", 3261416))),
-    Source("ali_ccp", "ali_ccp", TIANCHI_TERMS, "https://tianchi.aliyun.com/dataset/408",
-           manual="Tianchi requires an account login to download; "
-           "then process it into the AITM / torch-rechub CSV layout"),
-    Source("aliexpress", "aliexpress", TIANCHI_TERMS, "https://tianchi.aliyun.com/dataset/74690",
-           manual="Tianchi requires an account login to download"),
-    Source("kuairand", "kuairand", "CC BY-SA 4.0", "https://kuairand.com",
-           manual="KuaiRand has no stable direct file link known to mtlbench; download KuaiRand-Pure (or 1K) "
-           "from the links on its page and unpack its data/ folder"),
-    Source("wechat", "wechat", "WeChat Big Data Challenge 2021 terms (participants only)",
-           "https://algo.weixin.qq.com",
-           manual="the data is given to registered challenge participants only"),
-    Source("douban", "douban", "research use (Scenario-Wise-Rec sample, MIT repository)",
-           "https://github.com/Xiaopengli1/Scenario-Wise-Rec (scripts/data/douban)",
-           manual="the multi-domain Douban sample is published inside the Scenario-Wise-Rec repository"),
-)}
-ALIASES = {"movielens": ("movielens-100k", "movielens-1m"), "ml-100k": ("movielens-100k",),
-           "ml-1m": ("movielens-1m",)}
+SOURCES: dict[str, Source] = {
+    s.name: s
+    for s in (
+        # checksums: tensorflow/datasets url_checksums/movielens.txt (commit 1c076ac3)
+        Source(
+            "movielens-100k",
+            "movielens",
+            GROUPLENS_TERMS,
+            "https://grouplens.org/datasets/movielens/100k/",
+            (
+                Remote(
+                    f"{GROUPLENS}/ml-100k.zip",
+                    "ml-100k.zip",
+                    "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
+                    4924029,
+                    True,
+                ),
+            ),
+            folder="ml-100k",
+        ),
+        Source(
+            "movielens-1m",
+            "movielens",
+            GROUPLENS_TERMS,
+            "https://grouplens.org/datasets/movielens/1m/",
+            (
+                Remote(
+                    f"{GROUPLENS}/ml-1m.zip",
+                    "ml-1m.zip",
+                    "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
+                    5917549,
+                    True,
+                ),
+            ),
+            folder="ml-1m",
+        ),
+        # census-income.test.gz: SHA-256 of the copy in drawbridge/keras-mmoe (data/census-income.test.gz); UCI
+        # publishes no checksum, and none is known for census-income.data.gz (it is printed after download)
+        Source(
+            "census_income",
+            "census_income",
+            "CC BY 4.0 (UCI Machine Learning Repository)",
+            "https://archive.ics.uci.edu/dataset/117/census+income+kdd",
+            (
+                Remote(f"{UCI}/census-income.data.gz", "census-income.data.gz"),
+                Remote(
+                    f"{UCI}/census-income.test.gz",
+                    "census-income.test.gz",
+                    "5ac4cacd3ca9f1ecb10de1a0a41e4ac68fdc419e3fec190f5c0c6cc03b2ea659",
+                    3261416,
+                ),
+            ),
+        ),
+        Source(
+            "ali_ccp",
+            "ali_ccp",
+            TIANCHI_TERMS,
+            "https://tianchi.aliyun.com/dataset/408",
+            manual="Tianchi requires an account login to download; "
+            "then process it into the AITM / torch-rechub CSV layout",
+        ),
+        Source(
+            "aliexpress",
+            "aliexpress",
+            TIANCHI_TERMS,
+            "https://tianchi.aliyun.com/dataset/74690",
+            manual="Tianchi requires an account login to download",
+        ),
+        Source(
+            "kuairand",
+            "kuairand",
+            "CC BY-SA 4.0",
+            "https://kuairand.com",
+            manual="KuaiRand has no stable direct file link known to mtlbench; download KuaiRand-Pure (or 1K) "
+            "from the links on its page and unpack its data/ folder",
+        ),
+        Source(
+            "wechat",
+            "wechat",
+            "WeChat Big Data Challenge 2021 terms (participants only)",
+            "https://algo.weixin.qq.com",
+            manual="the data is given to registered challenge participants only",
+        ),
+        Source(
+            "douban",
+            "douban",
+            "research use (Scenario-Wise-Rec sample, MIT repository)",
+            "https://github.com/Xiaopengli1/Scenario-Wise-Rec (scripts/data/douban)",
+            manual="the multi-domain Douban sample is published inside the Scenario-Wise-Rec repository",
+        ),
+    )
+}
+ALIASES = {"movielens": ("movielens-100k", "movielens-1m"), "ml-100k": ("movielens-100k",), "ml-1m": ("movielens-1m",)}
 
 
 def source(name: str) -> Source:
@@ -108,8 +168,15 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch(url: str, target: Path, sha256: str | None = None, retries: int = 3, timeout: float = 60.0,
-          backoff: float = 2.0, progress: bool = False) -> Path:
+def fetch(
+    url: str,
+    target: Path,
+    sha256: str | None = None,
+    retries: int = 3,
+    timeout: float = 60.0,
+    backoff: float = 2.0,
+    progress: bool = False,
+) -> Path:
     """Download ``url`` to ``target`` through ``target.part``, resuming with HTTP Range; verify SHA-256.
 
     Raises :class:`DataError` (one line) when the transfer fails ``retries + 1`` times in a row (the
@@ -155,14 +222,15 @@ def fetch(url: str, target: Path, sha256: str | None = None, retries: int = 3, t
                 got = part.stat().st_size if part.exists() else 0
                 if got == 0 and isinstance(e, urllib.error.URLError):
                     raise DataError(f"{url}: cannot connect ({reason}); offline?") from None
-                raise DataError(f"{url}: download interrupted after {got:,} bytes ({reason}); run the same "
-                                f"command again to resume from {part}") from None
+                raise DataError(
+                    f"{url}: download interrupted after {got:,} bytes ({reason}); run the same "
+                    f"command again to resume from {part}"
+                ) from None
             time.sleep(backoff * failures)
-    got = sha256_of(part)
-    if sha256 is not None and got != sha256.lower():
+    digest = sha256_of(part)
+    if sha256 is not None and digest != sha256.lower():
         part.unlink()
-        raise DataError(f"{url}: checksum mismatch: expected sha256 {sha256}, got {got}; "
-                        "the download was removed")
+        raise DataError(f"{url}: checksum mismatch: expected sha256 {sha256}, got {digest}; the download was removed")
     os.replace(part, target)
     return target
 
@@ -170,8 +238,16 @@ def fetch(url: str, target: Path, sha256: str | None = None, retries: int = 3, t
 def _bar(total: int, name: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total or None, desc=name, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
-                file=sys.stderr, disable=not enabled)
+    return tqdm(
+        total=total or None,
+        desc=name,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        leave=False,
+        file=sys.stderr,
+        disable=not enabled,
+    )
 
 
 def extract_zip(archive: Path, dest: Path) -> None:
@@ -197,9 +273,16 @@ def manual_hint(src: Source, dest: Path | None = None) -> str:
     return f"get {src.name} by hand from {src.page}{where} (licence: {src.licence})"
 
 
-def download(name: str, dest: str | os.PathLike, url: str | None = None, sha256: str | None = None,
-             retries: int = 3, backoff: float = 2.0, progress: bool = False,
-             log=print) -> Path:
+def download(
+    name: str,
+    dest: str | os.PathLike,
+    url: str | None = None,
+    sha256: str | None = None,
+    retries: int = 3,
+    backoff: float = 2.0,
+    progress: bool = False,
+    log=print,
+) -> Path:
     """Fetch dataset ``name`` into ``dest``; return the folder to pass as ``dataset.path``.
 
     ``url`` / ``sha256`` replace the official location / checksum (a mirror, or a test server); they
@@ -208,8 +291,10 @@ def download(name: str, dest: str | os.PathLike, url: str | None = None, sha256:
     src = source(name)
     dest = Path(dest).expanduser()
     if src.manual:
-        raise DataError(f"{src.name} cannot be downloaded automatically: {src.manual}; "
-                        f"{manual_hint(src, None if dest == Path.cwd() else dest)}")
+        raise DataError(
+            f"{src.name} cannot be downloaded automatically: {src.manual}; "
+            f"{manual_hint(src, None if dest == Path.cwd() else dest)}"
+        )
     files = list(src.files)
     if (url or sha256) and len(files) != 1:
         raise ConfigError(f"{src.name} has {len(files)} files; --url/--sha256 apply to single-file sources")
@@ -219,8 +304,7 @@ def download(name: str, dest: str | os.PathLike, url: str | None = None, sha256:
         if url is not None and sha256 is None:
             raise ConfigError("--url needs --sha256 (the published checksum does not cover another file)")
         try:
-            path = fetch(link, dest / remote.filename, expected, retries=retries, backoff=backoff,
-                         progress=progress)
+            path = fetch(link, dest / remote.filename, expected, retries=retries, backoff=backoff, progress=progress)
         except DataError as e:
             raise DataError(f"{e}; or {manual_hint(src, dest)}") from None
         digest = sha256_of(path)

@@ -47,8 +47,9 @@ def hash_plan(schema: DatasetSchema, hash_buckets: int | dict | None) -> dict[st
     return plan
 
 
-def apply_hashing(schema: DatasetSchema, columns: dict[str, np.ndarray], hash_buckets: int | dict | None
-                  ) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
+def apply_hashing(
+    schema: DatasetSchema, columns: dict[str, np.ndarray], hash_buckets: int | dict | None
+) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
     """Hash categorical fields (and sequences sharing their table) whose vocabulary is too large (see
     :func:`hash_plan`)."""
     plan = hash_plan(schema, hash_buckets)

@@ -6,8 +6,9 @@
 * ``rule_stage`` [N] int64: the rule-based lifecycle stage of STAN section 2.1 (New / Wander / Stick /
   Loyal), from the user's task rates over its strictly earlier training rows; PLE_stage's extra input.
 
-"Time order" is ``(timestamp, row number)`` within a user; without a time field the table's row order
-is taken as time order. Everything is vectorised over the whole table (one sort, cumulative sums).
+"Time order" is ``(timestamp, row number)`` within a user (:class:`mtlbench.data.order.Timeline`); without a
+time field the table's row order is taken as time order. Everything is vectorised over the whole table (one
+sort, cumulative sums).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import warnings
 
 import numpy as np
 
-from mtlbench.data.derived import register_derived
+from mtlbench.data.order import Timeline
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import ConfigError, DataError
+from mtlbench.registry import register_derived
 
 STAGE_NAMES = ("New", "Wander", "Stick", "Loyal")
 #: id of ``rule_stage`` for users without training rows
@@ -26,44 +28,33 @@ UNKNOWN_STAGE = len(STAGE_NAMES)
 NUM_RULE_STAGES = len(STAGE_NAMES) + 1
 
 
-def _user_time_order(schema: DatasetSchema, columns: dict[str, np.ndarray], what: str
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows sorted by (user, time, row); returns the order, the sorted user ids and sorted times."""
+def _timeline(schema: DatasetSchema, columns: dict[str, np.ndarray], what: str) -> Timeline:
+    """The users' timelines (see :mod:`mtlbench.data.order`); row order is time order without a time field."""
     if schema.user_field is None:
         raise DataError(f"{what} needs a user field; dataset {schema.name!r} has none")
-    user = np.asarray(columns[schema.user_field])
-    n = len(user)
+    time = None
     if schema.time_field is None or schema.time_field not in columns:
-        warnings.warn(f"{what}: dataset {schema.name!r} has no time field; using row order as time order",
-                      stacklevel=3)
-        time = np.arange(n)
+        warnings.warn(f"{what}: dataset {schema.name!r} has no time field; using row order as time order", stacklevel=3)
     else:
         time = np.asarray(columns[schema.time_field])
-    order = np.lexsort((np.arange(n), time, user))
-    return order, user[order], time[order]
+    return Timeline(np.asarray(columns[schema.user_field]), time)
 
 
-def _run_starts(*keys: np.ndarray) -> np.ndarray:
-    """For sorted keys, the index of the first row of each row's run of equal keys."""
-    n = len(keys[0])
-    new = np.ones(n, dtype=bool)
-    if n:
-        new[1:] = np.zeros(n - 1, dtype=bool)
-        for k in keys:
-            new[1:] |= k[1:] != k[:-1]
-    return np.maximum.accumulate(np.where(new, np.arange(n), 0))
-
-
-def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
-    """``out[i] = x[:i].sum(0)``, with one extra leading row so ``out[n]`` is the total."""
-    out = np.zeros((len(x) + 1, *x.shape[1:]), dtype=np.float64)
-    np.cumsum(x, axis=0, out=out[1:])
-    return out
+def _in_train(timeline: Timeline, train_rows: np.ndarray) -> np.ndarray:
+    """Whether each position of the timeline is a training row."""
+    in_train = np.zeros(len(timeline), dtype=bool)
+    in_train[np.asarray(train_rows, dtype=np.int64)] = True
+    return in_train[timeline.order]
 
 
 @register_derived("stan_pseudo_label")
-def stan_pseudo_label(schema: DatasetSchema, columns: dict[str, np.ndarray], train_rows: np.ndarray,
-                      prior: float | str | None = "global", history: str = "train") -> np.ndarray:
+def stan_pseudo_label(
+    schema: DatasetSchema,
+    columns: dict[str, np.ndarray],
+    train_rows: np.ndarray,
+    prior: float | str | None = "global",
+    history: str = "train",
+) -> np.ndarray:
     """STAN Eq. 10: ``l_i^k`` = mean of the user's labels of task k over rows strictly earlier in time.
 
     Rows at the same timestamp as the current row do not count (no leakage of the current label, nor of
@@ -77,29 +68,22 @@ def stan_pseudo_label(schema: DatasetSchema, columns: dict[str, np.ndarray], tra
     """
     if history not in ("train", "all"):
         raise ConfigError(f"stan_pseudo_label: history must be 'train' or 'all', got {history!r}")
-    order, user, time = _user_time_order(schema, columns, "STAN's pseudo-labels (Eq. 10)")
-    n = len(order)
-    labels = np.stack([np.asarray(columns[t], dtype=np.float64) for t in schema.tasks], axis=1)[order]
+    timeline = _timeline(schema, columns, "STAN's pseudo-labels (Eq. 10)")
+    labels = np.stack([np.asarray(columns[t], dtype=np.float64) for t in schema.tasks], axis=1)[timeline.order]
     counts = ~np.isnan(labels)
     if history == "train":
-        in_train = np.zeros(n, dtype=bool)
-        in_train[np.asarray(train_rows, dtype=np.int64)] = True
-        counts &= in_train[order][:, None]
-    sums = _exclusive_cumsum(np.where(counts, labels, 0.0))
-    cnts = _exclusive_cumsum(counts.astype(np.float64))
-    first_of_user, first_of_time = _run_starts(user), _run_starts(user, time)
-    s = sums[first_of_time] - sums[first_of_user]  # labels of the user's rows strictly before this time
-    c = cnts[first_of_time] - cnts[first_of_user]
+        counts &= _in_train(timeline, train_rows)[:, None]
+    s = timeline.sum(np.where(counts, labels, 0.0), "earlier_times")  # the user's labels strictly before
+    c = timeline.sum(counts.astype(np.float64), "earlier_times")
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = s / c
     mean[c == 0] = np.broadcast_to(_prior(prior, schema, columns, train_rows), mean.shape)[c == 0]
-    out = np.empty_like(mean)
-    out[order] = mean
-    return out.astype(np.float32)
+    return timeline.to_rows(mean).astype(np.float32)
 
 
-def _prior(prior: float | str | None, schema: DatasetSchema, columns: dict[str, np.ndarray],
-           train_rows: np.ndarray) -> np.ndarray:
+def _prior(
+    prior: float | str | None, schema: DatasetSchema, columns: dict[str, np.ndarray], train_rows: np.ndarray
+) -> np.ndarray:
     if prior is None:
         return np.full(len(schema.tasks), np.nan)
     if prior == "global":
@@ -123,19 +107,15 @@ def stan_position(schema: DatasetSchema, columns: dict[str, np.ndarray], train_r
     order (ties broken by row number); for other rows it is the value it would take if the row were
     appended. Feeding it with the row makes the Beta update order-independent (see ``stan_stage``).
     """
-    order, user, _ = _user_time_order(schema, columns, "STAN's counter (Algorithm 1)")
-    in_train = np.zeros(len(order), dtype=bool)
-    in_train[np.asarray(train_rows, dtype=np.int64)] = True
-    before = _exclusive_cumsum(in_train[order].astype(np.float64))
-    first = _run_starts(user)
-    out = np.empty(len(order), dtype=np.int64)
-    out[order] = (before[:-1] - before[first]).astype(np.int64) + 1
-    return out
+    timeline = _timeline(schema, columns, "STAN's counter (Algorithm 1)")
+    before = timeline.sum(_in_train(timeline, train_rows).astype(np.float64), "earlier_rows")
+    return timeline.to_rows(before.astype(np.int64) + 1)
 
 
 @register_derived("rule_stage")
-def rule_stage(schema: DatasetSchema, columns: dict[str, np.ndarray], train_rows: np.ndarray,
-               tasks: list[str] | None = None) -> np.ndarray:
+def rule_stage(
+    schema: DatasetSchema, columns: dict[str, np.ndarray], train_rows: np.ndarray, tasks: list[str] | None = None
+) -> np.ndarray:
     """STAN section 2.1: a user's stage from the medians of per-user (CTR, staytime, CVR) rates.
 
     A row's rates are computed from its user's *training* rows strictly earlier in time (the rows of
@@ -166,24 +146,17 @@ def rule_stage(schema: DatasetSchema, columns: dict[str, np.ndarray], train_rows
     unknown = [t for t in tasks if t not in schema.tasks]
     if unknown or not 1 <= len(tasks) <= 3:
         raise ConfigError(f"rule_stage: tasks must be 1-3 of the dataset's tasks {schema.tasks}, got {tasks}")
-    order, user, time = _user_time_order(schema, columns, "rule_stage (STAN section 2.1)")
-    n = len(order)
-    in_train = np.zeros(n, dtype=bool)
-    in_train[np.asarray(train_rows, dtype=np.int64)] = True
-    in_train = in_train[order]
-    first_of_user, first_of_time = _run_starts(user), _run_starts(user, time)
-    last_of_user = np.empty(n, dtype=np.int64)  # one past each row's user run
-    if n:
-        ends = np.flatnonzero(np.append(user[1:] != user[:-1], True)) + 1
-        last_of_user = np.repeat(ends, np.diff(np.append(0, ends)))
+    timeline = _timeline(schema, columns, "rule_stage (STAN section 2.1)")
+    n = len(timeline)
+    in_train = _in_train(timeline, train_rows)
 
     def totals(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Σ x over the user's training rows (a) strictly before each row's time, (b) in all."""
-        c = _exclusive_cumsum(np.where(in_train, x, 0.0))
-        return c[first_of_time] - c[first_of_user], c[last_of_user] - c[first_of_user]
+        x = np.where(in_train, x, 0.0)
+        return timeline.sum(x, "earlier_times"), timeline.sum(x, "user")
 
     def labels(t: str) -> tuple[np.ndarray, np.ndarray]:
-        y = np.asarray(columns[t], dtype=np.float64)[order]
+        y = np.asarray(columns[t], dtype=np.float64)[timeline.order]
         ok = ~np.isnan(y)
         return np.where(ok, y, 0.0), ok.astype(np.float64)
 
@@ -203,11 +176,9 @@ def rule_stage(schema: DatasetSchema, columns: dict[str, np.ndarray], train_rows
             den, den_all = totals(ok)
         row_rate, user_rate = rate(num, den), rate(num_all, den_all)
         defined = has_user_train & np.isfinite(user_rate)
-        median = np.median(user_rate[(first_of_user == np.arange(n)) & defined]) if defined.any() else 0.0
+        median = np.median(user_rate[(timeline.first == np.arange(n)) & defined]) if defined.any() else 0.0
         low = ~decided & (row_rate <= median)
         stage[low] = level
         decided |= low
     stage[before == 0] = UNKNOWN_STAGE
-    out = np.empty(n, dtype=np.int64)
-    out[order] = stage
-    return out
+    return timeline.to_rows(stage)

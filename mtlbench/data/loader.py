@@ -19,9 +19,18 @@ class TensorBatchLoader:
     every row is seen exactly once in total.
     """
 
-    def __init__(self, tensors: dict[str, Tensor], rows: Tensor, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, rank: int = 0, world: int = 1, epoch_fn: Callable[[], int] | None = None,
-                 drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        tensors: dict[str, Tensor],
+        rows: Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        epoch_fn: Callable[[], int] | None = None,
+        drop_last: bool = False,
+    ) -> None:
         self.tensors = tensors
         self.rows = rows
         self.batch_size = int(batch_size)
@@ -42,7 +51,7 @@ class TensorBatchLoader:
         for glob in torch.split(perm, self.batch_size * self.world):
             share = len(glob) // self.world
             if share:
-                out.append(glob[self.rank * share:(self.rank + 1) * share])
+                out.append(glob[self.rank * share : (self.rank + 1) * share])
         return out
 
     def __len__(self) -> int:

@@ -102,15 +102,20 @@ class DatasetSchema:
                 raise DataError(f"dataset {self.name!r}: task role {role!r} names {task!r}, which is not a task")
         conditional = self.task_roles.get("conversion_given_click")
         if conditional is not None and conditional not in self.conditional_tasks:
-            raise DataError(f"dataset {self.name!r}: task {conditional!r} plays conversion_given_click but is not "
-                            "listed in conditional_tasks")
+            raise DataError(
+                f"dataset {self.name!r}: task {conditional!r} plays conversion_given_click but is not "
+                "listed in conditional_tasks"
+            )
         if self.scenario_labels and self.scenario_field and len(self.scenario_labels) != self.num_scenarios:
-            raise DataError(f"dataset {self.name!r}: {len(self.scenario_labels)} scenario_labels for "
-                            f"{self.num_scenarios} scenarios")
+            raise DataError(
+                f"dataset {self.name!r}: {len(self.scenario_labels)} scenario_labels for {self.num_scenarios} scenarios"
+            )
         entire = [self.task_roles[r] for r in ("click", "conversion") if r in self.task_roles]
         if any(t in self.conditional_tasks for t in entire):
-            raise DataError(f"dataset {self.name!r}: the click and conversion roles need labels over every "
-                            f"impression; {[t for t in entire if t in self.conditional_tasks]} is conditional")
+            raise DataError(
+                f"dataset {self.name!r}: the click and conversion roles need labels over every "
+                f"impression; {[t for t in entire if t in self.conditional_tasks]} is conditional"
+            )
 
     # -- views --------------------------------------------------------------------------------
     def feature(self, name: str) -> Feature:
@@ -145,9 +150,11 @@ class DatasetSchema:
         task = self.task_roles.get(role)
         if task is None:
             declared = ", ".join(f"{r}={t}" for r, t in self.task_roles.items()) or "none"
-            raise ConfigError(f"model {model!r} needs the dataset's {role!r} task role, and dataset {self.name!r} "
-                              f"with tasks {self.tasks} declares none (its roles: {declared}); name the task in "
-                              "the model's config or declare the role in the dataset")
+            raise ConfigError(
+                f"model {model!r} needs the dataset's {role!r} task role, and dataset {self.name!r} "
+                f"with tasks {self.tasks} declares none (its roles: {declared}); name the task in "
+                "the model's config or declare the role in the dataset"
+            )
         return task
 
     def vocab_of(self, f: Feature) -> int:
@@ -180,40 +187,46 @@ class DatasetSchema:
         n = len(columns[self.tasks[0]])
         for c in self.required_columns():
             if len(columns[c]) != n:
-                raise DataError(f"dataset {self.name!r}{where}: column {c!r} has {len(columns[c])} rows, "
-                                f"expected {n}")
+                raise DataError(f"dataset {self.name!r}{where}: column {c!r} has {len(columns[c])} rows, expected {n}")
         for t in self.tasks:
             y = np.asarray(columns[t], dtype=np.float64)
             bad = ~(np.isnan(y) | (y == 0) | (y == 1))
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
-                raise DataError(f"dataset {self.name!r}{where}: label column {t!r} has value {float(y[row])!r} at "
-                                f"row {row}; labels must be 0, 1 or missing")
+                raise DataError(
+                    f"dataset {self.name!r}{where}: label column {t!r} has value {float(y[row])!r} at "
+                    f"row {row}; labels must be 0, 1 or missing"
+                )
         for f in self.features:
             if f.kind == "numeric":
                 bad = ~np.isfinite(np.asarray(columns[f.name], dtype=np.float64))
                 if bad.any():
                     row = int(np.flatnonzero(bad)[0])
-                    raise DataError(f"dataset {self.name!r}{where}: numeric column {f.name!r} has "
-                                    f"{float(columns[f.name][row])!r} at row {row}; fill missing values first")
+                    raise DataError(
+                        f"dataset {self.name!r}{where}: numeric column {f.name!r} has "
+                        f"{float(columns[f.name][row])!r} at row {row}; fill missing values first"
+                    )
                 continue
             v = np.asarray(columns[f.name])
             if f.weights:
                 w = np.asarray(columns[weights_column(f.name)])
                 if w.shape != v.shape or w.dtype != np.float32 or not np.isfinite(w).all():
-                    raise DataError(f"dataset {self.name!r}{where}: column {weights_column(f.name)!r} must hold "
-                                    f"finite float32 weights of shape {v.shape}, got {w.dtype} {w.shape}")
+                    raise DataError(
+                        f"dataset {self.name!r}{where}: column {weights_column(f.name)!r} must hold "
+                        f"finite float32 weights of shape {v.shape}, got {w.dtype} {w.shape}"
+                    )
             if not np.issubdtype(v.dtype, np.integer):
-                raise DataError(f"dataset {self.name!r}{where}: column {f.name!r} must hold integer ids, "
-                                f"got {v.dtype}")
+                raise DataError(f"dataset {self.name!r}{where}: column {f.name!r} must hold integer ids, got {v.dtype}")
             vocab = self.vocab_of(f)
             low = PAD if f.kind == "sequence" else 0
             bad = (v < low) | (v >= vocab)
             if bad.any():
                 row = int(np.flatnonzero(bad.reshape(len(v), -1).any(axis=1))[0])
-                raise DataError(f"dataset {self.name!r}{where}: column {f.name!r} has id "
-                                f"{v[row].tolist()} at row {row}, outside the declared vocabulary "
-                                f"[0, {vocab})")
+                raise DataError(
+                    f"dataset {self.name!r}{where}: column {f.name!r} has id "
+                    f"{v[row].tolist()} at row {row}, outside the declared vocabulary "
+                    f"[0, {vocab})"
+                )
 
 
 def select_tasks(schema: DatasetSchema, tasks: list[str]) -> DatasetSchema:
@@ -226,18 +239,23 @@ def select_tasks(schema: DatasetSchema, tasks: list[str]) -> DatasetSchema:
     unknown = [t for t in tasks if t not in schema.tasks]
     if unknown:
         raise DataError(f"dataset {schema.name!r} has no task(s) {unknown}; its tasks are {schema.tasks}")
-    return replace(schema, tasks=list(tasks),
-                   conditional_tasks={t: c for t, c in schema.conditional_tasks.items() if t in tasks},
-                   task_roles={r: t for r, t in schema.task_roles.items() if t in tasks})
+    return replace(
+        schema,
+        tasks=list(tasks),
+        conditional_tasks={t: c for t, c in schema.conditional_tasks.items() if t in tasks},
+        task_roles={r: t for r, t in schema.task_roles.items() if t in tasks},
+    )
 
 
 def resolve_task(schema: DatasetSchema, name: str) -> str:
     """A task name, or ``role:<role>`` resolved through the schema's task roles (one-line error if undeclared)."""
     if not name.startswith("role:"):
         return name
-    role = name[len("role:"):]
+    role = name[len("role:") :]
     task = schema.task_roles.get(role)
     if task is None:
-        raise DataError(f"dataset {schema.name!r} declares no {role!r} task role (tasks {schema.tasks}, roles "
-                        f"{schema.task_roles or 'none'}); name the task instead of {name!r}")
+        raise DataError(
+            f"dataset {schema.name!r} declares no {role!r} task role (tasks {schema.tasks}, roles "
+            f"{schema.task_roles or 'none'}); name the task instead of {name!r}"
+        )
     return task

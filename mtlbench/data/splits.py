@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
+from mtlbench.data.order import Timeline
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import ConfigError
 
 SPLITS = ("train", "valid", "test")
 
 
-def _check_ratios(ratios: tuple[float, float, float]) -> None:
-    if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
-        raise ConfigError(f"split ratios must be three non-negative numbers summing to 1, got {list(ratios)}")
+def _checked_ratios(ratios: Iterable[float]) -> tuple[float, float, float]:
+    """The train/valid/test ratios as three floats, or a ConfigError if they are not three non-negative
+    numbers summing to 1 (a YAML list may have any length)."""
+    values = tuple(float(r) for r in ratios)
+    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1.0) > 1e-6:
+        raise ConfigError(f"split ratios must be three non-negative numbers summing to 1, got {list(values)}")
+    return values[0], values[1], values[2]
 
 
-def user_time_split(user: np.ndarray, time: np.ndarray, ratios: tuple[float, float, float]
-                    ) -> dict[str, np.ndarray]:
+def user_time_split(user: np.ndarray, time: np.ndarray, ratios: tuple[float, float, float]) -> dict[str, np.ndarray]:
     """Per-user time order: each user's earliest rows train, the next validate, the latest test."""
-    order = np.lexsort((np.arange(len(user)), time, user))
-    u = user[order]
-    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
-    counts = np.diff(np.r_[starts, len(u)])
-    rank = np.arange(len(u)) - np.repeat(starts, counts)
-    pos = (rank + 0.5) / np.repeat(counts, counts)  # a user's single row goes to train
+    timeline = Timeline(user, time)
+    pos = (timeline.rank + 0.5) / timeline.length  # a user's single row goes to train
     part = np.where(pos < ratios[0], 0, np.where(pos < ratios[0] + ratios[1], 1, 2))
     out = {}
     for i, name in enumerate(SPLITS):
-        rows = order[part == i]
+        rows = timeline.order[part == i]
         out[name] = rows[np.argsort(time[rows], kind="stable")]
     return out
 
@@ -64,22 +66,26 @@ def resolve_method(schema: DatasetSchema, method: str) -> str:
     return "user_time" if schema.time_field and schema.user_field else "random"
 
 
-def make_splits(schema: DatasetSchema, columns: dict[str, np.ndarray], method: str = "auto",
-                ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
-                ) -> dict[str, np.ndarray]:
+def make_splits(
+    schema: DatasetSchema,
+    columns: dict[str, np.ndarray],
+    method: str = "auto",
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """Row indices per split; ``auto`` as :func:`resolve_method` resolves it."""
-    ratios = tuple(float(r) for r in ratios)
-    _check_ratios(ratios)
+    ratios = _checked_ratios(ratios)
     n = len(columns[schema.tasks[0]])
     method = resolve_method(schema, method)
-    if method in ("user_time", "global_time") and not schema.time_field:
-        raise ConfigError(f"split method {method!r} needs a time field; dataset {schema.name!r} has none")
-    if method == "user_time":
+    if method in ("user_time", "global_time"):
+        time_field = schema.time_field
+        if not time_field:
+            raise ConfigError(f"split method {method!r} needs a time field; dataset {schema.name!r} has none")
+        if method == "global_time":
+            return global_time_split(columns[time_field], ratios)
         if not schema.user_field:
             raise ConfigError(f"split method 'user_time' needs a user field; dataset {schema.name!r} has none")
-        return user_time_split(columns[schema.user_field], columns[schema.time_field], ratios)
-    if method == "global_time":
-        return global_time_split(columns[schema.time_field], ratios)
+        return user_time_split(columns[schema.user_field], columns[time_field], ratios)
     if method == "random":
         return random_split(n, ratios, seed)
     if method.startswith("column:"):  # the dataset's own split, e.g. MMoE's census split or WeChat's days

@@ -15,7 +15,11 @@ def _t(a: np.ndarray, dtype: torch.dtype) -> Tensor:
 
 
 def standardize_numeric(schema: DatasetSchema, tensors: dict[str, Tensor], train_rows: np.ndarray) -> None:
-    """z-score, in place, the ``numeric`` columns whose feature asks for it, with training-split statistics."""
+    """z-score, in place, the ``numeric`` columns whose feature asks for it, with training-split statistics.
+
+    This is where numeric features are scaled; the one other place is a publisher's side table scaled over its
+    own rows (:func:`mtlbench.datasets.features.standardize_side_table`, KuaiRand and WeChat), said there.
+    """
     cols = [j for j, f in enumerate(schema.numeric) if f.standardize]
     if not cols or len(train_rows) == 0:
         return
@@ -38,18 +42,27 @@ def build_tensors(schema: DatasetSchema, columns: dict[str, np.ndarray]) -> dict
     n = len(columns[schema.tasks[0]])
     out: dict[str, Tensor] = {"index": torch.arange(n, dtype=torch.int64)}
     cat = schema.categorical
-    out["categorical"] = (_t(np.stack([columns[f.name] for f in cat], axis=1), torch.int64) if cat
-                          else torch.zeros(n, 0, dtype=torch.int64))
+    out["categorical"] = (
+        _t(np.stack([columns[f.name] for f in cat], axis=1), torch.int64)
+        if cat
+        else torch.zeros(n, 0, dtype=torch.int64)
+    )
     num = schema.numeric
-    out["numeric"] = (_t(np.stack([columns[f.name] for f in num], axis=1), torch.float32) if num
-                      else torch.zeros(n, 0, dtype=torch.float32))
+    out["numeric"] = (
+        _t(np.stack([columns[f.name] for f in num], axis=1), torch.float32)
+        if num
+        else torch.zeros(n, 0, dtype=torch.float32)
+    )
     for f in schema.sequences:
         out[f"seq:{f.name}"] = _t(columns[f.name], torch.int64)
         if f.weights:
             out[f"seqw:{f.name}"] = _t(columns[weights_column(f.name)], torch.float32)
     out["labels"] = _t(np.stack([columns[t] for t in schema.tasks], axis=1), torch.float32)
-    for key, name in (("user", schema.user_field), ("scenario", schema.scenario_field),
-                      ("session", schema.session_field)):
+    for key, name in (
+        ("user", schema.user_field),
+        ("scenario", schema.scenario_field),
+        ("session", schema.session_field),
+    ):
         if name is not None:
             out[key] = _t(columns[name], torch.int64)
     return out

@@ -4,10 +4,11 @@ Scenario-Wise-Rec.
 The layout: one header line, labels ``click`` and ``purchase``, categorical fields named by their Ali-CCP
 field ids (``101`` user, ``121``-``129`` user profile, ``205`` item, ``206``/``207``/``210``/``216`` item
 side, ``508``... crosses, ``109_14``... behaviour histories), dense ``D*`` fields (weights of the multi-hot
-fields), and field ``301`` the 3-way scenario. Every column other than the labels and ``D*`` is a
-categorical field, so both the 33-column torch-rechub / Scenario-Wise-Rec files and the 20-column AITM
-files read as published. A file without a header line (PaddleRec's AITM test file) takes the column
-names of a headed file with the same number of fields, or the published 20 / 33 column lists.
+fields, numeric features kept as published, not scaled), and field ``301`` the 3-way scenario. Every
+column other than the labels and ``D*`` is a categorical field, so both the 33-column torch-rechub /
+Scenario-Wise-Rec files and the 20-column AITM files read as published. A file without a header line
+(PaddleRec's AITM test file) takes the column names of a headed file with the same number of fields, or the
+published 20 / 33 column lists.
 
 ``path`` is one file or a folder (``pattern`` selects its files); several files are read together, with
 one vocabulary per field over all of them, and the publisher's split kept in the analysis column
@@ -32,74 +33,78 @@ from pathlib import Path
 
 import numpy as np
 
-from mtlbench.data.schema import DatasetSchema, Feature
+from mtlbench.data.schema import DatasetSchema, Feature, Role
 from mtlbench.data.source import DatasetSource
 from mtlbench.datasets.ali_ccp_raw import DEFAULT_MAX_LEN, build_raw, find_raw
-from mtlbench.datasets.readers import (
-    Layout,
-    RawFile,
-    check_file,
-    check_header,
-    concat,
-    encode,
-    find_files,
-    first_line,
-    read_csv,
-    release_memory,
-    require_path,
-    split_line,
-)
+from mtlbench.datasets.csv_reading import Layout, check_header, first_line, read_csv, release_memory, split_line
+from mtlbench.datasets.features import concat
+from mtlbench.datasets.files import check_file, find_files, require_path
+from mtlbench.datasets.funnel import check_funnel_settings, funnel_labels, funnel_roles, split_part_of
+from mtlbench.datasets.raw_file import Kind
+from mtlbench.datasets.vocabulary import encode
 from mtlbench.errors import ConfigError, DataError
 from mtlbench.registry import register_dataset
 
-FUNNEL_TASKS = ("ctr", "cvr", "ctcvr")
-#: the funnel roles of these tasks (DatasetSchema.task_roles), for ESMM / AITM / AEM2TL
-FUNNEL_ROLES = {"click": "ctr", "conversion": "ctcvr", "conversion_given_click": "cvr"}
-
-
-def funnel_roles(tasks: list[str]) -> dict[str, str]:
-    """The funnel roles of the selected tasks."""
-    return {role: task for role, task in FUNNEL_ROLES.items() if task in tasks}
-AITM_COLUMNS = ("click", "purchase", "101", "121", "122", "124", "125", "126", "127", "128", "129", "205",
-                "206", "207", "216", "508", "509", "702", "853", "301")
-RECHUB_COLUMNS = ("click", "purchase", "101", "121", "122", "124", "125", "126", "127", "128", "129", "205",
-                  "206", "207", "210", "216", "508", "509", "702", "853", "301", "109_14", "110_14", "127_14",
-                  "150_14", "D109_14", "D110_14", "D127_14", "D150_14", "D508", "D509", "D702", "D853")
-USER_FIELDS = ("101", "121", "122", "124", "125", "126", "127", "128", "129", "109_14", "110_14", "127_14",
-               "150_14")
+AITM_COLUMNS = (
+    "click",
+    "purchase",
+    "101",
+    "121",
+    "122",
+    "124",
+    "125",
+    "126",
+    "127",
+    "128",
+    "129",
+    "205",
+    "206",
+    "207",
+    "216",
+    "508",
+    "509",
+    "702",
+    "853",
+    "301",
+)
+RECHUB_COLUMNS = (
+    "click",
+    "purchase",
+    "101",
+    "121",
+    "122",
+    "124",
+    "125",
+    "126",
+    "127",
+    "128",
+    "129",
+    "205",
+    "206",
+    "207",
+    "210",
+    "216",
+    "508",
+    "509",
+    "702",
+    "853",
+    "301",
+    "109_14",
+    "110_14",
+    "127_14",
+    "150_14",
+    "D109_14",
+    "D110_14",
+    "D127_14",
+    "D150_14",
+    "D508",
+    "D509",
+    "D702",
+    "D853",
+)
+USER_FIELDS = ("101", "121", "122", "124", "125", "126", "127", "128", "129", "109_14", "110_14", "127_14", "150_14")
 ITEM_FIELDS = ("205", "206", "207", "210", "216")
 HINT = "an Ali-CCP CSV file (click, purchase, 101, ..., 301, D*) or a folder of them"
-
-
-def split_part_of(path: Path) -> int:
-    """0 / 1 / 2 for a file named like train / val(id) / test (train when the name says neither)."""
-    name = path.name.lower()
-    if "test" in name:
-        return 2
-    if "val" in name or "dev" in name:
-        return 1
-    return 0
-
-
-def funnel_labels(tasks: list[str], click: np.ndarray, purchase: np.ndarray, raw: RawFile,
-                  purchase_column: str, policy: str) -> dict[str, np.ndarray]:
-    """CTR / CVR / CTCVR labels of one file (ESMM's funnel); purchase without click per ``policy``."""
-    orphan = (purchase == 1) & (click == 0)
-    if orphan.any():
-        if policy == "error":
-            row = int(np.flatnonzero(orphan)[0])
-            raise DataError(f"{raw.at(row)}: column {purchase_column!r} is 1 but 'click' is 0; a conversion "
-                            "needs a click (set dataset.purchase_without_click=ignore to count it as none)")
-        purchase = np.where(orphan, np.float32(0), purchase)
-    out = {}
-    for t in tasks:
-        if t == "ctr":
-            out[t] = click
-        elif t == "cvr":
-            out[t] = np.where(click == 1, purchase, np.float32(np.nan)).astype(np.float32)
-        else:
-            out[t] = (click * purchase).astype(np.float32)
-    return out
 
 
 def _is_number(text: str) -> bool:
@@ -110,30 +115,30 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def check_funnel_settings(dataset: str, tasks: list[str], policy: str) -> None:
-    unknown = [t for t in tasks if t not in FUNNEL_TASKS]
-    if unknown or not tasks:
-        raise ConfigError(f"{dataset}: unknown task(s) {unknown}; known: {list(FUNNEL_TASKS)}")
-    if policy not in ("error", "ignore"):
-        raise ConfigError(f"{dataset}: purchase_without_click must be error or ignore, got {policy!r}")
-
-
 @register_dataset("ali_ccp")
 class AliCCP(DatasetSource):
     """Ali-CCP processed CSVs or Tianchi's raw files; tasks CTR, CVR (clicked rows only), CTCVR; scenario 301."""
 
     version = "3"  # 2: cvr recorded as labelled on clicks only; 3: the raw layout, task roles
 
-    def __init__(self, path: str, pattern: str = "*.csv", tasks: tuple[str, ...] = ("ctr", "cvr", "ctcvr"),
-                 scenario_field: str | None = "301", user_field: str | None = "101",
-                 item_field: str | None = "205", min_count: int = 1, purchase_without_click: str = "error",
-                 max_rows: int | None = None, max_len: int = DEFAULT_MAX_LEN, valid_fraction: float = 0.1,
-                 split_seed: int = 0, scenario_values: tuple[int, ...] | None = None) -> None:
-        super().__init__(path=str(path), pattern=pattern, tasks=list(tasks), scenario_field=scenario_field,
-                         user_field=user_field, item_field=item_field, min_count=min_count,
-                         purchase_without_click=purchase_without_click, max_rows=max_rows, max_len=max_len,
-                         valid_fraction=valid_fraction, split_seed=split_seed,
-                         scenario_values=None if scenario_values is None else [int(v) for v in scenario_values])
+    def __init__(
+        self,
+        path: str,
+        pattern: str = "*.csv",
+        tasks: tuple[str, ...] = ("ctr", "cvr", "ctcvr"),
+        scenario_field: str | None = "301",
+        user_field: str | None = "101",
+        item_field: str | None = "205",
+        min_count: int = 1,
+        purchase_without_click: str = "error",
+        max_rows: int | None = None,
+        max_len: int = DEFAULT_MAX_LEN,
+        valid_fraction: float = 0.1,
+        split_seed: int = 0,
+        scenario_values: tuple[int, ...] | None = None,
+    ) -> None:
+        if scenario_values is not None:
+            self.settings["scenario_values"] = [int(v) for v in scenario_values]
         self.path = require_path(path, "ali_ccp", HINT)
         check_funnel_settings("ali_ccp", list(tasks), purchase_without_click)
         self.tasks = list(tasks)
@@ -142,8 +147,9 @@ class AliCCP(DatasetSource):
         if not 0.0 < float(valid_fraction) < 1.0:
             raise ConfigError(f"ali_ccp: valid_fraction must be in (0, 1), got {valid_fraction}")
         if scenario_values is not None and (not scenario_values or len(set(scenario_values)) < len(scenario_values)):
-            raise ConfigError(f"ali_ccp: scenario_values must be distinct raw ids of field 301, got "
-                              f"{list(scenario_values)}")
+            raise ConfigError(
+                f"ali_ccp: scenario_values must be distinct raw ids of field 301, got {list(scenario_values)}"
+            )
         self.raw = find_raw(self.path)  # Tianchi's raw files: None keeps the processed-CSV reader
 
     def layouts(self) -> list[tuple[Path, Layout, list[str]]]:
@@ -168,8 +174,10 @@ class AliCCP(DatasetSource):
         first = out[0][2]
         for f, _, names in out[1:]:
             if sorted(names) != sorted(first):
-                raise DataError(f"{f}: line 1: columns differ from {out[0][0].name} (e.g. "
-                                f"{sorted(set(names) ^ set(first))[:3]}); read files of one layout together")
+                raise DataError(
+                    f"{f}: line 1: columns differ from {out[0][0].name} (e.g. "
+                    f"{sorted(set(names) ^ set(first))[:3]}); read files of one layout together"
+                )
         return out
 
     def build(self) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
@@ -182,15 +190,18 @@ class AliCCP(DatasetSource):
         cats = [c for c in names if c not in ("click", "purchase") and c not in dense]
         for field in (s["scenario_field"], s["user_field"], s["item_field"]):
             if field is not None and field not in cats:
-                raise ConfigError(f"ali_ccp: field {field!r} is not a categorical column of the files "
-                                  f"(columns: {cats})")
-        wanted = {"click": "label", "purchase": "label"} | {c: "cat" for c in cats}
+                raise ConfigError(
+                    f"ali_ccp: field {field!r} is not a categorical column of the files (columns: {cats})"
+                )
+        wanted: dict[str, Kind] = {"click": "label", "purchase": "label"}
+        wanted |= {c: "cat" for c in cats}
         wanted |= {c: "float" for c in dense}
         raws = [read_csv(f, wanted, layout, max_rows=s["max_rows"]) for f, layout, _ in layouts]
         columns: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         for raw in raws:
-            labels = funnel_labels(self.tasks, raw.label("click"), raw.label("purchase"), raw, "purchase",
-                                   s["purchase_without_click"])
+            labels = funnel_labels(
+                self.tasks, raw.label("click"), raw.label("purchase"), raw, "purchase", s["purchase_without_click"]
+            )
             for t in self.tasks:
                 columns[t].append(labels[t])
         out = {t: concat(v) for t, v in columns.items()}
@@ -199,18 +210,23 @@ class AliCCP(DatasetSource):
             enc = encode([raw.pop(c) for raw in raws], s["min_count"])
             release_memory()
             out[c] = enc.ids
-            role = "user" if c in USER_FIELDS else "item" if c in ITEM_FIELDS else "context"
+            role: Role = "user" if c in USER_FIELDS else "item" if c in ITEM_FIELDS else "context"
             features.append(Feature(c, "categorical", enc.size, role))
         for c in dense:
             out[c] = concat([raw.numeric(c) for raw in raws])
             release_memory()
             features.append(Feature(c, "numeric"))
-        out["split_part"] = np.concatenate([np.full(raw.num_rows, split_part_of(raw.path), np.int8)
-                                            for raw in raws])
-        schema = DatasetSchema(name="ali_ccp", features=features, tasks=list(self.tasks),
-                               user_field=s["user_field"], item_field=s["item_field"],
-                               scenario_field=s["scenario_field"], analysis_fields=["split_part"],
-                               conditional_tasks={"cvr": "ctr"} if "cvr" in self.tasks else {},
-                               task_roles=funnel_roles(self.tasks))
+        out["split_part"] = np.concatenate([np.full(raw.num_rows, split_part_of(raw.path), np.int8) for raw in raws])
+        schema = DatasetSchema(
+            name="ali_ccp",
+            features=features,
+            tasks=list(self.tasks),
+            user_field=s["user_field"],
+            item_field=s["item_field"],
+            scenario_field=s["scenario_field"],
+            analysis_fields=["split_part"],
+            conditional_tasks={"cvr": "ctr"} if "cvr" in self.tasks else {},
+            task_roles=funnel_roles(self.tasks),
+        )
         schema.validate(out, source=str(self.path))
         return schema, out

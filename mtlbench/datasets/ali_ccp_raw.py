@@ -58,11 +58,10 @@ finite number), a label outside {0, 1}, an unknown field-301 value. Line numbers
 
 from __future__ import annotations
 
-import logging
 import math
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -73,11 +72,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from mtlbench.data.schema import PAD, DatasetSchema, Feature, weights_column
-from mtlbench.datasets.readers import POOL, Categories, _Bar, encode, release_memory
+from mtlbench.data.schema import PAD, DatasetSchema, Feature, Role, weights_column
+from mtlbench.datasets.csv_reading import POOL, release_memory
+from mtlbench.datasets.funnel import funnel_labels, funnel_roles
+from mtlbench.datasets.progress import ProgressBar
+from mtlbench.datasets.vocabulary import Categories, encode
 from mtlbench.errors import ConfigError, DataError
+from mtlbench.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SPLITS = ("train", "test")
 SKELETON_COLUMNS = ("sample_id", "click", "conversion", "common_feature_index", "feature_num", "feature_list")
@@ -132,6 +135,12 @@ class RawSplit:
     common: RawCsv | None = None
     archive: Path | None = None
 
+    def csvs(self) -> tuple[RawCsv, RawCsv]:
+        """(skeleton, common features) of a split read from two CSVs rather than from an archive."""
+        if self.skeleton is None or self.common is None:
+            raise ValueError(f"raw Ali-CCP split {self.split!r} has neither both CSVs nor an archive")
+        return self.skeleton, self.common
+
 
 def _names(split: str) -> tuple[str, str]:
     return f"sample_skeleton_{split}.csv", f"common_features_{split}.csv"
@@ -149,8 +158,10 @@ def find_raw(path: Path) -> dict[str, RawSplit] | None:
             if present:
                 if len(present) == 1:
                     other = files[1] if present[0] == files[0] else files[0]
-                    raise DataError(f"{other}: file not found (it goes with {present[0].name}: raw Ali-CCP reads "
-                                    "the skeleton and the common features of a split together)")
+                    raise DataError(
+                        f"{other}: file not found (it goes with {present[0].name}: raw Ali-CCP reads "
+                        "the skeleton and the common features of a split together)"
+                    )
                 found[split] = RawSplit(split, RawCsv(files[0]), RawCsv(files[1]))
                 break
         else:
@@ -162,8 +173,10 @@ def find_raw(path: Path) -> dict[str, RawSplit] | None:
     for split in SPLITS:
         if split not in found:
             skeleton, common = _names(split)
-            raise DataError(f"{path}: raw Ali-CCP needs the {split} split too: {skeleton} and {common}, or "
-                            f"sample_{split}.tar.gz, or a {split}/ folder with the two CSVs")
+            raise DataError(
+                f"{path}: raw Ali-CCP needs the {split} split too: {skeleton} and {common}, or "
+                f"sample_{split}.tar.gz, or a {split}/ folder with the two CSVs"
+            )
     return found
 
 
@@ -221,10 +234,10 @@ class FieldCodes:
 class Entries:
     """The entries of one block of ``feature_list`` cells, in row order."""
 
-    row: np.ndarray     # int64: the block row of each entry
-    field: np.ndarray   # int16: the field's code in the build's FieldCodes
-    fid: np.ndarray     # int64 feature ids (>= 0)
-    value: np.ndarray   # float64 values
+    row: np.ndarray  # int64: the block row of each entry
+    field: np.ndarray  # int16: the field's code in the build's FieldCodes
+    fid: np.ndarray  # int64 feature ids (>= 0)
+    value: np.ndarray  # float64 values
 
 
 _PAD = 16  # zero bytes before (and after) a block's bytes, so every 16-byte window ending in it is readable
@@ -260,8 +273,9 @@ def _substrings(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.St
     return pa.StringArray.from_buffers(len(lens), pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data[idx]))
 
 
-def _numbers(data: np.ndarray, w: np.ndarray, starts: np.ndarray, ends: np.ndarray, typ: pa.DataType
-             ) -> np.ndarray | None:
+def _numbers(
+    data: np.ndarray, w: np.ndarray, starts: np.ndarray, ends: np.ndarray, typ: pa.DataType
+) -> np.ndarray | None:
     """The numbers written in the byte ranges (arrow's parser); None when one of them is not a number."""
     lens = ends - starts
     if not len(lens):
@@ -269,8 +283,7 @@ def _numbers(data: np.ndarray, w: np.ndarray, starts: np.ndarray, ends: np.ndarr
     longest = int(lens.max())
     if int(lens.min()) > 0 and longest <= 16:  # fixed-width, zero-padded: no gather of the bytes
         try:
-            return pc.cast(_slots(w, ends + _PAD, lens, 8 if longest <= 8 else 16), typ).to_numpy(
-                zero_copy_only=False)
+            return pc.cast(_slots(w, ends + _PAD, lens, 8 if longest <= 8 else 16), typ).to_numpy(zero_copy_only=False)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass  # e.g. a sign or a space: the exact texts decide
     try:
@@ -289,8 +302,11 @@ def split_entries(col: pa.Array, codes: FieldCodes) -> Entries | int:
     _, off_buf, data_buf = col.buffers()
     offsets = np.frombuffer(off_buf, dtype=np.int32, count=n + 1, offset=col.offset * 4).astype(np.int64)
     o = offsets - offsets[0]
-    data = (np.frombuffer(data_buf, dtype=np.uint8, count=int(o[-1]), offset=int(offsets[0]))
-            if data_buf is not None and o[-1] > 0 else np.zeros(0, dtype=np.uint8))
+    data = (
+        np.frombuffer(data_buf, dtype=np.uint8, count=int(o[-1]), offset=int(offsets[0]))
+        if data_buf is not None and o[-1] > 0
+        else np.zeros(0, dtype=np.uint8)
+    )
     pos = np.flatnonzero((data - np.uint8(1)) < 3)  # \x01, \x02, \x03 (uint8 wraps \x00 to 255)
     sep = data[pos]
     first = np.searchsorted(pos, o)  # each row's first separator; first[n] = len(pos)
@@ -310,11 +326,11 @@ def split_entries(col: pa.Array, codes: FieldCodes) -> Entries | int:
         earlier = split_entries(col.slice(0, r), codes) if r else None
         return earlier if isinstance(earlier, int) else r
     ne = np.flatnonzero(nonempty)
-    starts = np.insert(pos + 1, first[ne], o[ne])   # every row's first segment starts at the row
+    starts = np.insert(pos + 1, first[ne], o[ne])  # every row's first segment starts at the row
     ends = np.insert(pos, first[ne + 1], o[ne + 1])  # and its last one ends with it
     row = np.repeat(np.arange(n, dtype=np.int64), np.where(nonempty, (cnt + 1) // 3, 0))
     padded = np.zeros(len(data) + 2 * _PAD, dtype=np.uint8)
-    padded[_PAD:_PAD + len(data)] = data
+    padded[_PAD : _PAD + len(data)] = data
     w = _words(padded)
     fid = _numbers(data, w, starts[1::3], ends[1::3], pa.int64())
     value = _numbers(data, w, starts[2::3], ends[2::3], pa.float64())
@@ -382,9 +398,12 @@ class ScenarioIds:
                 self.known = sorted([*self.known, int(v)])  # discovered: ascending raw-id order
             if v not in self.known:
                 i = int(np.flatnonzero(fid == v)[0])
-                what = (f"not one of dataset.scenario_values {self.known}" if self.fixed else
-                        f"a {len(self.known) + 1}th distinct value; Ali-CCP's field {SCENARIO_FIELD} has "
-                        f"{NUM_SCENARIOS} ({self.known} so far)")
+                what = (
+                    f"not one of dataset.scenario_values {self.known}"
+                    if self.fixed
+                    else f"a {len(self.known) + 1}th distinct value; Ali-CCP's field {SCENARIO_FIELD} has "
+                    f"{NUM_SCENARIOS} ({self.known} so far)"
+                )
                 raise DataError(f"{file}: line {line_of(i)}: field {SCENARIO_FIELD} has value {v}, {what}")
 
     def index(self, raw: np.ndarray) -> np.ndarray:
@@ -416,7 +435,7 @@ class Side:
         bounds = np.r_[0, np.cumsum(np.bincount(e.field, minlength=len(self.codes.names)))]
         for c in np.flatnonzero(np.diff(bounds)):
             name = self.codes.names[c]
-            idx = order[bounds[c]:bounds[c + 1]]
+            idx = order[bounds[c] : bounds[c + 1]]
             rows, fid = e.row[idx], e.fid[idx]
             if name in SEQUENCE_FIELDS:
                 self._sequence(name, n, rows, fid, e.value[idx])
@@ -456,7 +475,7 @@ class Side:
             return None
         out = np.full(self.rows, -1, dtype=np.result_type(*[b for _, b in blocks]))
         for start, b in blocks:
-            out[start:start + len(b)] = b
+            out[start : start + len(b)] = b
         return out
 
     def scenario(self) -> np.ndarray | None:
@@ -464,7 +483,7 @@ class Side:
             return None
         out = np.full(self.rows, -1, dtype=np.int64)
         for start, b in self.scen:
-            out[start:start + len(b)] = b
+            out[start : start + len(b)] = b
         return out
 
     def sequence(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -474,8 +493,8 @@ class Side:
         ids = np.full((self.rows, self.max_len), PAD, dtype=np.result_type(*[b for _, b, _ in blocks]))
         weights = np.zeros((self.rows, self.max_len), dtype=np.float32)
         for start, b, w in blocks:
-            ids[start:start + len(b)] = b
-            weights[start:start + len(b)] = w
+            ids[start : start + len(b)] = b
+            weights[start : start + len(b)] = w
         return ids, weights
 
 
@@ -500,7 +519,8 @@ class Common(Side):
 def _label(col: pa.DictionaryArray, column: str, name: str, row0: int) -> np.ndarray:
     """A 0/1 label block as int8; another value fails naming the line."""
     texts = col.dictionary.to_pylist()
-    lut = np.array([{0.0: 0, 1.0: 1}.get(_float_or_none(t), -1) for t in texts] + [-1], dtype=np.int8)
+    label: dict[float | None, int] = {0.0: 0, 1.0: 1}  # anything else (None: not a number) is -1
+    lut = np.array([label.get(_float_or_none(t), -1) for t in texts] + [-1], dtype=np.int8)
     idx = col.indices.fill_null(len(texts)).to_numpy(zero_copy_only=False)
     out = lut[idx]
     if (out < 0).any():
@@ -510,20 +530,30 @@ def _label(col: pa.DictionaryArray, column: str, name: str, row0: int) -> np.nda
     return out
 
 
-def _options(columns: tuple[str, ...], kinds: dict[str, pa.DataType], block_size: int, use_threads: bool = True,
-             handler: Any = None) -> tuple[Any, Any, Any]:
+def _options(
+    columns: tuple[str, ...],
+    kinds: dict[str, pa.DataType],
+    block_size: int,
+    use_threads: bool = True,
+    handler: Any = None,
+) -> tuple[Any, Any, Any]:
     read = pacsv.ReadOptions(column_names=list(columns), block_size=block_size, use_threads=use_threads)
     parse = pacsv.ParseOptions(delimiter=",", quote_char=False, invalid_row_handler=handler)
-    convert = pacsv.ConvertOptions(include_columns=list(kinds), column_types=kinds, strings_can_be_null=False,
-                                   quoted_strings_can_be_null=False)
+    convert = pacsv.ConvertOptions(
+        include_columns=list(kinds), column_types=kinds, strings_can_be_null=False, quoted_strings_can_be_null=False
+    )
     return read, parse, convert
 
 
 def _kinds(side: Side) -> tuple[tuple[str, ...], dict[str, pa.DataType]]:
     if isinstance(side, Skeleton):
         cat = pa.dictionary(pa.int32(), pa.string())
-        return SKELETON_COLUMNS, {"click": cat, "conversion": cat, "common_feature_index": cat,
-                                  "feature_list": pa.string()}
+        return SKELETON_COLUMNS, {
+            "click": cat,
+            "conversion": cat,
+            "common_feature_index": cat,
+            "feature_list": pa.string(),
+        }
     return COMMON_COLUMNS, {"common_feature_index": pa.string(), "feature_list": pa.string()}
 
 
@@ -557,7 +587,7 @@ def read_side(csv: RawCsv, stream: Any, raw: Any, side: Side, max_rows: int | No
     """Stream one raw CSV into ``side``, block by block."""
     columns, kinds = _kinds(side)
     size = csv.path.stat().st_size
-    bar = _Bar(size, f"reading {csv.member or csv.path.name}")
+    bar = ProgressBar(size, f"reading {csv.member or csv.path.name}")
     try:
         for batch in pacsv.open_csv(stream, *_options(columns, kinds, block), memory_pool=POOL):
             if max_rows is not None and side.rows + batch.num_rows > max_rows:
@@ -585,21 +615,25 @@ def _add_batch(batch: pa.RecordBatch, side: Side) -> None:
         keys = batch.column("common_feature_index")
         side.keys.append((row0, keys.indices.to_numpy(zero_copy_only=False).astype(np.int32), keys.dictionary))
     else:
+        assert isinstance(side, Common), type(side)  # a side is made as a Skeleton or a Common
         side.key_chunks.append(batch.column("common_feature_index"))
     cells = batch.column("feature_list")
     entries = split_entries(cells, side.codes)
     if isinstance(entries, int):  # a bad row (or -1: somewhere in the block): the first one the message explains
         stop = entries + 1 if entries >= 0 else n
         problems = ((r, entry_problem(cell)) for r, cell in enumerate(cells.slice(0, stop).to_pylist()))
-        r, problem = next(((r, p) for r, p in problems if p is not None),
-                          (max(entries, 0), f"cannot read {cells[max(entries, 0)].as_py()[:80]!r}"))
-        raise DataError(f"{side.name}: line {row0 + r + 1}: malformed feature_list: {problem} (entries are "
-                        "field_id\\x02feature_id\\x03value joined by \\x01)")
+        r, problem = next(
+            ((r, p) for r, p in problems if p is not None),
+            (max(entries, 0), f"cannot read {cells[max(entries, 0)].as_py()[:80]!r}"),
+        )
+        raise DataError(
+            f"{side.name}: line {row0 + r + 1}: malformed feature_list: {problem} (entries are "
+            "field_id\\x02feature_id\\x03value joined by \\x01)"
+        )
     side.add(entries, n)
 
 
-def _parse_error(csv: RawCsv, columns: tuple[str, ...], kinds: dict, block: int, error: pa.ArrowInvalid
-                 ) -> DataError:
+def _parse_error(csv: RawCsv, columns: tuple[str, ...], kinds: dict, block: int, error: pa.ArrowInvalid) -> DataError:
     """A CSV parse error (e.g. a wrong number of fields) as one line naming the file and line."""
     msg = str(error).strip().splitlines()[0]
     bad: list[Any] = []
@@ -617,23 +651,27 @@ def _parse_error(csv: RawCsv, columns: tuple[str, ...], kinds: dict, block: int,
     if bad:
         row = bad[0]
         text = row.text if len(row.text) <= 60 else row.text[:57] + "..."
-        return DataError(f"{csv.name}: line {row.number if row.number is not None else '?'}: {row.actual_columns} "
-                         f"comma-separated fields where the format has {row.expected_columns} "
-                         f"({', '.join(columns)}): {text!r}")
+        return DataError(
+            f"{csv.name}: line {row.number if row.number is not None else '?'}: {row.actual_columns} "
+            f"comma-separated fields where the format has {row.expected_columns} "
+            f"({', '.join(columns)}): {text!r}"
+        )
     return DataError(f"{csv.name}: cannot be read as raw Ali-CCP ({', '.join(columns)}): {msg}")
 
 
-def read_split(raw: RawSplit, max_len: int, scenario_ids: ScenarioIds, max_rows: int | None,
-               codes: FieldCodes) -> tuple[Skeleton, Common]:
+def read_split(
+    raw: RawSplit, max_len: int, scenario_ids: ScenarioIds, max_rows: int | None, codes: FieldCodes
+) -> tuple[Skeleton, Common]:
     """Both files of one split (an archive's members in archive order, in one pass)."""
     skeleton_name, common_name = _names(raw.split)
     if raw.archive is None:
-        with raw.common.open() as (stream, f):
-            common = read_csv_side(raw.common, stream, f,
-                                   lambda: Common(raw.common.name, max_len, scenario_ids, codes))
-        with raw.skeleton.open() as (stream, f):
-            skeleton = read_csv_side(raw.skeleton, stream, f,
-                                     lambda: Skeleton(raw.skeleton.name, max_len, scenario_ids, codes), max_rows)
+        skeleton_csv, common_csv = raw.csvs()
+        with common_csv.open() as (stream, f):
+            common = read_csv_side(common_csv, stream, f, lambda: Common(common_csv.name, max_len, scenario_ids, codes))
+        with skeleton_csv.open() as (stream, f):
+            skeleton = read_csv_side(
+                skeleton_csv, stream, f, lambda: Skeleton(skeleton_csv.name, max_len, scenario_ids, codes), max_rows
+            )
         return skeleton, common  # type: ignore[return-value]
     sides: dict[str, Side] = {}
     with _archive(raw.archive) as (tar, f):
@@ -642,9 +680,13 @@ def read_split(raw: RawSplit, max_len: int, scenario_ids: ScenarioIds, max_rows:
             if member.isfile() and base in (skeleton_name, common_name) and base not in sides:
                 csv = RawCsv(raw.archive, member.name)
                 kind = Skeleton if base == skeleton_name else Common
-                sides[base] = read_csv_side(csv, tar.extractfile(member), f,
-                                            lambda k=kind, c=csv: k(c.name, max_len, scenario_ids, codes),
-                                            max_rows if kind is Skeleton else None)
+                sides[base] = read_csv_side(
+                    csv,
+                    tar.extractfile(member),
+                    f,
+                    lambda k=kind, c=csv: k(c.name, max_len, scenario_ids, codes),
+                    max_rows if kind is Skeleton else None,
+                )
     for base in (skeleton_name, common_name):
         if base not in sides:
             raise DataError(f"{raw.archive}: the archive has no {base}")
@@ -661,21 +703,25 @@ def join_rows(skeleton: Skeleton, common: Common) -> np.ndarray:
         _, first = np.unique(idx, return_index=True)
         dup = int(np.setdiff1d(np.arange(len(idx)), first)[0])
         line0 = int(first[idx[dup]]) + 1
-        raise DataError(f"{common.name}: line {dup + 1}: common_feature_index {keys[dup].as_py()!r} appears "
-                        f"again (first on line {line0}); keys must be unique")
+        raise DataError(
+            f"{common.name}: line {dup + 1}: common_feature_index {keys[dup].as_py()!r} appears "
+            f"again (first on line {line0}); keys must be unique"
+        )
     dictionaries = [d for _, _, d in skeleton.keys]
     found = pc.index_in(pa.concat_arrays(dictionaries), value_set=keys).fill_null(-1)
     found = found.to_numpy(zero_copy_only=False).astype(np.int64)
     out = np.empty(skeleton.rows, dtype=np.int64)
     offset = 0
     for row0, idx, d in skeleton.keys:
-        rows = found[offset:offset + len(d)][idx]
+        rows = found[offset : offset + len(d)][idx]
         offset += len(d)
         if (rows < 0).any():
             r = int(np.flatnonzero(rows < 0)[0])
-            raise DataError(f"{skeleton.name}: line {row0 + r + 1}: common_feature_index {d[idx[r]].as_py()!r} has "
-                            f"no row in {common.name}")
-        out[row0:row0 + len(idx)] = rows
+            raise DataError(
+                f"{skeleton.name}: line {row0 + r + 1}: common_feature_index {d[idx[r]].as_py()!r} has "
+                f"no row in {common.name}"
+            )
+        out[row0 : row0 + len(idx)] = rows
     skeleton.keys = []
     return out
 
@@ -686,10 +732,18 @@ def _texts(keys: np.ndarray) -> pa.Array:
     return pa.array(keys.astype(np.int64), mask=keys < 0).cast(pa.string())
 
 
-def encode_single(skel: np.ndarray | None, common: np.ndarray | None, rows: np.ndarray, keep: np.ndarray | None,
-                  common_weight: np.ndarray, min_count: int) -> tuple[np.ndarray, int]:
+def encode_single(
+    skel: np.ndarray | None,
+    common: np.ndarray | None,
+    rows: np.ndarray,
+    keep: np.ndarray | None,
+    common_weight: np.ndarray,
+    min_count: int,
+) -> tuple[np.ndarray, int]:
     """Final ids (kept skeleton rows) and vocabulary of one single-valued field; the skeleton's entry wins."""
     if skel is None:  # the usual user-side field: encode the common rows, weighted by their skeleton rows
+        if common is None:
+            raise ValueError("encode_single: the field has no column in the skeleton nor in the common features")
         keys, inv = np.unique(common, return_inverse=True)
         counts = np.bincount(inv.reshape(-1), weights=common_weight, minlength=len(keys)).astype(np.int64)
         enc = encode([Categories(inv.reshape(-1).astype(np.int32), _texts(keys), counts)], min_count)
@@ -727,16 +781,16 @@ def _order(fields: set[str]) -> list[str]:
     return [f for f in known if f in fields] + sorted(f for f in fields if f not in known)
 
 
-def _role(name: str) -> str:
+def _role(name: str) -> Role:
     if name in USER_FIELDS or name in SEQUENCE_FIELDS:
         return "user"
     return "item" if name in ITEM_FIELDS else "context"
 
 
-def build_raw(layout: dict[str, RawSplit], settings: dict[str, Any], tasks: list[str]
-              ) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
+def build_raw(
+    layout: dict[str, RawSplit], settings: dict[str, Any], tasks: list[str]
+) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
     """Read both splits, join, encode; the ``ali_ccp`` schema and columns of the raw layout."""
-    from mtlbench.datasets.ali_ccp import funnel_labels, funnel_roles
 
     s = settings
     max_len, min_count = int(s["max_len"]), int(s["min_count"])
@@ -762,8 +816,11 @@ def build_raw(layout: dict[str, RawSplit], settings: dict[str, Any], tasks: list
     dropped = int(orphan.sum())
     keep = ~orphan if dropped else None
     if dropped:
-        log.warning("ali_ccp: dropped %d skeleton row(s) with conversion=1 and click=0 (first: %s)", dropped,
-                    where(int(np.flatnonzero(orphan)[0])))
+        log.warning(
+            "ali_ccp: dropped %d skeleton row(s) with conversion=1 and click=0 (first: %s)",
+            dropped,
+            where(int(np.flatnonzero(orphan)[0])),
+        )
     official = np.repeat(np.array([0, 2], dtype=np.int8), rows_of)
     rows = crow if keep is None else crow[keep]
     del crow
@@ -772,7 +829,7 @@ def build_raw(layout: dict[str, RawSplit], settings: dict[str, Any], tasks: list
     def kept(a: np.ndarray) -> np.ndarray:
         return a if keep is None else a[keep]
 
-    def stacked(sides: list[Side], get: Any) -> np.ndarray | None:
+    def stacked(sides: Sequence[Side], get: Any) -> np.ndarray | None:
         got = [get(x) for x in sides]
         if all(g is None for g in got):
             return None
@@ -790,8 +847,10 @@ def build_raw(layout: dict[str, RawSplit], settings: dict[str, Any], tasks: list
         scen = np.where(scen >= 0, scen, scen_c[rows])
     if (scen < 0).any():
         r = int(np.flatnonzero(scen < 0)[0])
-        raise DataError(f"{where(r if keep is None else int(np.flatnonzero(keep)[r]))}: the row has no field "
-                        f"{SCENARIO_FIELD} (the scenario), neither in the skeleton nor in its common features")
+        raise DataError(
+            f"{where(r if keep is None else int(np.flatnonzero(keep)[r]))}: the row has no field "
+            f"{SCENARIO_FIELD} (the scenario), neither in the skeleton nor in its common features"
+        )
     del scen_k, scen_c
     scen = scenario_ids.index(scen)
     values = scenario_ids.known
@@ -812,22 +871,33 @@ def build_raw(layout: dict[str, RawSplit], settings: dict[str, Any], tasks: list
     for name in [f for f in SEQUENCE_FIELDS if f in seq_fields]:
         got_k = [x.sequence(name) for x in skeletons]
         got_c = [x.sequence(name) for x in commons]
-        ids_c = weights_c = None
+        ids_c: np.ndarray | None = None
+        weights_c: np.ndarray | None = None
         if any(g is not None for g in got_c):
-            ids_c = np.concatenate([g[0] if g else np.full((x.rows, max_len), PAD, np.int64)
-                                    for g, x in zip(got_c, commons)])
-            weights_c = np.concatenate([g[1] if g else np.zeros((x.rows, max_len), np.float32)
-                                        for g, x in zip(got_c, commons)])
+            ids_c = np.concatenate(
+                [g[0] if g else np.full((x.rows, max_len), PAD, np.int64) for g, x in zip(got_c, commons)]
+            )
+            weights_c = np.concatenate(
+                [g[1] if g else np.zeros((x.rows, max_len), np.float32) for g, x in zip(got_c, commons)]
+            )
         del got_c
         if all(g is None for g in got_k):  # the usual case: the user's sequences live in common features
+            # a field of seq_fields that no skeleton has: some common-features file has it
+            assert ids_c is not None and weights_c is not None
             mapped, size = encode_sequence(ids_c, common_weight, min_count)
             out[name], out[weights_column(name)] = mapped[rows], weights_c[rows]
         else:
-            ids_k = kept(np.concatenate([g[0] if g else np.full((x.rows, max_len), PAD, np.int64)
-                                         for g, x in zip(got_k, skeletons)]))
-            weights_k = kept(np.concatenate([g[1] if g else np.zeros((x.rows, max_len), np.float32)
-                                             for g, x in zip(got_k, skeletons)]))
-            if ids_c is not None:
+            ids_k = kept(
+                np.concatenate(
+                    [g[0] if g else np.full((x.rows, max_len), PAD, np.int64) for g, x in zip(got_k, skeletons)]
+                )
+            )
+            weights_k = kept(
+                np.concatenate(
+                    [g[1] if g else np.zeros((x.rows, max_len), np.float32) for g, x in zip(got_k, skeletons)]
+                )
+            )
+            if ids_c is not None and weights_c is not None:  # set together
                 own = (ids_k != PAD).any(axis=1)
                 ids_k = np.where(own[:, None], ids_k, ids_c[rows])
                 weights_k = np.where(own[:, None], weights_k, weights_c[rows])
@@ -849,11 +919,18 @@ def build_raw(layout: dict[str, RawSplit], settings: dict[str, Any], tasks: list
         if field is not None and field not in names:
             raise ConfigError(f"ali_ccp: field {field!r} is not a feature of the raw files (fields: {names})")
     schema = DatasetSchema(
-        name="ali_ccp", features=features, tasks=list(tasks), user_field=s["user_field"],
-        item_field=s["item_field"], scenario_field=s["scenario_field"], analysis_fields=["split_part"],
+        name="ali_ccp",
+        features=features,
+        tasks=list(tasks),
+        user_field=s["user_field"],
+        item_field=s["item_field"],
+        scenario_field=s["scenario_field"],
+        analysis_fields=["split_part"],
         conditional_tasks={"cvr": "ctr"} if "cvr" in tasks else {},
-        task_roles=funnel_roles(tasks), auto_split="column:split_part",
+        task_roles=funnel_roles(tasks),
+        auto_split="column:split_part",
         scenario_labels=[f"B{i + 1}" for i in range(len(values))] if s["scenario_field"] == SCENARIO_FIELD else [],
-        stats={"skeleton_rows": int(len(click)), DROPPED: dropped})
-    schema.validate(out, source=str(layout["train"].archive or layout["train"].skeleton.path.parent))
+        stats={"skeleton_rows": int(len(click)), DROPPED: dropped},
+    )
+    schema.validate(out, source=str(layout["train"].archive or layout["train"].csvs()[0].path.parent))
     return schema, out

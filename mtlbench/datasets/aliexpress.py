@@ -28,23 +28,17 @@ import pyarrow as pa
 
 from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
-from mtlbench.datasets.ali_ccp import check_funnel_settings, funnel_labels, funnel_roles, split_part_of
-from mtlbench.datasets.readers import (
-    Layout,
-    check_header,
-    encode,
-    find_files,
-    first_line,
-    read_csv,
-    require_path,
-)
+from mtlbench.datasets.csv_reading import Layout, check_header, first_line, read_csv
+from mtlbench.datasets.files import find_files, require_path
+from mtlbench.datasets.funnel import check_funnel_settings, funnel_labels, funnel_roles, split_part_of
+from mtlbench.datasets.raw_file import Kind
+from mtlbench.datasets.vocabulary import encode
 from mtlbench.errors import ConfigError, DataError
 from mtlbench.registry import register_dataset
 
 CATEGORICAL = tuple(f"categorical_{i}" for i in range(1, 17))
 NUMERICAL = tuple(f"numerical_{i}" for i in range(1, 64))
-HINT = ("an AliExpress country CSV (search_id, categorical_*, numerical_*, click, conversion) or a folder of "
-        "them")
+HINT = "an AliExpress country CSV (search_id, categorical_*, numerical_*, click, conversion) or a folder of them"
 COUNTRY_RE = re.compile(r"(?:^|[^a-z])aliexpress[_\-]?([a-z]{2})(?:[^a-z]|$)", re.IGNORECASE)
 #: the countries of the published dataset (MTReclib's AliExpress_NL/_ES/_FR/_US folders; RU in the Tianchi release)
 COUNTRIES = ("ES", "FR", "NL", "RU", "US")
@@ -69,14 +63,18 @@ def check_countries(files: list[Path]) -> None:
     codes = {f: country_code(f) for f in files}
     for f, code in codes.items():
         if code is not None and code not in COUNTRIES:
-            raise DataError(f"{f}: country {code!r} (from its name, every row of the file) is not an AliExpress "
-                            f"country; known: {', '.join(COUNTRIES)}")
+            raise DataError(
+                f"{f}: country {code!r} (from its name, every row of the file) is not an AliExpress "
+                f"country; known: {', '.join(COUNTRIES)}"
+            )
     if len({country_of(f) for f in files}) > 1:
         for f, code in codes.items():
             if code is None:
-                raise DataError(f"{f}: no AliExpress country in its name (value {country_of(f)!r}, every row of "
-                                f"the file), with files of several countries; put it in a folder AliExpress_<code> "
-                                f"with a code of {', '.join(COUNTRIES)}")
+                raise DataError(
+                    f"{f}: no AliExpress country in its name (value {country_of(f)!r}, every row of "
+                    f"the file), with files of several countries; put it in a folder AliExpress_<code> "
+                    f"with a code of {', '.join(COUNTRIES)}"
+                )
 
 
 @register_dataset("aliexpress")
@@ -85,12 +83,18 @@ class AliExpress(DatasetSource):
 
     version = "3"  # 2: cvr recorded as labelled on clicks only; 3: country codes checked, task roles
 
-    def __init__(self, path: str, pattern: str = "*.csv", countries: tuple[str, ...] | None = None,
-                 tasks: tuple[str, ...] = ("ctr", "ctcvr"), min_count: int = 1,
-                 purchase_without_click: str = "error", max_rows: int | None = None) -> None:
-        super().__init__(path=str(path), pattern=pattern, countries=list(countries) if countries else None,
-                         tasks=list(tasks), min_count=min_count,
-                         purchase_without_click=purchase_without_click, max_rows=max_rows)
+    def __init__(
+        self,
+        path: str,
+        pattern: str = "*.csv",
+        countries: tuple[str, ...] | None = None,
+        tasks: tuple[str, ...] = ("ctr", "ctcvr"),
+        min_count: int = 1,
+        purchase_without_click: str = "error",
+        max_rows: int | None = None,
+    ) -> None:
+        if not countries:
+            self.settings["countries"] = None  # every country
         self.path = require_path(path, "aliexpress", HINT)
         check_funnel_settings("aliexpress", list(tasks), purchase_without_click)
         self.tasks = list(tasks)
@@ -101,11 +105,10 @@ class AliExpress(DatasetSource):
         wanted = self.settings["countries"]
         if wanted:
             wanted = [c.upper() for c in wanted]
-            found = sorted({c for _, c in files})
-            missing = [c for c in wanted if c not in found]
+            present = sorted({c for _, c in files})
+            missing = [c for c in wanted if c not in present]
             if missing:
-                raise ConfigError(f"aliexpress: no files for countries {missing} in {self.path} "
-                                  f"(found {found})")
+                raise ConfigError(f"aliexpress: no files for countries {missing} in {self.path} (found {present})")
             files = [(f, c) for f, c in files if c in wanted]
         check_countries([f for f, _ in files])
         return files
@@ -114,15 +117,17 @@ class AliExpress(DatasetSource):
         s = self.settings
         files = self.files()
         layout = Layout(",")
-        wanted = {"search_id": "cat", "click": "label", "conversion": "label"}
-        wanted |= {c: "cat" for c in CATEGORICAL} | {c: "float" for c in NUMERICAL}
+        wanted: dict[str, Kind] = {"search_id": "cat", "click": "label", "conversion": "label"}
+        wanted |= {c: "cat" for c in CATEGORICAL}
+        wanted |= {c: "float" for c in NUMERICAL}
         for f, _ in files:  # every header first, so a bad file fails before any parsing
             check_header(f, first_line(f), layout, list(wanted))
         raws = [read_csv(f, wanted, layout, max_rows=s["max_rows"]) for f, _ in files]
         labels: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         for raw in raws:
-            got = funnel_labels(self.tasks, raw.label("click"), raw.label("conversion"), raw, "conversion",
-                                s["purchase_without_click"])
+            got = funnel_labels(
+                self.tasks, raw.label("click"), raw.label("conversion"), raw, "conversion", s["purchase_without_click"]
+            )
             for t in self.tasks:
                 labels[t].append(got[t])
         out = {t: np.concatenate(v) for t, v in labels.items()}
@@ -144,12 +149,16 @@ class AliExpress(DatasetSource):
         sid = encode([raw.pop("search_id") for raw in raws]).ids.astype(np.int64)
         ci = np.concatenate([np.full(raw.num_rows, names.index(c)) for raw, (_, c) in zip(raws, files)])
         out["search_session"] = np.unique(ci * (int(sid.max()) + 1) + sid, return_inverse=True)[1].reshape(-1)
-        out["split_part"] = np.concatenate([np.full(raw.num_rows, split_part_of(raw.path), np.int8)
-                                            for raw in raws])
-        schema = DatasetSchema(name="aliexpress", features=features, tasks=list(self.tasks),
-                               scenario_field="country" if multi else None, session_field="search_session",
-                               analysis_fields=["split_part"],
-                               conditional_tasks={"cvr": "ctr"} if "cvr" in self.tasks else {},
-                               task_roles=funnel_roles(self.tasks))
+        out["split_part"] = np.concatenate([np.full(raw.num_rows, split_part_of(raw.path), np.int8) for raw in raws])
+        schema = DatasetSchema(
+            name="aliexpress",
+            features=features,
+            tasks=list(self.tasks),
+            scenario_field="country" if multi else None,
+            session_field="search_session",
+            analysis_fields=["split_part"],
+            conditional_tasks={"cvr": "ctr"} if "cvr" in self.tasks else {},
+            task_roles=funnel_roles(self.tasks),
+        )
         schema.validate(out, source=str(self.path))
         return schema, out

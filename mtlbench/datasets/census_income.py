@@ -19,40 +19,74 @@ has no user or time, so ``split.method: auto`` is the seeded random split.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
-from mtlbench.datasets.readers import (
-    Layout,
-    check_known_values,
-    decode_values,
-    encode,
-    find_files,
-    read_csv,
-    require_path,
-)
+from mtlbench.datasets.csv_reading import Layout, read_csv
+from mtlbench.datasets.files import find_files, require_path
+from mtlbench.datasets.raw_file import Kind
+from mtlbench.datasets.vocabulary import decode_values, encode
 from mtlbench.errors import ConfigError, DataError
 from mtlbench.registry import register_dataset
 
 #: the 42 fields of census-income.names, in file order
 COLUMNS = (
-    "age", "class_of_worker", "detailed_industry_recode", "detailed_occupation_recode", "education",
-    "wage_per_hour", "enroll_in_edu_inst_last_wk", "marital_stat", "major_industry_code",
-    "major_occupation_code", "race", "hispanic_origin", "sex", "member_of_a_labor_union",
-    "reason_for_unemployment", "full_or_part_time_employment_stat", "capital_gains", "capital_losses",
-    "dividends_from_stocks", "tax_filer_stat", "region_of_previous_residence", "state_of_previous_residence",
-    "detailed_household_and_family_stat", "detailed_household_summary_in_household", "instance_weight",
-    "migration_code_change_in_msa", "migration_code_change_in_reg", "migration_code_move_within_reg",
-    "live_in_this_house_1_year_ago", "migration_prev_res_in_sunbelt", "num_persons_worked_for_employer",
-    "family_members_under_18", "country_of_birth_father", "country_of_birth_mother", "country_of_birth_self",
-    "citizenship", "own_business_or_self_employed", "fill_inc_questionnaire_for_veterans_admin",
-    "veterans_benefits", "weeks_worked_in_year", "year", "income",
+    "age",
+    "class_of_worker",
+    "detailed_industry_recode",
+    "detailed_occupation_recode",
+    "education",
+    "wage_per_hour",
+    "enroll_in_edu_inst_last_wk",
+    "marital_stat",
+    "major_industry_code",
+    "major_occupation_code",
+    "race",
+    "hispanic_origin",
+    "sex",
+    "member_of_a_labor_union",
+    "reason_for_unemployment",
+    "full_or_part_time_employment_stat",
+    "capital_gains",
+    "capital_losses",
+    "dividends_from_stocks",
+    "tax_filer_stat",
+    "region_of_previous_residence",
+    "state_of_previous_residence",
+    "detailed_household_and_family_stat",
+    "detailed_household_summary_in_household",
+    "instance_weight",
+    "migration_code_change_in_msa",
+    "migration_code_change_in_reg",
+    "migration_code_move_within_reg",
+    "live_in_this_house_1_year_ago",
+    "migration_prev_res_in_sunbelt",
+    "num_persons_worked_for_employer",
+    "family_members_under_18",
+    "country_of_birth_father",
+    "country_of_birth_mother",
+    "country_of_birth_self",
+    "citizenship",
+    "own_business_or_self_employed",
+    "fill_inc_questionnaire_for_veterans_admin",
+    "veterans_benefits",
+    "weeks_worked_in_year",
+    "year",
+    "income",
 )
-NUMERIC = ("age", "wage_per_hour", "capital_gains", "capital_losses", "dividends_from_stocks",
-           "num_persons_worked_for_employer", "weeks_worked_in_year")
+NUMERIC = (
+    "age",
+    "wage_per_hour",
+    "capital_gains",
+    "capital_losses",
+    "dividends_from_stocks",
+    "num_persons_worked_for_employer",
+    "weeks_worked_in_year",
+)
 MONEY = ("wage_per_hour", "capital_gains", "capital_losses", "dividends_from_stocks")
 #: task -> (source column, label function of the trimmed published text; None = not a valid value)
 TASKS = {
@@ -70,12 +104,17 @@ class CensusIncome(DatasetSource):
 
     version = "3"  # 2: numeric columns cached unscaled, z-scored at load with training statistics; 3: year checked
 
-    def __init__(self, path: str, tasks: tuple[str, ...] = ("income", "never_married"),
-                 scenario: str | None = None, log_money: bool = True, min_count: int = 1,
-                 split_seed: int = 0, max_rows: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        tasks: Sequence[str] = ("income", "never_married"),
+        scenario: str | None = None,
+        log_money: bool = True,
+        min_count: int = 1,
+        split_seed: int = 0,
+        max_rows: int | None = None,
+    ) -> None:
         tasks = list(tasks)
-        super().__init__(path=str(path), tasks=tasks, scenario=scenario, log_money=log_money,
-                         min_count=min_count, split_seed=split_seed, max_rows=max_rows)
         self.path = require_path(path, "census_income", HINT)
         unknown = [t for t in tasks if t not in TASKS]
         if unknown or not tasks:
@@ -94,11 +133,11 @@ class CensusIncome(DatasetSource):
         label_sources = {TASKS[t][0] for t in self.tasks}
         skip = {"instance_weight", "income"} | label_sources
         cat_cols = [c for c in COLUMNS if c not in NUMERIC and c not in skip]
-        wanted = {c: ("float" if c in NUMERIC else "cat") for c in COLUMNS if c != "instance_weight"}
+        wanted: dict[str, Kind] = {c: ("float" if c in NUMERIC else "cat") for c in COLUMNS if c != "instance_weight"}
         raws = [(read_csv(f, wanted, LAYOUT, max_rows=s["max_rows"]), is_test) for f, is_test in self.files()]
         if self.scenario == "year":  # the survey years the UCI documentation lists: 1994 and 1995
             for raw, _ in raws:
-                check_known_values(raw, "year", YEARS.__contains__, f"a survey year ({' or '.join(YEARS)})")
+                raw.check_known("year", YEARS.__contains__, f"a survey year ({' or '.join(YEARS)})")
 
         columns: dict[str, np.ndarray] = {}
         for t in self.tasks:
@@ -114,9 +153,13 @@ class CensusIncome(DatasetSource):
             columns[c] = (np.log1p(np.maximum(x, 0.0, dtype=np.float64)) if log else x).astype(np.float32)
             features.append(Feature(c, "numeric", standardize=True))
         columns["split_part"] = self._split_part([(raw.num_rows, is_test) for raw, is_test in raws])
-        schema = DatasetSchema(name="census_income", features=features, tasks=list(self.tasks),
-                               scenario_field="year" if self.scenario == "year" else None,
-                               analysis_fields=["split_part"])
+        schema = DatasetSchema(
+            name="census_income",
+            features=features,
+            tasks=list(self.tasks),
+            scenario_field="year" if self.scenario == "year" else None,
+            analysis_fields=["split_part"],
+        )
         schema.validate(columns, source=str(self.path))
         return schema, columns
 
@@ -133,8 +176,10 @@ class CensusIncome(DatasetSource):
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             value = texts[indices[row]] if indices[row] >= 0 else ""
-            raise DataError(f"{raw.at(row)}: column {column!r} has {value!r}; expected one of "
-                            f"{sorted(mapping) if mapping else 'a marital status'}")
+            raise DataError(
+                f"{raw.at(row)}: column {column!r} has {value!r}; expected one of "
+                f"{sorted(mapping) if mapping else 'a marital status'}"
+            )
         return y
 
     def _split_part(self, parts: list[tuple[int, bool]]) -> np.ndarray:
@@ -144,7 +189,7 @@ class CensusIncome(DatasetSource):
         for n, is_test in parts:
             if is_test:
                 half = np.zeros(n, dtype=np.int64)
-                half[rng.permutation(n)[n // 2:]] = 1
+                half[rng.permutation(n)[n // 2 :]] = 1
                 out.append(1 + half)
             else:
                 out.append(np.zeros(n, dtype=np.int64))

@@ -14,18 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtlbench.data.schema import DatasetSchema, Feature
+from mtlbench.data.schema import DatasetSchema, Feature, Role
 from mtlbench.data.source import DatasetSource
-from mtlbench.datasets.readers import (
-    Layout,
-    check_known_values,
-    encode,
-    find_files,
-    map_categories,
-    read_csv,
-    require_path,
-    time_order,
-)
+from mtlbench.datasets.csv_reading import Layout, read_csv
+from mtlbench.datasets.features import time_order
+from mtlbench.datasets.files import find_files, require_path
+from mtlbench.datasets.vocabulary import encode, map_categories
 from mtlbench.errors import DataError
 from mtlbench.registry import register_dataset
 
@@ -39,38 +33,60 @@ class Douban(DatasetSource):
 
     version = "2"  # 2: domain values are checked
 
-    def __init__(self, path: str, pattern: str = "*.csv", min_count: int = 1,
-                 max_rows: int | None = None) -> None:
-        super().__init__(path=str(path), pattern=pattern, min_count=min_count, max_rows=max_rows)
+    def __init__(self, path: str, pattern: str = "*.csv", min_count: int = 1, max_rows: int | None = None) -> None:
         self.path = require_path(path, "douban", HINT)
 
     def build(self) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
         s = self.settings
         files = find_files(self.path, [s["pattern"]], "douban", HINT)
         if len(files) > 1:
-            raise DataError(f"{self.path}: {len(files)} files match {s['pattern']!r} "
-                            f"({', '.join(f.name for f in files[:3])}); set dataset.pattern to pick one")
-        raw = read_csv(files[0], {"user_id": "int", "item_id": "int", "rating": "label", "domain": "cat",
-                                  "living_place": "cat", "join_time": "cat", "time_bin": "int"},
-                       Layout(","), max_rows=s["max_rows"])
-        check_known_values(raw, "domain", DOMAINS.__contains__, f"a Douban domain ({', '.join(DOMAINS)})")
+            raise DataError(
+                f"{self.path}: {len(files)} files match {s['pattern']!r} "
+                f"({', '.join(f.name for f in files[:3])}); set dataset.pattern to pick one"
+            )
+        raw = read_csv(
+            files[0],
+            {
+                "user_id": "int",
+                "item_id": "int",
+                "rating": "label",
+                "domain": "cat",
+                "living_place": "cat",
+                "join_time": "cat",
+                "time_bin": "int",
+            },
+            Layout(","),
+            max_rows=s["max_rows"],
+        )
+        raw.check_known("domain", DOMAINS.__contains__, f"a Douban domain ({', '.join(DOMAINS)})")
         time_bin = raw.integer("time_bin")
         order = time_order(time_bin)
         user = encode([raw.integer("user_id")[order]], s["min_count"])
         item = encode([raw.integer("item_id")[order]], s["min_count"])
-        out: dict[str, np.ndarray] = {"rating": raw.label("rating")[order], "user_id": user.ids,
-                                      "item_id": item.ids}
-        features = [Feature("user_id", "categorical", user.size, "user"),
-                    Feature("item_id", "categorical", item.size, "item")]
+        out: dict[str, np.ndarray] = {"rating": raw.label("rating")[order], "user_id": user.ids, "item_id": item.ids}
+        features = [
+            Feature("user_id", "categorical", user.size, "user"),
+            Feature("item_id", "categorical", item.size, "item"),
+        ]
         join_year = map_categories(raw.pop("join_time"), lambda t: None if not t else t.strip()[:4])
-        for name, col, role in (("domain", raw.pop("domain"), "context"),
-                                ("living_place", raw.pop("living_place"), "user"),
-                                ("join_year", join_year, "user")):
+        role: Role
+        for name, col, role in (
+            ("domain", raw.pop("domain"), "context"),
+            ("living_place", raw.pop("living_place"), "user"),
+            ("join_year", join_year, "user"),
+        ):
             enc = encode([col], s["min_count"], strip=True)
             out[name] = enc.ids[order]
             features.append(Feature(name, "categorical", enc.size, role))
         out["time_bin"] = time_bin[order]
-        schema = DatasetSchema(name="douban", features=features, tasks=["rating"], user_field="user_id",
-                               item_field="item_id", scenario_field="domain", time_field="time_bin")
+        schema = DatasetSchema(
+            name="douban",
+            features=features,
+            tasks=["rating"],
+            user_field="user_id",
+            item_field="item_id",
+            scenario_field="domain",
+            time_field="time_bin",
+        )
         schema.validate(out, source=str(self.path))
         return schema, out

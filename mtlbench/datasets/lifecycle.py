@@ -31,8 +31,9 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import expit, ndtr
 
-from mtlbench.data.schema import PAD, DatasetSchema, Feature
+from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
+from mtlbench.datasets.features import recent_items
 from mtlbench.errors import ConfigError
 from mtlbench.registry import register_dataset
 
@@ -44,12 +45,14 @@ N_STAGES = len(STAGE_NAMES)
 #: stage of a user's first observed interaction
 INITIAL_STAGE_P = np.array([0.55, 0.20, 0.15, 0.10])
 #: where a user goes when leaving a stage (rows: from, cols: to); mostly forward, some back-moves
-JUMP_P = np.array([
-    [0.00, 0.55, 0.45, 0.00],  # New -> Wander / Stick
-    [0.15, 0.00, 0.45, 0.40],  # Wander -> Stick / Loyal, sometimes back to New
-    [0.05, 0.25, 0.00, 0.70],  # Stick -> Loyal, sometimes back to Wander
-    [0.00, 0.30, 0.70, 0.00],  # Loyal -> back to Stick / Wander (fatigue)
-])
+JUMP_P = np.array(
+    [
+        [0.00, 0.55, 0.45, 0.00],  # New -> Wander / Stick
+        [0.15, 0.00, 0.45, 0.40],  # Wander -> Stick / Loyal, sometimes back to New
+        [0.05, 0.25, 0.00, 0.70],  # Stick -> Loyal, sometimes back to Wander
+        [0.00, 0.30, 0.70, 0.00],  # Loyal -> back to Stick / Wander (fatigue)
+    ]
+)
 #: multiplies ``1 - stage_persistence``: New is left quickly, Loyal slowly
 LEAVE_FACTOR = np.array([1.5, 1.2, 1.0, 0.4])
 
@@ -106,14 +109,19 @@ class LifecycleSimulator(DatasetSource):
 
     version = "3"  # 2: item_popularity from the catalogue rank (no future counts); 3: task roles
 
-    def __init__(self, n_users: int = 5000, n_items: int = 5000, n_rows: int = 300000, seq_len: int = 10,
-                 n_scenarios: int = 3, seed: int = 0, stage_persistence: float = 0.97,
-                 noise: float = 0.5) -> None:
+    def __init__(
+        self,
+        n_users: int = 5000,
+        n_items: int = 5000,
+        n_rows: int = 300000,
+        seq_len: int = 10,
+        n_scenarios: int = 3,
+        seed: int = 0,
+        stage_persistence: float = 0.97,
+        noise: float = 0.5,
+    ) -> None:
         """``stage_persistence``: per-interaction probability of staying in a stage (scaled by
         ``LEAVE_FACTOR``); ``noise``: std of the unobservable per-row Gaussian noise on every logit."""
-        super().__init__(n_users=n_users, n_items=n_items, n_rows=n_rows, seq_len=seq_len,
-                         n_scenarios=n_scenarios, seed=seed, stage_persistence=stage_persistence,
-                         noise=noise)
         if min(n_users, n_items, n_rows, seq_len, n_scenarios) <= 0:
             raise ConfigError("lifecycle: n_users, n_items, n_rows, seq_len and n_scenarios must be positive")
         if not 0.0 <= stage_persistence < 1.0:
@@ -147,8 +155,7 @@ class LifecycleSimulator(DatasetSource):
                 Feature("scenario", vocab_size=self.n_scenarios, role="context"),
                 Feature("item_popularity", kind="numeric", role="item"),
                 Feature("hour", kind="numeric", role="context"),
-                Feature("hist_items", kind="sequence", max_len=self.seq_len, embedding="item_id",
-                        role="user"),
+                Feature("hist_items", kind="sequence", max_len=self.seq_len, embedding="item_id", role="user"),
             ],
             tasks=list(TASKS),
             user_field="user_id",
@@ -170,9 +177,11 @@ class LifecycleSimulator(DatasetSource):
         age = rng.integers(0, N_AGE, n_users)
         gender = rng.integers(0, N_GENDER, n_users)
         city = rng.integers(0, N_CITY, n_users)
-        user_lat = (rng.normal(size=(N_AGE, LATENT_DIM))[age] * 0.6
-                    + rng.normal(size=(N_GENDER, LATENT_DIM))[gender] * 0.4
-                    + rng.normal(size=(n_users, LATENT_DIM)) * 0.7)
+        user_lat = (
+            rng.normal(size=(N_AGE, LATENT_DIM))[age] * 0.6
+            + rng.normal(size=(N_GENDER, LATENT_DIM))[gender] * 0.4
+            + rng.normal(size=(n_users, LATENT_DIM)) * 0.7
+        )
         user_bias = rng.normal(0.0, 0.4, n_users)
         cat_lat = rng.normal(size=(N_CATEGORIES, LATENT_DIM))
         category = rng.integers(0, N_CATEGORIES, n_items)
@@ -215,8 +224,9 @@ class LifecycleSimulator(DatasetSource):
         # context and observable stage hints
         scen_p = 0.6 ** np.arange(self.n_scenarios)
         scenario = rng.choice(self.n_scenarios, size=n, p=scen_p / scen_p.sum())
-        activity = np.clip(np.rint(stage * (N_ACTIVITY - 1) / (N_STAGES - 1)
-                                   + rng.normal(0.0, ACTIVITY_NOISE, n)), 0, N_ACTIVITY - 1).astype(np.int64)
+        activity = np.clip(
+            np.rint(stage * (N_ACTIVITY - 1) / (N_STAGES - 1) + rng.normal(0.0, ACTIVITY_NOISE, n)), 0, N_ACTIVITY - 1
+        ).astype(np.int64)
         tenure = np.minimum(np.floor(np.log2(pos + 1.0)), N_TENURE - 1).astype(np.int64)
 
         # labels
@@ -236,8 +246,13 @@ class LifecycleSimulator(DatasetSource):
         stay_std = np.sqrt(STAY_RESIDUAL**2 + self.noise**2)
 
         offsets = np.linspace(0.5, -0.5, self.n_scenarios) if self.n_scenarios > 1 else np.zeros(1)
-        click_logit = (CLICK_LOGIT[stage] + offsets[scenario] + user_bias[user] + base("click")
-                       + HOUR_EFFECT * np.sin(2 * np.pi * hour))
+        click_logit = (
+            CLICK_LOGIT[stage]
+            + offsets[scenario]
+            + user_bias[user]
+            + base("click")
+            + HOUR_EFFECT * np.sin(2 * np.pi * hour)
+        )
         click = rng.random(n) < expit(noisy(click_logit))
         stay_mean = STAY_MEAN[stage] + 0.5 * offsets[scenario] + base("long_view")
         log_stay = noisy(stay_mean) + STAY_CLICK_BONUS * click + rng.normal(0.0, STAY_RESIDUAL, n)
@@ -247,14 +262,13 @@ class LifecycleSimulator(DatasetSource):
         cvr_logit = CVR_LOGIT[stage] - offsets[scenario] - PRICE_EFFECT * price + base("purchase")
         purchase = click & (rng.random(n) < expit(noisy(cvr_logit)))
         p_click, p_cvr = expit(shrink * click_logit), expit(shrink * cvr_logit)
-        p_stay = p_click * ndtr((stay_mean + STAY_CLICK_BONUS - threshold) / stay_std) \
-            + (1 - p_click) * ndtr((stay_mean - threshold) / stay_std)
+        p_stay = p_click * ndtr((stay_mean + STAY_CLICK_BONUS - threshold) / stay_std) + (1 - p_click) * ndtr(
+            (stay_mean - threshold) / stay_std
+        )
         truth = {"click": p_click, "long_view": p_stay, "purchase": p_click * p_cvr}
 
-        # history: previous seq_len items of the same user, most recent first (user-major layout)
-        lag = np.arange(1, self.seq_len + 1)
-        valid = pos[:, None] >= lag
-        hist = np.where(valid, item[np.maximum(np.arange(n)[:, None] - lag, 0)], PAD)
+        # history: previous seq_len items of the same user, most recent first (rows are user-major in time order)
+        hist = recent_items(user, item, self.seq_len)
 
         # the item's a-priori catalogue popularity (its rank), not counts over all rows: those would leak
         # impressions of the validation and test periods into a training feature
@@ -263,12 +277,26 @@ class LifecycleSimulator(DatasetSource):
         popularity = (1.0 - np.log1p(rank_of_item) / np.log1p(n_items)).astype(np.float32)
 
         columns = {
-            "user_id": user, "age_bucket": age[user], "gender": gender[user], "city": city[user],
-            "activity_level": activity, "tenure_bucket": tenure,
-            "item_id": item, "category": cat, "brand": brand[item], "price_bucket": price_bucket[item],
-            "scenario": scenario, "item_popularity": popularity[item], "hour": hour, "hist_items": hist,
-            "click": click, "long_view": long_view, "purchase": purchase,
-            "timestamp": timestamp, "session_id": session_id, "true_stage": stage,
+            "user_id": user,
+            "age_bucket": age[user],
+            "gender": gender[user],
+            "city": city[user],
+            "activity_level": activity,
+            "tenure_bucket": tenure,
+            "item_id": item,
+            "category": cat,
+            "brand": brand[item],
+            "price_bucket": price_bucket[item],
+            "scenario": scenario,
+            "item_popularity": popularity[item],
+            "hour": hour,
+            "hist_items": hist,
+            "click": click,
+            "long_view": long_view,
+            "purchase": purchase,
+            "timestamp": timestamp,
+            "session_id": session_id,
+            "true_stage": stage,
         }
         order = np.lexsort((pos, user, timestamp))  # global time order, ties broken by user then position
         columns = {k: _as_column(k, v[order]) for k, v in columns.items()}
@@ -303,8 +331,9 @@ class LifecycleSimulator(DatasetSource):
         last = np.maximum.accumulate(np.where(change >= 0, np.arange(n), 0))
         return change[last]
 
-    def _timeline(self, rng: np.random.Generator, counts: np.ndarray, user_start: np.ndarray,
-                  pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _timeline(
+        self, rng: np.random.Generator, counts: np.ndarray, user_start: np.ndarray, pos: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Integer timestamps (strictly increasing per user) and globally unique session ids."""
         n = len(pos)
         new_session = (pos == 0) | (rng.random(n) < 1.0 / SESSION_MEAN_LEN)
@@ -331,8 +360,9 @@ def _equal_frequency_buckets(x: np.ndarray, n_buckets: int) -> np.ndarray:
     return np.searchsorted(edges, x, side="right").astype(np.int64)
 
 
-def _uniform_item_of_category(rng: np.random.Generator, category: np.ndarray, wanted: np.ndarray,
-                              n_categories: int) -> np.ndarray:
+def _uniform_item_of_category(
+    rng: np.random.Generator, category: np.ndarray, wanted: np.ndarray, n_categories: int
+) -> np.ndarray:
     """A uniformly random item of each wanted category (-1 where the category has no items)."""
     by_category = np.argsort(category, kind="stable")
     size = np.bincount(category, minlength=n_categories)

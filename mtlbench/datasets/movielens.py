@@ -32,24 +32,35 @@ import pyarrow as pa
 
 from mtlbench.data.schema import PAD, DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
-from mtlbench.datasets.readers import (
-    Layout,
-    decode_values,
-    encode,
-    find_files,
-    join_rows,
-    map_categories,
-    read_csv,
-    recent_items,
-    require_path,
-    time_order,
-)
+from mtlbench.datasets.csv_reading import Layout, read_csv
+from mtlbench.datasets.features import join_rows, recent_items, time_order
+from mtlbench.datasets.files import find_files, require_path
+from mtlbench.datasets.raw_file import Kind
+from mtlbench.datasets.vocabulary import decode_values, encode, map_categories
 from mtlbench.errors import ConfigError, DataError
 from mtlbench.registry import register_dataset
 
-GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-          "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-          "War", "Western")
+GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 MAX_GENRES = 6  # the most genres one movie has in either release
 #: MovieLens 1M's age groups (Under 18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+): lower edges of groups 1..6
 AGE_EDGES = np.array([18, 25, 35, 45, 50, 56])
@@ -60,8 +71,14 @@ FORMATS = {
     "100k": {
         "ratings": ("u.data", Layout("\t", ("user_id", "item_id", "rating", "timestamp"))),
         "users": ("u.user", Layout("|", ("user_id", "age", "gender", "occupation", "zip"))),
-        "items": ("u.item", Layout("|", ("item_id", "title", "release_date", "video_release_date", "url")
-                                   + tuple(f"g_{g}" for g in GENRES), "latin1")),
+        "items": (
+            "u.item",
+            Layout(
+                "|",
+                ("item_id", "title", "release_date", "video_release_date", "url") + tuple(f"g_{g}" for g in GENRES),
+                "latin1",
+            ),
+        ),
     },
     "1m": {
         "ratings": ("ratings.dat", Layout("::", ("user_id", "item_id", "rating", "timestamp"))),
@@ -71,13 +88,15 @@ FORMATS = {
 }
 HINT = "the MovieLens folder: u.data, u.user, u.item (100K) or ratings.dat, users.dat, movies.dat (1M)"
 #: genre_family of a movie: the first family (in this order) holding one of its genres (read-only: a default)
-DEFAULT_FAMILIES: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "children": ("Animation", "Children's"),
-    "action": ("Action", "Adventure", "Sci-Fi", "Fantasy", "War", "Western"),
-    "thriller": ("Thriller", "Crime", "Mystery", "Horror", "Film-Noir"),
-    "comedy": ("Comedy", "Musical"),
-    "drama": ("Drama", "Romance", "Documentary"),
-})
+DEFAULT_FAMILIES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "children": ("Animation", "Children's"),
+        "action": ("Action", "Adventure", "Sci-Fi", "Fantasy", "War", "Western"),
+        "thriller": ("Thriller", "Crime", "Mystery", "Horror", "Film-Noir"),
+        "comedy": ("Comedy", "Musical"),
+        "drama": ("Drama", "Romance", "Documentary"),
+    }
+)
 #: task -> rating threshold (label = rating >= threshold)
 DEFAULT_THRESHOLDS: Mapping[str, int] = MappingProxyType({"like": 4, "love": 5})
 
@@ -88,32 +107,35 @@ class MovieLens(DatasetSource):
 
     version = "1"
 
-    def __init__(self, path: str, format: str = "auto", tasks: tuple[str, ...] = ("like", "love"),
-                 task_thresholds: Mapping[str, int] | None = DEFAULT_THRESHOLDS, scenario: str | None = None,
-                 genre_families: Mapping[str, Sequence[str]] | None = DEFAULT_FAMILIES, hist_len: int = 0,
-                 min_count: int = 1, max_rows: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        format: str = "auto",
+        tasks: tuple[str, ...] = ("like", "love"),
+        task_thresholds: Mapping[str, int] | None = DEFAULT_THRESHOLDS,
+        scenario: str | None = None,
+        genre_families: Mapping[str, Sequence[str]] | None = DEFAULT_FAMILIES,
+        hist_len: int = 0,
+        min_count: int = 1,
+        max_rows: int | None = None,
+    ) -> None:
         thresholds = dict(task_thresholds or DEFAULT_THRESHOLDS)
         families = {k: list(v) for k, v in (genre_families or DEFAULT_FAMILIES).items()}
-        super().__init__(path=str(path), format=format, tasks=list(tasks), task_thresholds=thresholds,
-                         scenario=scenario, genre_families=families, hist_len=hist_len, min_count=min_count,
-                         max_rows=max_rows)
+        self.settings.update(task_thresholds=thresholds, genre_families=families)  # null: the defaults
         self.path = require_path(path, "movielens", HINT)
         if format not in ("auto", "100k", "1m"):
             raise ConfigError(f"movielens: format must be auto, 100k or 1m, got {format!r}")
         missing = [t for t in tasks if t not in thresholds]
         if missing or not tasks:
-            raise ConfigError(f"movielens: task(s) {missing} have no threshold; "
-                              f"task_thresholds is {thresholds}")
+            raise ConfigError(f"movielens: task(s) {missing} have no threshold; task_thresholds is {thresholds}")
         bad = {t: v for t, v in thresholds.items() if not 1 <= int(v) <= 5}
         if bad:
             raise ConfigError(f"movielens: rating thresholds must be in 1..5, got {bad}")
         if scenario is not None and scenario not in SCENARIOS:
-            raise ConfigError(f"movielens: scenario must be null or one of {list(SCENARIOS)}, "
-                              f"got {scenario!r}")
+            raise ConfigError(f"movielens: scenario must be null or one of {list(SCENARIOS)}, got {scenario!r}")
         unknown = sorted({g for gs in families.values() for g in gs} - set(GENRES))
         if unknown:
-            raise ConfigError(f"movielens: unknown genre(s) {unknown} in genre_families; "
-                              f"known: {list(GENRES)}")
+            raise ConfigError(f"movielens: unknown genre(s) {unknown} in genre_families; known: {list(GENRES)}")
         if hist_len < 0:
             raise ConfigError(f"movielens: hist_len must be >= 0, got {hist_len}")
         self.tasks, self.thresholds, self.scenario = list(tasks), thresholds, scenario
@@ -125,8 +147,10 @@ class MovieLens(DatasetSource):
         for fmt in ("100k", "1m"):
             if find_files(self.path, [FORMATS[fmt]["ratings"][0]], "movielens", HINT, required=False):
                 return fmt
-        raise DataError(f"{self.path}: neither u.data (MovieLens 100K) nor ratings.dat (1M) found; "
-                        f"dataset 'movielens' expects {HINT}")
+        raise DataError(
+            f"{self.path}: neither u.data (MovieLens 100K) nor ratings.dat (1M) found; "
+            f"dataset 'movielens' expects {HINT}"
+        )
 
     def _file(self, fmt: str, kind: str) -> tuple[Path, Layout]:
         name, layout = FORMATS[fmt][kind]
@@ -141,15 +165,18 @@ class MovieLens(DatasetSource):
     def build(self) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
         fmt = self.detect_format()
         path, layout = self._file(fmt, "ratings")
-        ratings = read_csv(path, {"user_id": "int", "item_id": "int", "rating": "int", "timestamp": "int"},
-                           layout, max_rows=self.settings["max_rows"])
+        ratings = read_csv(
+            path,
+            {"user_id": "int", "item_id": "int", "rating": "int", "timestamp": "int"},
+            layout,
+            max_rows=self.settings["max_rows"],
+        )
         user_raw, item_raw = ratings.integer("user_id"), ratings.integer("item_id")
         rating, timestamp = ratings.integer("rating"), ratings.integer("timestamp")
         bad = (rating < 1) | (rating > 5)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{ratings.at(row)}: column 'rating' has value {int(rating[row])}; "
-                            "ratings are 1..5")
+            raise DataError(f"{ratings.at(row)}: column 'rating' has value {int(rating[row])}; ratings are 1..5")
 
         users = self._users(fmt)
         items = self._items(fmt)
@@ -179,23 +206,29 @@ class MovieLens(DatasetSource):
         features.append(Feature("genres", "sequence", len(GENRES), "item", max_len=MAX_GENRES))
         if self.hist_len:
             columns["hist_items"] = recent_items(user.ids, item.ids, self.hist_len)
-            features.append(Feature("hist_items", "sequence", role="user", max_len=self.hist_len,
-                                    embedding="item_id"))
+            features.append(Feature("hist_items", "sequence", role="user", max_len=self.hist_len, embedding="item_id"))
         columns["timestamp"] = timestamp
         columns["session_id"] = np.unique(user_raw * 1_000_000 + timestamp // DAY_S, return_inverse=True)[1]
         columns["session_id"] = columns["session_id"].reshape(-1).astype(np.int64)
-        schema = DatasetSchema(name="movielens", features=features, tasks=list(self.tasks),
-                               user_field="user_id", item_field="item_id", scenario_field=self.scenario,
-                               time_field="timestamp",
-                               session_field="session_id")
+        schema = DatasetSchema(
+            name="movielens",
+            features=features,
+            tasks=list(self.tasks),
+            user_field="user_id",
+            item_field="item_id",
+            scenario_field=self.scenario,
+            time_field="timestamp",
+            session_field="session_id",
+        )
         schema.validate(columns, source=str(self.path))
         return schema, columns
 
     # -- side tables ------------------------------------------------------------------------------------
     def _users(self, fmt: str) -> dict:
         path, layout = self._file(fmt, "users")
-        raw = read_csv(path, {"user_id": "int", "age": "int", "gender": "cat", "occupation": "cat",
-                              "zip": "cat"}, layout)
+        raw = read_csv(
+            path, {"user_id": "int", "age": "int", "gender": "cat", "occupation": "cat", "zip": "cat"}, layout
+        )
         out: dict = {"file": raw, "user_id": raw.integer("user_id")}
         age = raw.integer("age")
         bucket = np.searchsorted(AGE_EDGES, age, side="right").astype(np.int32)
@@ -211,7 +244,8 @@ class MovieLens(DatasetSource):
     def _items(self, fmt: str) -> dict:
         path, layout = self._file(fmt, "items")
         if fmt == "100k":
-            cols = {"item_id": "int", "release_date": "cat"} | {f"g_{g}": "int" for g in GENRES}
+            cols: dict[str, Kind] = {"item_id": "int", "release_date": "cat"}
+            cols |= {f"g_{g}": "int" for g in GENRES}
             raw = read_csv(path, cols, layout)
             flags = np.stack([raw.integer(f"g_{g}", allow_missing=True, fill=0) for g in GENRES], axis=1) > 0
             years = [_year(t, r"(\d{4})\s*$") for t in raw.pop("release_date").to_pylist()]

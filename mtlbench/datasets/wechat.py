@@ -12,7 +12,9 @@ are not features. User-side features (role ``user``, the user feature set U of S
 the user id, ``device`` (the user's device type) and, with ``hist_len > 0``, ``hist_feeds``: the user's
 ``hist_len`` most recent feeds in the rows before this one, most recent first (the current row never
 included). Item-side: feed, author, background song and singer (empty = one shared missing id), the first
-manual tag, and log1p + z-scored ``videoplayseconds``.
+manual tag, and log1p + z-scored ``videoplayseconds``. That one numeric feature is scaled with the statistics
+of ``feed_info.csv``, not of the training split: the challenge publishes it as a table of one row per feed,
+and that row is the unit (each feed counts once, however often it was shown; no label enters).
 
 Time: ``date_`` (day 1..14) is the only time the challenge publishes; rows are sorted by day keeping the
 file order within a day (ties that the per-user split and STAN's pseudo-labels keep in file order). The
@@ -28,18 +30,11 @@ import numpy as np
 
 from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
-from mtlbench.datasets.readers import (
-    Layout,
-    encode,
-    find_files,
-    join_rows,
-    map_categories,
-    read_csv,
-    recent_items,
-    require_path,
-    standardize,
-    time_order,
-)
+from mtlbench.datasets.csv_reading import Layout, read_csv
+from mtlbench.datasets.features import join_rows, recent_items, standardize_side_table, time_order
+from mtlbench.datasets.files import find_files, require_path
+from mtlbench.datasets.raw_file import Kind
+from mtlbench.datasets.vocabulary import encode, map_categories
 from mtlbench.errors import ConfigError
 from mtlbench.registry import register_dataset
 
@@ -53,11 +48,16 @@ class WeChat(DatasetSource):
 
     version = "2"  # 2: device has role user
 
-    def __init__(self, path: str, tasks: tuple[str, ...] = ("like", "click_avatar", "forward"),
-                 valid_days: tuple[int, ...] = (13,), test_days: tuple[int, ...] = (14,), hist_len: int = 10,
-                 min_count: int = 1, max_rows: int | None = None) -> None:
-        super().__init__(path=str(path), tasks=list(tasks), valid_days=list(valid_days),
-                         test_days=list(test_days), hist_len=hist_len, min_count=min_count, max_rows=max_rows)
+    def __init__(
+        self,
+        path: str,
+        tasks: tuple[str, ...] = ("like", "click_avatar", "forward"),
+        valid_days: tuple[int, ...] = (13,),
+        test_days: tuple[int, ...] = (14,),
+        hist_len: int = 10,
+        min_count: int = 1,
+        max_rows: int | None = None,
+    ) -> None:
         self.path = require_path(path, "wechat", HINT)
         unknown = [t for t in tasks if t not in ACTIONS]
         if unknown or not tasks:
@@ -65,8 +65,7 @@ class WeChat(DatasetSource):
         if int(hist_len) < 0:
             raise ConfigError(f"wechat: hist_len must be >= 0, got {hist_len}")
         if set(valid_days) & set(test_days):
-            raise ConfigError(f"wechat: valid_days {list(valid_days)} and test_days {list(test_days)} "
-                              "overlap")
+            raise ConfigError(f"wechat: valid_days {list(valid_days)} and test_days {list(test_days)} overlap")
         self.tasks = list(tasks)
 
     def build(self) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
@@ -74,11 +73,21 @@ class WeChat(DatasetSource):
         action_file = find_files(self.path, ["user_action.csv"], "wechat", HINT)[0]
         folder = self.path if self.path.is_dir() else self.path.parent
         feed_file = find_files(folder, ["feed_info.csv"], "wechat", HINT)[0]
-        log = read_csv(action_file, {"userid": "int", "feedid": "int", "date_": "int", "device": "cat"}
-                       | {t: "label" for t in self.tasks}, Layout(","), max_rows=s["max_rows"])
-        feeds = read_csv(feed_file, {"feedid": "int", "authorid": "cat", "videoplayseconds": "float",
-                                     "bgm_song_id": "cat", "bgm_singer_id": "cat", "manual_tag_list": "cat"},
-                         Layout(","))
+        actions: dict[str, Kind] = {"userid": "int", "feedid": "int", "date_": "int", "device": "cat"}
+        actions |= {t: "label" for t in self.tasks}
+        log = read_csv(action_file, actions, Layout(","), max_rows=s["max_rows"])
+        feeds = read_csv(
+            feed_file,
+            {
+                "feedid": "int",
+                "authorid": "cat",
+                "videoplayseconds": "float",
+                "bgm_song_id": "cat",
+                "bgm_singer_id": "cat",
+                "manual_tag_list": "cat",
+            },
+            Layout(","),
+        )
         user_raw, feed_raw, day = log.integer("userid"), log.integer("feedid"), log.integer("date_")
         labels = {t: log.label(t) for t in self.tasks}
         device = encode([log.pop("device")], strip=True)
@@ -90,28 +99,44 @@ class WeChat(DatasetSource):
         f_row = f_row[order]
         out: dict[str, np.ndarray] = {t: labels[t][order] for t in self.tasks}
         out["userid"], out["device"], out["feedid"] = user.ids, device.ids[order], feed.ids
-        features = [Feature("userid", "categorical", user.size, "user"),
-                    Feature("device", "categorical", device.size, "user"),
-                    Feature("feedid", "categorical", feed.size, "item")]
-        tags = map_categories(feeds.pop("manual_tag_list"),
-                              lambda t: None if t is None else t.split(";")[0].strip() or None)
-        for name, col in (("authorid", feeds.pop("authorid")), ("bgm_song_id", feeds.pop("bgm_song_id")),
-                          ("bgm_singer_id", feeds.pop("bgm_singer_id")), ("manual_tag", tags)):
+        features = [
+            Feature("userid", "categorical", user.size, "user"),
+            Feature("device", "categorical", device.size, "user"),
+            Feature("feedid", "categorical", feed.size, "item"),
+        ]
+        tags = map_categories(
+            feeds.pop("manual_tag_list"), lambda t: None if t is None else t.split(";")[0].strip() or None
+        )
+        for name, col in (
+            ("authorid", feeds.pop("authorid")),
+            ("bgm_song_id", feeds.pop("bgm_song_id")),
+            ("bgm_singer_id", feeds.pop("bgm_singer_id")),
+            ("manual_tag", tags),
+        ):
             enc = encode([col], s["min_count"], strip=True)
             out[name] = enc.ids[f_row]
             features.append(Feature(name, "categorical", enc.size, "item"))
-        out["videoplayseconds"] = standardize(feeds.numeric("videoplayseconds"), log=True)[f_row]
+        # the publisher's feed table is the unit of scaling: each feed once, then joined to its impressions
+        out["videoplayseconds"] = standardize_side_table(feeds.numeric("videoplayseconds"), log=True)[f_row]
         features.append(Feature("videoplayseconds", "numeric", role="item"))
         if s["hist_len"]:
             out["hist_feeds"] = recent_items(user.ids, feed.ids, int(s["hist_len"]))
-            features.append(Feature("hist_feeds", "sequence", role="user", max_len=int(s["hist_len"]),
-                                    embedding="feedid"))
+            features.append(
+                Feature("hist_feeds", "sequence", role="user", max_len=int(s["hist_len"]), embedding="feedid")
+            )
         out["date_"] = day[order]
         part = np.zeros(len(order), dtype=np.int8)
         part[np.isin(out["date_"], s["valid_days"])] = 1
         part[np.isin(out["date_"], s["test_days"])] = 2
         out["split_part"] = part
-        schema = DatasetSchema(name="wechat", features=features, tasks=list(self.tasks), user_field="userid",
-                               item_field="feedid", time_field="date_", analysis_fields=["split_part"])
+        schema = DatasetSchema(
+            name="wechat",
+            features=features,
+            tasks=list(self.tasks),
+            user_field="userid",
+            item_field="feedid",
+            time_field="date_",
+            analysis_fields=["split_part"],
+        )
         schema.validate(out, source=str(self.path))
         return schema, out

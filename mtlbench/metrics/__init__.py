@@ -16,6 +16,26 @@ from mtlbench.metrics.resolve import (
 )
 from mtlbench.metrics.scenario import ScenarioMetrics
 
-__all__ = ["AUC", "DEFAULT_METRICS", "GAUC", "GROUP_KEYS", "NDCG", "SGAUC", "GroupedMetric", "LogLoss", "RecMetric",
-           "ScenarioMetrics", "available_groups", "batch_groups", "build_metrics", "create_metric", "gauc",
-           "grouped_auc", "higher_is_better", "log_loss", "metric_class", "metric_specs", "ndcg_at_k"]
+__all__ = [
+    "AUC",
+    "DEFAULT_METRICS",
+    "GAUC",
+    "GROUP_KEYS",
+    "NDCG",
+    "SGAUC",
+    "GroupedMetric",
+    "LogLoss",
+    "RecMetric",
+    "ScenarioMetrics",
+    "available_groups",
+    "batch_groups",
+    "build_metrics",
+    "create_metric",
+    "gauc",
+    "grouped_auc",
+    "higher_is_better",
+    "log_loss",
+    "metric_class",
+    "metric_specs",
+    "ndcg_at_k",
+]

@@ -25,8 +25,12 @@ GROUP_KEYS: tuple[str, ...] = tuple(GROUP_SOURCES)
 def available_groups(schema: Any, inputs: Sequence[str] = ()) -> tuple[str, ...]:
     """The groups a dataset's batches offer: its user / session / scenario fields, and ``stage`` when the
     run computes the derived input ``rule_stage`` (``inputs``: the derived inputs of the run)."""
-    fields = {"user": schema.user_field, "session": schema.session_field, "scenario": schema.scenario_field,
-              "stage": GROUP_SOURCES["stage"] if GROUP_SOURCES["stage"] in inputs else None}
+    fields = {
+        "user": schema.user_field,
+        "session": schema.session_field,
+        "scenario": schema.scenario_field,
+        "stage": GROUP_SOURCES["stage"] if GROUP_SOURCES["stage"] in inputs else None,
+    }
     return tuple(g for g in GROUP_KEYS if fields[g] is not None)
 
 
@@ -35,10 +39,10 @@ def batch_groups(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {g: batch[src] for g, src in GROUP_SOURCES.items() if src in batch}
 
 
-def group_ids(groups: Mapping[str, Tensor] | Tensor, name: str) -> Tensor:
-    """The ids of group ``name``; a tensor (the positional form ``update(preds, target, ids)``) is taken as is."""
-    if isinstance(groups, Tensor):
-        return groups
+def group_ids(groups: Mapping[str, Tensor] | None, name: str) -> Tensor:
+    """The ids of group ``name``; a ValueError naming the groups the rows offer when it is missing."""
+    if not isinstance(groups, Mapping):
+        raise TypeError(f"groups must map group names to ids (e.g. {{{name!r}: ids}}), got {type(groups).__name__}")
     if name not in groups:
         raise ValueError(f"this metric needs the {name!r} group; the rows offer {sorted(groups)}")
     return groups[name]

@@ -4,7 +4,7 @@ distributed reductions, registered under the names a run config lists in ``metri
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -53,7 +53,7 @@ class GroupedMetric(RecMetric):
     ("cat") before :meth:`compute`. Rows with a NaN target are dropped on update.
     """
 
-    groups = ("user",)
+    groups: ClassVar[tuple[str, ...]] = ("user",)
     higher_is_better = True
     plot_lower_bound = 0.0
     plot_upper_bound = 1.0
@@ -68,12 +68,14 @@ class GroupedMetric(RecMetric):
         self.add_state("target", default=[], dist_reduce_fx="cat")
         self.add_state("group", default=[], dist_reduce_fx="cat")
 
-    def update(self, preds: Tensor, target: Tensor, groups: Mapping[str, Tensor] | Tensor) -> None:
-        """``groups``: the rows' group ids by name, or the ids of ``self.groups[0]`` themselves."""
+    def update(self, preds: Tensor, target: Tensor, groups: Mapping[str, Tensor] | None = None) -> None:
+        """``groups``: the rows' group ids by name (``self.groups[0]`` is read)."""
         self._append(preds, target, group_ids(groups, self.groups[0]))
 
     def _append(self, preds: Tensor, target: Tensor, group: Tensor) -> None:
         preds, target, group = _flatten_and_filter(preds.detach(), target.detach(), group.detach())
+        # "cat" states are lists between updates (torchmetrics concatenates them only while syncing for compute)
+        assert isinstance(self.preds, list) and isinstance(self.target, list) and isinstance(self.group, list)
         self.preds.append(preds)
         self.target.append(target.to(preds.dtype) if preds.is_floating_point() else target.float())
         self.group.append(group.long())

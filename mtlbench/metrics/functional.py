@@ -135,6 +135,7 @@ def grouped_auc(preds: Tensor, target: Tensor, group: Tensor) -> tuple[Tensor, T
     """
     preds, target, group = _flatten_and_filter(preds, target, group)
     label, is_group_start, is_run_start = _sort_rows(preds, target, group, descending=False, runs=True)
+    assert is_run_start is not None  # runs=True
     n = label.numel()
     group_starts = torch.nonzero(is_group_start).squeeze(1)
     bounds = torch.cat([group_starts, group_starts.new_tensor([n])])

@@ -8,15 +8,22 @@ registered metric named before the ``@``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from torchmetrics import Metric
 
 from mtlbench.errors import ConfigError, UnknownNameError
 from mtlbench.registry import METRICS
 
-__all__ = ["DEFAULT_METRICS", "build_metrics", "create_metric", "higher_is_better", "metric_class",
-           "metric_specs", "parse_name"]
+__all__ = [
+    "DEFAULT_METRICS",
+    "build_metrics",
+    "create_metric",
+    "higher_is_better",
+    "metric_class",
+    "metric_specs",
+    "parse_name",
+]
 
 #: the metrics of a run unless its config lists others (``metrics`` in configs/train.yaml)
 DEFAULT_METRICS: tuple[str, ...] = ("auc", "logloss", "gauc", "ndcg", "sgauc", "scenario")
@@ -31,12 +38,11 @@ def parse_name(name: str) -> tuple[str, str | None]:
 def metric_class(name: str) -> type:
     """The registered class of a metric name or results key; UnknownNameError (with "did you mean") if none.
 
-    Built-in metrics are found without importing plugins; other names load the installed plugins once.
+    Built-in metrics are found without importing plugins (importing this module ran ``mtlbench/metrics/__init__``,
+    which registers them); other names load the installed plugins once.
     """
-    import mtlbench.metrics  # noqa: F401  (registers the built-in metrics)
-
     base = parse_name(name)[0]
-    return METRICS.peek(base) or METRICS.get(base)
+    return cast(type, METRICS.peek(base) or METRICS.get(base))  # register_metric only accepts classes
 
 
 def create_metric(name: str) -> Metric:
@@ -95,7 +101,9 @@ def higher_is_better(name: str, default: bool | None = None) -> bool:
     value = getattr(cls, "higher_is_better", None)
     if value is None:
         if default is None:
-            raise ConfigError(f"metric {parse_name(name)[0]!r} does not say whether higher is better "
-                              "(set higher_is_better on its class)")
+            raise ConfigError(
+                f"metric {parse_name(name)[0]!r} does not say whether higher is better "
+                "(set higher_is_better on its class)"
+            )
         return default
     return bool(value)

@@ -41,24 +41,28 @@ class ScenarioMetrics(RecMetric):
     dict_output = True
     higher_is_better = True
 
+    preds: list[Tensor] | Tensor  # "cat" states: lists, or after gathering for compute a tensor
+    target: list[Tensor] | Tensor
+    scenario: list[Tensor] | Tensor
+    user: list[Tensor] | Tensor
+
     def __init__(self, with_users: bool | None = None) -> None:
         super().__init__()
         self.with_users = with_users
         for name in ("preds", "target", "scenario", "user"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, preds: Tensor, target: Tensor, groups: Mapping[str, Tensor] | Tensor,
-               user: Tensor | None = None) -> None:
-        """``groups``: the rows' group ids by name (``scenario``, optionally ``user``); or, positionally, the
-        scenario ids and then the user ids."""
-        if isinstance(groups, Tensor):
-            groups = {"scenario": groups} if user is None else {"scenario": groups, "user": user}
+    def update(self, preds: Tensor, target: Tensor, groups: Mapping[str, Tensor] | None = None) -> None:
+        """``groups``: the rows' group ids by name (``scenario``, optionally ``user``)."""
         scenario = group_ids(groups, "scenario")
         keep = ~torch.isnan(target)
+        # lists between updates (torchmetrics concatenates them only while syncing for compute)
+        assert isinstance(self.preds, list) and isinstance(self.target, list) and isinstance(self.scenario, list)
+        assert isinstance(self.user, list)
         self.preds.append(preds[keep])
         self.target.append(target[keep])
         self.scenario.append(scenario[keep])
-        if self.with_users or (self.with_users is None and "user" in groups):
+        if self.with_users or (self.with_users is None and groups is not None and "user" in groups):
             self.user.append(group_ids(groups, "user")[keep])
 
     def compute(self) -> dict[str, float]:

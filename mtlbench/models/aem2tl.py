@@ -50,8 +50,16 @@ from mtlbench.registry import register_model
 class PersonalizedTower(nn.Module):
     """A task tower whose every layer input is scaled by a PPNet gate δ = γ·sigmoid(MLP(prior ⊕ sg(e)))."""
 
-    def __init__(self, in_dim: int, hidden: list[int], prior_dim: int, gate_hidden: int, gate_scale: float,
-                 dropout: float = 0.0, act: str = "relu") -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: list[int],
+        prior_dim: int,
+        gate_hidden: int,
+        gate_scale: float,
+        dropout: float = 0.0,
+        act: str = "relu",
+    ) -> None:
         super().__init__()
         self.dims = [in_dim, *hidden]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.dims[:-1], self.dims[1:]))
@@ -80,28 +88,56 @@ class AEM2TL(MultiTaskModel):
 
     required_fields = ("scenario",)
 
-    def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, num_scenario_experts: int = 1,
-                 num_shared_scenario_experts: int = 2, num_task_experts: int = 1,
-                 num_shared_task_experts: int = 2,
-                 scenario_expert: tuple[int, ...] = (256, 128), task_expert: tuple[int, ...] = (128,),
-                 tower: tuple[int, ...] = (64,), prior_fields: list[str] | None = None, gate_hidden: int = 64,
-                 gate_scale: float = 2.0, ctr_task: str | None = None, cvr_task: str | None = None,
-                 dropout: float = 0.0, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        num_scenario_experts: int = 1,
+        num_shared_scenario_experts: int = 2,
+        num_task_experts: int = 1,
+        num_shared_task_experts: int = 2,
+        scenario_expert: tuple[int, ...] = (256, 128),
+        task_expert: tuple[int, ...] = (128,),
+        tower: tuple[int, ...] = (64,),
+        prior_fields: list[str] | None = None,
+        gate_hidden: int = 64,
+        gate_scale: float = 2.0,
+        ctr_task: str | None = None,
+        cvr_task: str | None = None,
+        dropout: float = 0.0,
+        activation: str = "relu",
+    ) -> None:
         super().__init__(schema)
         self.ctr_task, self.cvr_task = conversion_pair("aem2tl", schema, ctr_task, cvr_task)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
         self.prior_index = self._prior_index(schema, prior_fields)
         d = self.embedding.output_dim
-        self.scenario_cgc = ScenarioCGC(schema.num_scenarios, d, num_scenario_experts,
-                                        num_shared_scenario_experts, list(scenario_expert), dropout,
-                                        activation)
-        self.task_cgc = CGCLevel(len(self.tasks), self.scenario_cgc.out_dim, num_task_experts,
-                                 num_shared_task_experts, list(task_expert), last=True, dropout=dropout,
-                                 act=activation)
+        self.scenario_cgc = ScenarioCGC(
+            schema.num_scenarios,
+            d,
+            num_scenario_experts,
+            num_shared_scenario_experts,
+            list(scenario_expert),
+            dropout,
+            activation,
+        )
+        self.task_cgc = CGCLevel(
+            len(self.tasks),
+            self.scenario_cgc.out_dim,
+            num_task_experts,
+            num_shared_task_experts,
+            list(task_expert),
+            last=True,
+            dropout=dropout,
+            act=activation,
+        )
         prior_dim = len(self.prior_index) * embedding_dim
         self.towers = nn.ModuleList(
-            PersonalizedTower(self.task_cgc.out_dim, list(tower), prior_dim, gate_hidden, gate_scale, dropout,
-                              activation) for _ in self.tasks)
+            PersonalizedTower(
+                self.task_cgc.out_dim, list(tower), prior_dim, gate_hidden, gate_scale, dropout, activation
+            )
+            for _ in self.tasks
+        )
 
     def _prior_index(self, schema: DatasetSchema, prior_fields: list[str] | None) -> list[int]:
         if prior_fields is None:
@@ -109,8 +145,10 @@ class AEM2TL(MultiTaskModel):
         cats = [f.name for f in schema.categorical]
         bad = [f for f in prior_fields if f not in cats]
         if bad or not prior_fields:
-            raise ConfigError(f"model 'aem2tl': prior_fields={list(prior_fields)} must name categorical "
-                              f"features of the dataset; they are {cats}")
+            raise ConfigError(
+                f"model 'aem2tl': prior_fields={list(prior_fields)} must name categorical "
+                f"features of the dataset; they are {cats}"
+            )
         return [self.embedding.field_names.index(f) for f in prior_fields]
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
@@ -119,11 +157,11 @@ class AEM2TL(MultiTaskModel):
         if self.embedding.num_numeric:
             x = torch.cat([x, batch["numeric"].to(x.dtype)], dim=1)
         prior = fields[:, self.prior_index].flatten(1)
-        h = self.scenario_cgc(x, batch["scenario"])                     # 1. Scenario-CGC
-        e, _ = self.task_cgc([h] * len(self.tasks), h)                  # 2. Task-CGC
+        h = self.scenario_cgc(x, batch["scenario"])  # 1. Scenario-CGC
+        e, _ = self.task_cgc([h] * len(self.tasks), h)  # 2. Task-CGC
         logits = {t: tower(e_k, prior) for t, tower, e_k in zip(self.tasks, self.towers, e)}  # 3. PPNet gates
         ctr, cvr = logits[self.ctr_task], logits[self.cvr_task]
-        logits[self.cvr_task] = ctcvr_logit(ctr, cvr)                   # 4. entire space: pCTR x pCVR
+        logits[self.cvr_task] = ctcvr_logit(ctr, cvr)  # 4. entire space: pCTR x pCVR
         return ModelOutput(logits=logits, extras={"ctr": torch.sigmoid(ctr), "cvr": torch.sigmoid(cvr)})
 
     def run_summary(self, module: Any, datamodule: Any, run_dir: Any) -> dict[str, Any]:

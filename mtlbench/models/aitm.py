@@ -52,9 +52,9 @@ class AIT(nn.Module):
         self.scale = math.sqrt(dim)
 
     def forward(self, p_prev: Tensor, q: Tensor) -> Tensor:
-        u = torch.stack([p_prev, q], dim=1)                             # [B, 2, d]
+        u = torch.stack([p_prev, q], dim=1)  # [B, 2, d]
         w = torch.softmax((self.h1(u) * self.h2(u)).sum(-1) / self.scale, dim=1)  # Eq. 4-5
-        return (w.unsqueeze(-1) * self.h3(u)).sum(1)                    # Eq. 3
+        return (w.unsqueeze(-1) * self.h3(u)).sum(1)  # Eq. 3
 
 
 def label_constraint(probs: list[Tensor]) -> Tensor:
@@ -66,9 +66,16 @@ def label_constraint(probs: list[Tensor]) -> Tensor:
 class AITM(MultiTaskModel):
     """Shared embeddings; per-task towers; AIT between consecutive tasks of ``chain``; label constraint."""
 
-    def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, tower: tuple[int, ...] = (128, 64, 32),
-                 chain: list[str] | None = None, calibrator_weight: float = 0.6, dropout: float = 0.0,
-                 activation: str = "relu") -> None:
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        tower: tuple[int, ...] = (128, 64, 32),
+        chain: list[str] | None = None,
+        calibrator_weight: float = 0.6,
+        dropout: float = 0.0,
+        activation: str = "relu",
+    ) -> None:
         super().__init__(schema)
         if chain is None:
             roles = schema.task_roles
@@ -76,8 +83,10 @@ class AITM(MultiTaskModel):
         chain = list(chain)
         unknown = [t for t in chain if t not in self.tasks]
         if unknown or len(chain) < 2 or len(set(chain)) != len(chain):
-            raise ConfigError(f"model 'aitm': chain={chain} must list at least two distinct tasks of the "
-                              f"dataset in conversion order; tasks are {self.tasks}")
+            raise ConfigError(
+                f"model 'aitm': chain={chain} must list at least two distinct tasks of the "
+                f"dataset in conversion order; tasks are {self.tasks}"
+            )
         for t in chain[1:]:
             refuse_conditional("aitm", "chain", t, schema)
         if not tower:
@@ -86,12 +95,14 @@ class AITM(MultiTaskModel):
         self.calibrator_weight = float(calibrator_weight)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
         d = self.embedding.output_dim
-        self.towers = nn.ModuleList(MLP(d, list(tower), None, dropout, activation) for _ in self.tasks)  # q_t
-        dim = self.towers[0].out_dim
+        towers = [MLP(d, list(tower), None, dropout, activation) for _ in self.tasks]
+        self.towers = nn.ModuleList(towers)  # q_t
+        dim = towers[0].out_dim
         self.heads = nn.ModuleList(nn.Linear(dim, 1) for _ in self.tasks)  # Eq. 6: ŷ_t = sigmoid(MLP_t(z_t))
         n = len(chain) - 1
-        self.transfer = nn.ModuleList(nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout))
-                                      for _ in range(n))  # Eq. 2: g_{t-1}
+        self.transfer = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout)) for _ in range(n)
+        )  # Eq. 2: g_{t-1}
         self.ait = nn.ModuleList(AIT(dim) for _ in range(n))
 
     def shared_parameters(self) -> list[nn.Parameter]:
@@ -102,7 +113,7 @@ class AITM(MultiTaskModel):
         z = {t: tower(x) for t, tower in zip(self.tasks, self.towers)}  # q_t; z_1 = q_1
         for i, t in enumerate(self.chain[1:]):
             p_prev = self.transfer[i](z[self.chain[i]])  # Eq. 2
-            z[t] = self.ait[i](p_prev, z[t])             # Eq. 3-5
+            z[t] = self.ait[i](p_prev, z[t])  # Eq. 3-5
         logits = {t: head(z[t]).squeeze(-1) for t, head in zip(self.tasks, self.heads)}
         probs = [torch.sigmoid(logits[t]) for t in self.chain]
         aux = {}

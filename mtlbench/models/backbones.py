@@ -41,8 +41,9 @@ def check_per(model: str, schema: DatasetSchema, per: str) -> int:
     if per not in PER_CHOICES:
         raise ConfigError(f"model {model}: per={per!r} is not one of {', '.join(PER_CHOICES)}")
     if per != "task" and schema.scenario_field is None:
-        raise ConfigError(f"model {model} with per={per!r} needs a scenario field; dataset {schema.name!r} "
-                          f"has none (use per=task)")
+        raise ConfigError(
+            f"model {model} with per={per!r} needs a scenario field; dataset {schema.name!r} has none (use per=task)"
+        )
     k, s = len(schema.tasks), schema.num_scenarios
     return {"task": k, "scenario": s, "task_scenario": k * s}[per]
 
@@ -51,6 +52,8 @@ def row_scenarios(schema: DatasetSchema, batch: dict[str, Tensor]) -> Tensor:
     """The scenario id of every row [B] (``batch["scenario"]``, else the scenario field's column)."""
     if "scenario" in batch:
         return batch["scenario"]
+    if schema.scenario_field is None:
+        raise ConfigError(f"rows have no scenario id: dataset {schema.name!r} has no scenario field")
     return batch["categorical"][:, [f.name for f in schema.categorical].index(schema.scenario_field)]
 
 
@@ -65,6 +68,8 @@ class SlotModel(MultiTaskModel):
     scenario towers of :class:`ScenarioTowers`), :meth:`scenarios` (the rows' scenario ids, None for
     ``per=task``) and :meth:`read_towers` (the towers on a backbone's :data:`Representation`).
     """
+
+    towers: nn.Module  # built by the subclass (:meth:`make_towers`)
 
     def __init__(self, schema: DatasetSchema, per: str = "task") -> None:
         num_slots = check_per(type(self).__name__, schema, per)
@@ -92,11 +97,13 @@ class SlotModel(MultiTaskModel):
 
 # -- shared bottom ------------------------------------------------------------------------------------------
 
+
 class SharedBottomBackbone(MLP):
     """Shared-Bottom (Caruana 1997): h = MLP(x), one representation [B, H] that every task (slot) reads."""
 
 
 # -- MMoE ---------------------------------------------------------------------------------------------------
+
 
 class MMoEBackbone(nn.Module):
     """MMoE (Ma et al. 2018): shared experts f_i, one gate per slot: w^j = softmax(W^j x) (STAN Eq. 1), and
@@ -108,8 +115,17 @@ class MMoEBackbone(nn.Module):
     row mixes with its scenario's K gates, and slot (k, s) reads task k's mixture: returns [K·S, B, H].
     """
 
-    def __init__(self, num_tasks: int, in_dim: int, num_experts: int, expert: list[int], dropout: float = 0.0,
-                 act: str = "relu", per: str = "task", num_scenarios: int = 1) -> None:
+    def __init__(
+        self,
+        num_tasks: int,
+        in_dim: int,
+        num_experts: int,
+        expert: list[int],
+        dropout: float = 0.0,
+        act: str = "relu",
+        per: str = "task",
+        num_scenarios: int = 1,
+    ) -> None:
         super().__init__()
         if per not in PER_CHOICES:
             raise ValueError(f"MMoEBackbone: per must be one of {PER_CHOICES}, got {per!r}")
@@ -123,44 +139,53 @@ class MMoEBackbone(nn.Module):
         experts = self.experts(x)  # [B, E, H]
         b, k, n, e = len(x), self.num_tasks, self.num_scenarios, self.num_experts
         if self.per == "task":
-            w = torch.softmax(self.gates(x).view(b, k, e), dim=-1)     # Eq. 1
-            return list(torch.bmm(w, experts).unbind(1))                # Eq. 3: K x [B, H]
+            w = torch.softmax(self.gates(x).view(b, k, e), dim=-1)  # Eq. 1
+            return list(torch.bmm(w, experts).unbind(1))  # Eq. 3: K x [B, H]
         if scenario is None:
             raise ValueError(f"MMoEBackbone(per={self.per!r}) needs the rows' scenario ids")
         if self.per == "scenario":  # the row's scenario gate: [B, S, E] -> [B, 1, E]
             logits = pick_slot(self.gates(x).view(b, n, e), scenario).unsqueeze(1)
         else:  # gate (k, s) is slot k*S + s: [B, K, S, E] -> [B, S, K, E] -> the row's [B, K, E]
             logits = pick_slot(self.gates(x).view(b, k, n, e).transpose(1, 2), scenario)
-        mixed = torch.bmm(torch.softmax(logits, dim=-1), experts)      # [B, 1 or K, H]
+        mixed = torch.bmm(torch.softmax(logits, dim=-1), experts)  # [B, 1 or K, H]
         if self.per == "scenario":
             return mixed[:, 0]
-        return mixed.transpose(0, 1).repeat_interleave(n, dim=0)       # slot (k, s) reads mixture k: [K*S, B, H]
+        return mixed.transpose(0, 1).repeat_interleave(n, dim=0)  # slot (k, s) reads mixture k: [K*S, B, H]
 
 
 # -- CGC / PLE ----------------------------------------------------------------------------------------------
 
+
 class CGCLevel(nn.Module):
     """One extraction level. Inputs: one tensor per task (slot) plus one shared tensor (all [B, in])."""
 
-    def __init__(self, num_tasks: int, in_dim: int, num_specific: int, num_shared: int, hidden: list[int],
-                 last: bool, dropout: float = 0.0, act: str = "relu") -> None:
+    def __init__(
+        self,
+        num_tasks: int,
+        in_dim: int,
+        num_specific: int,
+        num_shared: int,
+        hidden: list[int],
+        last: bool,
+        dropout: float = 0.0,
+        act: str = "relu",
+    ) -> None:
         super().__init__()
         self.num_tasks, self.ns, self.nh, self.last = num_tasks, num_specific, num_shared, last
-        self.specific = nn.ModuleList(ExpertGroup(num_specific, in_dim, hidden, dropout, act)
-                                      for _ in range(num_tasks))
+        self.specific = nn.ModuleList(ExpertGroup(num_specific, in_dim, hidden, dropout, act) for _ in range(num_tasks))
         self.shared = ExpertGroup(num_shared, in_dim, hidden, dropout, act)
         self.task_gates = nn.ModuleList(nn.Linear(in_dim, num_specific + num_shared) for _ in range(num_tasks))
         self.shared_gate = None if last else nn.Linear(in_dim, num_tasks * num_specific + num_shared)
         self.out_dim = self.shared.out_dim
 
     def forward(self, task_in: list[Tensor], shared_in: Tensor) -> tuple[list[Tensor], Tensor | None]:
-        shared = self.shared(shared_in)                               # [B, nh, H]
-        specific = [e(x) for e, x in zip(self.specific, task_in)]      # K x [B, ns, H]
+        shared = self.shared(shared_in)  # [B, nh, H]
+        specific = [e(x) for e, x in zip(self.specific, task_in)]  # K x [B, ns, H]
         outs = []
         for k, x in enumerate(task_in):
-            h = torch.cat([specific[k], shared], dim=1)                # Eq. 2: H^k = [Exp_sp^k, Exp_sh]
-            w = torch.softmax(self.task_gates[k](x), dim=-1)           # Eq. 1: w^k = softmax(W^k x)
-            outs.append(torch.bmm(w.unsqueeze(1), h).squeeze(1))       # Eq. 3: weighted sum of experts
+            h = torch.cat([specific[k], shared], dim=1)  # Eq. 2: H^k = [Exp_sp^k, Exp_sh]
+            w = torch.softmax(self.task_gates[k](x), dim=-1)  # Eq. 1: w^k = softmax(W^k x)
+            outs.append(torch.bmm(w.unsqueeze(1), h).squeeze(1))  # Eq. 3: weighted sum of experts
         if self.shared_gate is None:
             return outs, None
         everything = torch.cat([*specific, shared], dim=1)
@@ -176,14 +201,33 @@ class PLEBackbone(nn.Module):
     level's shared experts.
     """
 
-    def __init__(self, num_tasks: int, in_dim: int, num_levels: int, num_specific: int, num_shared: int,
-                 expert: list[int], dropout: float = 0.0, act: str = "relu") -> None:
+    def __init__(
+        self,
+        num_tasks: int,
+        in_dim: int,
+        num_levels: int,
+        num_specific: int,
+        num_shared: int,
+        expert: list[int],
+        dropout: float = 0.0,
+        act: str = "relu",
+    ) -> None:
         super().__init__()
         self.num_tasks = num_tasks
         levels = []
         for i in range(num_levels):
-            levels.append(CGCLevel(num_tasks, in_dim, num_specific, num_shared, expert,
-                                   last=i == num_levels - 1, dropout=dropout, act=act))
+            levels.append(
+                CGCLevel(
+                    num_tasks,
+                    in_dim,
+                    num_specific,
+                    num_shared,
+                    expert,
+                    last=i == num_levels - 1,
+                    dropout=dropout,
+                    act=act,
+                )
+            )
             in_dim = levels[-1].out_dim
         self.levels = nn.ModuleList(levels)
         self.out_dim = in_dim
@@ -202,8 +246,16 @@ class ScenarioCGC(nn.Module):
     takes its own scenario's experts and gate (a gather, no loop over scenarios). Returns [B, H].
     """
 
-    def __init__(self, num_scenarios: int, in_dim: int, num_specific: int, num_shared: int, hidden: list[int],
-                 dropout: float = 0.0, act: str = "relu") -> None:
+    def __init__(
+        self,
+        num_scenarios: int,
+        in_dim: int,
+        num_specific: int,
+        num_shared: int,
+        hidden: list[int],
+        dropout: float = 0.0,
+        act: str = "relu",
+    ) -> None:
         super().__init__()
         self.s, self.ns, self.nh = num_scenarios, num_specific, num_shared
         self.specific = ExpertGroup(num_scenarios * num_specific, in_dim, hidden, dropout, act)

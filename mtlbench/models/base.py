@@ -46,8 +46,9 @@ class MultiTaskModel(nn.Module):
         for role in self.required_fields:
             if getattr(schema, f"{role}_field", None) is None and not (role == "sequence" and schema.sequences):
                 article = "an" if role[0] in "aeiou" else "a"
-                raise ConfigError(f"model {type(self).__name__} needs {article} {role} field; dataset "
-                                  f"{schema.name!r} has none")
+                raise ConfigError(
+                    f"model {type(self).__name__} needs {article} {role} field; dataset {schema.name!r} has none"
+                )
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters shared by all tasks, for gradient-based weightings (GradNorm, PCGrad).

@@ -24,8 +24,15 @@ class BaseDNN(MultiTaskModel):
 
     required_fields = ("scenario",)
 
-    def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, dnn: tuple[int, ...] = (256, 128),
-                 tower: tuple[int, ...] = (64,), dropout: float = 0.0, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        dnn: tuple[int, ...] = (256, 128),
+        tower: tuple[int, ...] = (64,),
+        dropout: float = 0.0,
+        activation: str = "relu",
+    ) -> None:
         super().__init__(schema)
         self.embedding = FeatureEmbedding(schema, embedding_dim)  # all fields, the scenario field included
         self.dnn = MLP(self.embedding.output_dim, list(dnn), None, dropout, activation)

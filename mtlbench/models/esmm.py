@@ -31,23 +31,27 @@ def check_task(model: str, setting: str, task: str | None, tasks: list[str], def
     """A task named in a model's config, validated against the schema (``None`` -> ``default``)."""
     task = default if task is None else task
     if task not in tasks:
-        raise ConfigError(f"model {model!r}: {setting}={task!r} is not a task of the dataset; "
-                          f"tasks are {tasks}")
+        raise ConfigError(f"model {model!r}: {setting}={task!r} is not a task of the dataset; tasks are {tasks}")
     return task
 
 
-def conversion_pair(model: str, schema: DatasetSchema, ctr_task: str | None,
-                    cvr_task: str | None) -> tuple[str, str]:
+def conversion_pair(model: str, schema: DatasetSchema, ctr_task: str | None, cvr_task: str | None) -> tuple[str, str]:
     """(click task, conversion task): the config's names, else the dataset's ``click`` and ``conversion`` roles.
 
     The conversion task must be labelled on every impression (click AND conversion): a label that exists
     only on clicked rows is the sample-selection-biased CVR label the entire-space decomposition replaces.
     """
     tasks = list(schema.tasks)
-    ctr = schema.task_for_role("click", model) if ctr_task is None else check_task(model, "ctr_task", ctr_task,
-                                                                                    tasks, ctr_task)
-    cvr = schema.task_for_role("conversion", model) if cvr_task is None else check_task(model, "cvr_task",
-                                                                                         cvr_task, tasks, cvr_task)
+    ctr = (
+        schema.task_for_role("click", model)
+        if ctr_task is None
+        else check_task(model, "ctr_task", ctr_task, tasks, ctr_task)
+    )
+    cvr = (
+        schema.task_for_role("conversion", model)
+        if cvr_task is None
+        else check_task(model, "cvr_task", cvr_task, tasks, cvr_task)
+    )
     if ctr == cvr:
         raise ConfigError(f"model {model!r}: ctr_task and cvr_task are both {ctr!r}; they must differ")
     refuse_conditional(model, "cvr_task", cvr, schema)
@@ -59,11 +63,16 @@ def refuse_conditional(model: str, setting: str, task: str, schema: DatasetSchem
     if task in schema.conditional_tasks:
         entire = schema.task_roles.get("conversion")
         others = [t for t in schema.tasks if t not in schema.conditional_tasks]
-        hint = (f"; this dataset's entire-space conversion task is {entire!r}" if entire else
-                f"; entire-space tasks of this dataset: {others}")
-        raise ConfigError(f"model {model!r}: {setting} names {task!r}, labelled only where "
-                          f"{schema.conditional_tasks[task]!r} is positive; it needs the conversion label over "
-                          f"every impression (e.g. ctcvr){hint}")
+        hint = (
+            f"; this dataset's entire-space conversion task is {entire!r}"
+            if entire
+            else f"; entire-space tasks of this dataset: {others}"
+        )
+        raise ConfigError(
+            f"model {model!r}: {setting} names {task!r}, labelled only where "
+            f"{schema.conditional_tasks[task]!r} is positive; it needs the conversion label over "
+            f"every impression (e.g. ctcvr){hint}"
+        )
 
 
 def ctcvr_logit(ctr_logit: Tensor, cvr_logit: Tensor) -> Tensor:
@@ -96,9 +105,9 @@ def cvr_summary(module: Any, datamodule: Any, ctr_task: str, cvr_task: str) -> d
         scores.append(out.extras["cvr"][clicked].float().cpu())
         labels.append(y[clicked, k_cvr].cpu())
     module.model.train(was_training)
-    s, y = torch.cat(scores).numpy(), torch.cat(labels).numpy()
-    auc = float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
-    return {"cvr": {"task": cvr_task, "given": ctr_task, "test": {"auc": auc, "rows": int(len(y))}}}
+    s_np, y_np = torch.cat(scores).numpy(), torch.cat(labels).numpy()
+    auc = float(roc_auc_score(y_np, s_np)) if 0 < y_np.sum() < len(y_np) else float("nan")
+    return {"cvr": {"task": cvr_task, "given": ctr_task, "test": {"auc": auc, "rows": int(len(y_np))}}}
 
 
 @register_model("esmm")
@@ -109,9 +118,16 @@ class ESMM(MultiTaskModel):
     tasks that play the dataset's ``click`` and ``conversion`` roles (``DatasetSchema.task_roles``).
     """
 
-    def __init__(self, schema: DatasetSchema, embedding_dim: int = 16,
-                 tower: tuple[int, ...] = (360, 200, 80), ctr_task: str | None = None,
-                 cvr_task: str | None = None, dropout: float = 0.0, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        tower: tuple[int, ...] = (360, 200, 80),
+        ctr_task: str | None = None,
+        cvr_task: str | None = None,
+        dropout: float = 0.0,
+        activation: str = "relu",
+    ) -> None:
         super().__init__(schema)
         self.ctr_task, self.cvr_task = conversion_pair("esmm", schema, ctr_task, cvr_task)
         self.embedding = FeatureEmbedding(schema, embedding_dim)  # shared lookup table: feature transfer

@@ -19,8 +19,14 @@ def activation(name: str) -> nn.Module:
 class MLP(nn.Sequential):
     """Linear -> activation -> dropout per hidden layer; an optional final linear layer to ``out_dim``."""
 
-    def __init__(self, in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int | None = None,
-                 dropout: float = 0.0, act: str = "relu") -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: list[int] | tuple[int, ...],
+        out_dim: int | None = None,
+        dropout: float = 0.0,
+        act: str = "relu",
+    ) -> None:
         layers: list[nn.Module] = []
         for h in hidden:
             layers += [nn.Linear(in_dim, h), activation(act)]
@@ -42,6 +48,8 @@ class FeatureEmbedding(nn.Module):
     mean-pooled over its non-padding positions. Numeric features are appended to the flat input.
     """
 
+    offsets: Tensor
+
     def __init__(self, schema: DatasetSchema, dim: int, fields: list[str] | None = None) -> None:
         super().__init__()
         self.schema = schema
@@ -51,8 +59,9 @@ class FeatureEmbedding(nn.Module):
         offsets = [0] + list(torch.tensor(sizes).cumsum(0).tolist()[:-1]) if sizes else []
         self.offset_of = {f.name: o for f, o in zip(cats, offsets)}
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False)
-        self.table = nn.Embedding(max(1, sum(sizes) + sum(f.vocab_size for f in schema.sequences
-                                                            if f.embedding is None)), dim)
+        self.table = nn.Embedding(
+            max(1, sum(sizes) + sum(f.vocab_size for f in schema.sequences if f.embedding is None)), dim
+        )
         nn.init.normal_(self.table.weight, std=1.0 / math.sqrt(dim))
         extra = sum(sizes)
         self.seq_offset: dict[str, int] = {}
@@ -123,8 +132,9 @@ class ExpertGroup(nn.Module):
     Returns [B, n, out]. Equivalent to ``n`` separate MLPs; one einsum per layer instead of ``n`` calls.
     """
 
-    def __init__(self, n: int, in_dim: int, hidden: list[int] | tuple[int, ...], dropout: float = 0.0,
-                 act: str = "relu") -> None:
+    def __init__(
+        self, n: int, in_dim: int, hidden: list[int] | tuple[int, ...], dropout: float = 0.0, act: str = "relu"
+    ) -> None:
         super().__init__()
         self.n = n
         dims = [in_dim, *hidden]
@@ -151,8 +161,9 @@ class ExpertGroup(nn.Module):
 class Towers(nn.Module):
     """One MLP tower per task ending in a single logit: Eq. 4 of STAN, ``f_T^k``."""
 
-    def __init__(self, tasks: list[str], in_dim: int, hidden: list[int], dropout: float = 0.0,
-                 act: str = "relu") -> None:
+    def __init__(
+        self, tasks: list[str], in_dim: int, hidden: list[int], dropout: float = 0.0, act: str = "relu"
+    ) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.towers = nn.ModuleList(MLP(in_dim, hidden, 1, dropout, act) for _ in self.tasks)
@@ -162,6 +173,7 @@ class Towers(nn.Module):
 
 
 # -- per-scenario slots (the ``per`` setting of mtlbench/models/backbones.py) ------------------------------
+
 
 def pick_slot(x: Tensor, slot: Tensor) -> Tensor:
     """Row r's own slot of ``x`` [B, n, ...] -> [B, ...] (a gather: other slots get exactly zero gradient)."""
@@ -184,8 +196,16 @@ class ScenarioTowers(nn.Module):
     Each tower is initialised like an ``nn.Linear`` stack (same as :class:`Towers`).
     """
 
-    def __init__(self, tasks: list[str], num_scenarios: int, per: str, in_dim: int, hidden: list[int],
-                 dropout: float = 0.0, act: str = "relu") -> None:
+    def __init__(
+        self,
+        tasks: list[str],
+        num_scenarios: int,
+        per: str,
+        in_dim: int,
+        hidden: list[int],
+        dropout: float = 0.0,
+        act: str = "relu",
+    ) -> None:
         super().__init__()
         if per not in ("scenario", "task_scenario"):
             raise ValueError(f"ScenarioTowers: per must be 'scenario' or 'task_scenario', got {per!r}")
@@ -202,12 +222,12 @@ class ScenarioTowers(nn.Module):
         self.bias = nn.Parameter(torch.empty(self.n, 1, out).uniform_(-1 / math.sqrt(h), 1 / math.sqrt(h)))
 
     def forward(self, x: Tensor, scenario: Tensor) -> dict[str, Tensor]:
-        h = self.hidden(x).transpose(0, 1)                   # [n, B, H]
-        logits = torch.baddbmm(self.bias, h, self.weight)    # [n, B, K] or [n, B, 1]
+        h = self.hidden(x).transpose(0, 1)  # [n, B, H]
+        logits = torch.baddbmm(self.bias, h, self.weight)  # [n, B, K] or [n, B, 1]
         b, k = h.shape[1], len(self.tasks)
         if self.per == "scenario":
-            per_scenario = logits.transpose(0, 1)            # [B, S, K]
-        else:                                                # slot k*S + s -> [B, S, K]
+            per_scenario = logits.transpose(0, 1)  # [B, S, K]
+        else:  # slot k*S + s -> [B, S, K]
             per_scenario = logits.squeeze(-1).T.reshape(b, k, self.num_scenarios).transpose(1, 2)
-        own = pick_slot(per_scenario, scenario)              # [B, K]
+        own = pick_slot(per_scenario, scenario)  # [B, K]
         return {t: own[:, i] for i, t in enumerate(self.tasks)}

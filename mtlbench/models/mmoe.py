@@ -25,17 +25,33 @@ from mtlbench.registry import register_model
 class MMoE(SlotModel):
     """f^k(x) = sum_i g^k(x)_i f_i(x), g^k(x) = softmax(W_g^k x); y^k = h^k(f^k(x))."""
 
-    def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, num_experts: int = 4,
-                 expert: tuple[int, ...] = (256, 128), tower: tuple[int, ...] = (64,), dropout: float = 0.0,
-                 activation: str = "relu", per: str = "task") -> None:
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        num_experts: int = 4,
+        expert: tuple[int, ...] = (256, 128),
+        tower: tuple[int, ...] = (64,),
+        dropout: float = 0.0,
+        activation: str = "relu",
+        per: str = "task",
+    ) -> None:
         super().__init__(schema, per)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
-        self.backbone = MMoEBackbone(len(self.tasks), self.embedding.output_dim, num_experts, list(expert), dropout,
-                                     activation, per, schema.num_scenarios)  # experts f_i and gates g^k
+        self.backbone = MMoEBackbone(
+            len(self.tasks),
+            self.embedding.output_dim,
+            num_experts,
+            list(expert),
+            dropout,
+            activation,
+            per,
+            schema.num_scenarios,
+        )  # experts f_i and gates g^k
         self.towers = self.make_towers(self.backbone.out_dim, list(tower), dropout, activation)  # h^k
         self.num_experts = num_experts
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         scenario = self.scenarios(batch)
         mixtures = self.backbone(self.embedding.flat(batch), scenario)  # f^k(x)
-        return self.read_towers(mixtures, scenario)                      # y^k = h^k(f^k(x))
+        return self.read_towers(mixtures, scenario)  # y^k = h^k(f^k(x))

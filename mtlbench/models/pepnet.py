@@ -25,6 +25,9 @@ gate networks, which are shared across tasks (one network outputs every task's g
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -56,22 +59,34 @@ class PEPNet(MultiTaskModel):
 
     required_fields = ("scenario",)
 
-    def __init__(self, schema: DatasetSchema, embedding_dim: int = 16,
-                 tower: tuple[int, ...] = (256, 128, 64), gate_hidden: int = 64, gate_scale: float = 2.0,
-                 domain_fields: list[str] | None = None, prior_fields: list[str] | None = None,
-                 epnet_granularity: str = "element",
-                 dropout: float = 0.0, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        tower: tuple[int, ...] = (256, 128, 64),
+        gate_hidden: int = 64,
+        gate_scale: float = 2.0,
+        domain_fields: list[str] | None = None,
+        prior_fields: list[str] | None = None,
+        epnet_granularity: str = "element",
+        dropout: float = 0.0,
+        activation: str = "relu",
+    ) -> None:
         super().__init__(schema)
         if epnet_granularity not in ("element", "field"):
-            raise ConfigError(f"pepnet: epnet_granularity must be 'element' or 'field', "
-                              f"got {epnet_granularity!r}")
-        self.domain_fields = list(domain_fields) if domain_fields is not None else [schema.scenario_field]
+            raise ConfigError(f"pepnet: epnet_granularity must be 'element' or 'field', got {epnet_granularity!r}")
+        if domain_fields is None:
+            assert schema.scenario_field is not None  # required_fields: checked by MultiTaskModel.__init__
+            domain_fields = [schema.scenario_field]
+        self.domain_fields = list(domain_fields)
         if prior_fields is None:
             prior_fields = [f for f in (schema.user_field, schema.item_field) if f is not None]
         self.prior_fields = list(prior_fields)
         if not self.domain_fields or not self.prior_fields:
-            raise ConfigError("pepnet: domain_fields and prior_fields must each name at least one field "
-                              f"(dataset {schema.name!r} has no user/item field to default to)")
+            raise ConfigError(
+                "pepnet: domain_fields and prior_fields must each name at least one field "
+                f"(dataset {schema.name!r} has no user/item field to default to)"
+            )
         check_fields("pepnet", schema, self.domain_fields, "domain_fields")
         check_fields("pepnet", schema, self.prior_fields, "prior_fields")
         self.embedding = FeatureEmbedding(schema, embedding_dim)
@@ -85,7 +100,8 @@ class PEPNet(MultiTaskModel):
         self.ppnet = nn.ModuleList(GateNU(prior_dim, k * w, gate_hidden, gate_scale) for w in dims)
         self.towers = nn.ModuleList(
             nn.ModuleList([*(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])), nn.Linear(dims[-1], 1)])
-            for _ in self.tasks)
+            for _ in self.tasks
+        )
         self.act = make_activation(activation)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
@@ -93,8 +109,8 @@ class PEPNet(MultiTaskModel):
         """(O_ep [B, d], δ_domain) with ``δ_domain = GateNU(E(F_d) ⊕ ⊘(E))``, ``O_ep = δ_domain ⊗ E``."""
         e = self.embedding.flat(batch)
         e_d = lookup_fields(self.embedding, batch, self.domain_fields).flatten(1)
-        delta = self.epnet(torch.cat([e_d, e.detach()], dim=1))           # EPNet gate, ⊘ on E
-        if self.granularity == "field":                                     # one value per field / numeric
+        delta = self.epnet(torch.cat([e_d, e.detach()], dim=1))  # EPNet gate, ⊘ on E
+        if self.granularity == "field":  # one value per field / numeric
             sizes = [self.embedding.dim] * self.num_fields + [1] * self.embedding.num_numeric
             delta = delta.repeat_interleave(torch.tensor(sizes, device=e.device), dim=1)
         return delta * e, delta
@@ -109,11 +125,12 @@ class PEPNet(MultiTaskModel):
         o_ep, _ = self.epnet_forward(batch)
         gates = self.ppnet_gates(batch, o_ep)
         out = {}
-        for k, (t, layers) in enumerate(zip(self.tasks, self.towers)):
-            h = o_ep                                                           # H_t^(1) = O_ep
+        towers = cast("Iterable[nn.ModuleList]", self.towers)  # one ModuleList of layers per task (__init__)
+        for k, (t, layers) in enumerate(zip(self.tasks, towers)):
+            h = o_ep  # H_t^(1) = O_ep
             for i, layer in enumerate(layers):
-                h = layer(gates[i][:, k] * h)                                  # (δ_t^(l) ⊗ H_t^(l)) W + b
+                h = layer(gates[i][:, k] * h)  # (δ_t^(l) ⊗ H_t^(l)) W + b
                 if i < len(layers) - 1:
-                    h = self.dropout(self.act(h))                              # f(·)
+                    h = self.dropout(self.act(h))  # f(·)
             out[t] = h.squeeze(-1)
         return out

@@ -34,14 +34,31 @@ __all__ = ["PLE", "CGCLevel", "PLEBackbone"]  # CGCLevel, PLEBackbone: defined i
 class PLE(SlotModel):
     """Embeddings -> ``num_levels`` CGC levels (one specific slot per task, scenario or pair) -> towers."""
 
-    def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, num_levels: int = 2,
-                 num_specific_experts: int = 1, num_shared_experts: int = 2, expert: tuple[int, ...] = (256, 128),
-                 tower: tuple[int, ...] = (64,), dropout: float = 0.0, activation: str = "relu",
-                 per: str = "task") -> None:
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        num_levels: int = 2,
+        num_specific_experts: int = 1,
+        num_shared_experts: int = 2,
+        expert: tuple[int, ...] = (256, 128),
+        tower: tuple[int, ...] = (64,),
+        dropout: float = 0.0,
+        activation: str = "relu",
+        per: str = "task",
+    ) -> None:
         super().__init__(schema, per)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
-        self.backbone = PLEBackbone(self.num_slots, self.embedding.output_dim, num_levels, num_specific_experts,
-                                    num_shared_experts, list(expert), dropout, activation)
+        self.backbone = PLEBackbone(
+            self.num_slots,
+            self.embedding.output_dim,
+            num_levels,
+            num_specific_experts,
+            num_shared_experts,
+            list(expert),
+            dropout,
+            activation,
+        )
         self.towers = self.make_towers(self.backbone.out_dim, list(tower), dropout, activation)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

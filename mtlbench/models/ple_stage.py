@@ -11,15 +11,9 @@ concatenated to the PLE input.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
-from types import MappingProxyType
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-import mtlbench.data.lifecycle_inputs  # noqa: F401  (registers rule_stage before the data module asks)
 from mtlbench.data.lifecycle_inputs import NUM_RULE_STAGES
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.models.backbones import PLEBackbone
@@ -36,26 +30,34 @@ class PLEStage(MultiTaskModel):
 
     required_inputs = (RULE_STAGE,)
 
-    def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, num_levels: int = 2,
-                 num_specific_experts: int = 1, num_shared_experts: int = 2, expert: tuple[int, ...] = (256, 128),
-                 tower: tuple[int, ...] = (64,), dropout: float = 0.0, activation: str = "relu",
-                 stage_analysis: Mapping[str, Any] = MappingProxyType(
-                     {"enabled": True, "max_users": 5000, "tsne_users": 0, "probe": True})) -> None:
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        num_levels: int = 2,
+        num_specific_experts: int = 1,
+        num_shared_experts: int = 2,
+        expert: tuple[int, ...] = (256, 128),
+        tower: tuple[int, ...] = (64,),
+        dropout: float = 0.0,
+        activation: str = "relu",
+    ) -> None:
         super().__init__(schema)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
         self.stage_embedding = nn.Embedding(NUM_RULE_STAGES, embedding_dim)
-        nn.init.normal_(self.stage_embedding.weight, std=1.0 / embedding_dim ** 0.5)
-        self.backbone = PLEBackbone(len(self.tasks), self.embedding.output_dim + embedding_dim, num_levels,
-                                    num_specific_experts, num_shared_experts, list(expert), dropout, activation)
+        nn.init.normal_(self.stage_embedding.weight, std=1.0 / embedding_dim**0.5)
+        self.backbone = PLEBackbone(
+            len(self.tasks),
+            self.embedding.output_dim + embedding_dim,
+            num_levels,
+            num_specific_experts,
+            num_shared_experts,
+            list(expert),
+            dropout,
+            activation,
+        )
         self.towers = Towers(self.tasks, self.backbone.out_dim, list(tower), dropout, activation)
-        self.stage_analysis = dict(stage_analysis)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         x = torch.cat([self.embedding.flat(batch), self.stage_embedding(batch[RULE_STAGE].long())], dim=1)
         return self.towers(self.backbone(x))
-
-    def run_summary(self, module: Any, datamodule: Any, run_dir: str | Path) -> dict[str, Any]:
-        """With a ``true_stage`` column: how well the backbone's task representations recover the stages."""
-        from mtlbench.analysis.stages import stage_analysis
-
-        return stage_analysis(module, datamodule, Path(run_dir), **self.stage_analysis)

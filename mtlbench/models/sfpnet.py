@@ -83,11 +83,11 @@ class ScenarioAdaptiveModule(nn.Module):
 
     def forward(self, x: Tensor, v: Tensor, mask: Tensor, s: Tensor) -> Tensor:
         """x [B, n, d], v [B, Nb, d], mask [B, Nb], s [B, d_s] -> X̂ [B, n + 2, d]."""
-        pooled = distribution_pooling(v, mask, self.eps)                          # Eq. 2: B^l
-        feats = torch.cat([x, pooled], dim=1)                                      # x_1 ⊕ … ⊕ x_n ⊕ B^l
-        big_x = torch.cat([feats.flatten(1), s], dim=1)                           # X^l = (… ⊕ B^l ⊕ s_m)
-        a = torch.sigmoid(self.w1(self.norm(torch.relu(self.w0(big_x)))))         # Eq. 3: A^l
-        return feats * a.view_as(feats)                                            # Eq. 4: X̂^l
+        pooled = distribution_pooling(v, mask, self.eps)  # Eq. 2: B^l
+        feats = torch.cat([x, pooled], dim=1)  # x_1 ⊕ … ⊕ x_n ⊕ B^l
+        big_x = torch.cat([feats.flatten(1), s], dim=1)  # X^l = (… ⊕ B^l ⊕ s_m)
+        a = torch.sigmoid(self.w1(self.norm(torch.relu(self.w0(big_x)))))  # Eq. 3: A^l
+        return feats * a.view_as(feats)  # Eq. 4: X̂^l
 
 
 # -- 4.2 Residual-Tailoring Module --------------------------------------------------------------------
@@ -108,8 +108,8 @@ class ResidualTailoringModule(nn.Module):
         self.n, self.d_out = num_fields, d_out
         self.w2 = nn.Linear((num_fields + 2) * d_in, hidden)
         self.w3 = nn.Linear(hidden, (num_fields + 2) * d_out)
-        self.wx1, self.bx1 = _per_field(num_fields, d_in, d_out)   # W_{x_i,1}, b_{x_i,1}
-        self.wx2, self.bx2 = _per_field(num_fields, d_in, d_out)   # W_{x_i,2}, b_{x_i,2}
+        self.wx1, self.bx1 = _per_field(num_fields, d_in, d_out)  # W_{x_i,1}, b_{x_i,1}
+        self.wx2, self.bx2 = _per_field(num_fields, d_in, d_out)  # W_{x_i,2}, b_{x_i,2}
         self.w4 = nn.Linear(d_in, d_out)
         self.w5 = nn.Linear(d_in, d_out)
 
@@ -120,18 +120,29 @@ class ResidualTailoringModule(nn.Module):
     def forward(self, x_hat: Tensor, x_in: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """x_hat [B, n + 2, d_in] (SAM output), x_in [B, n, d_in] (tailored), v [B, Nb, d_in]."""
         c = self.context(x_hat)
-        c_i, c_b = c[:, : self.n], c[:, self.n] + c[:, self.n + 1]                # c_b: both sequence slots
-        x = (torch.relu(torch.einsum("bnd,nde->bne", x_in, self.wx1) + self.bx1)
-             + torch.sigmoid(torch.einsum("bnd,nde->bne", x_in, self.wx2) + self.bx2) * c_i)  # Eq. 6
-        v = torch.relu(self.w4(v)) + torch.sigmoid(self.w5(v)) * c_b.unsqueeze(1)            # Eq. 7
+        c_i, c_b = c[:, : self.n], c[:, self.n] + c[:, self.n + 1]  # c_b: both sequence slots
+        x = (
+            torch.relu(torch.einsum("bnd,nde->bne", x_in, self.wx1) + self.bx1)
+            + torch.sigmoid(torch.einsum("bnd,nde->bne", x_in, self.wx2) + self.bx2) * c_i
+        )  # Eq. 6
+        v = torch.relu(self.w4(v)) + torch.sigmoid(self.w5(v)) * c_b.unsqueeze(1)  # Eq. 7
         return x, v
 
 
 class ScenarioTailoringBlock(nn.Module):
     """One block: SAM then RTM; maps features and behaviours from width ``d_in`` to ``d_out``."""
 
-    def __init__(self, num_fields: int, d_in: int, d_out: int, scenario_dim: int, gate_hidden: int,
-                 context_hidden: int, tailor_input: str = "sam", eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        num_fields: int,
+        d_in: int,
+        d_out: int,
+        scenario_dim: int,
+        gate_hidden: int,
+        context_hidden: int,
+        tailor_input: str = "sam",
+        eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         self.sam = ScenarioAdaptiveModule(num_fields, d_in, scenario_dim, gate_hidden, eps)
         self.rtm = ResidualTailoringModule(num_fields, d_in, d_out, context_hidden)
@@ -166,22 +177,30 @@ class ScenarioDNN(nn.Module):
     """S-DNN (Eq. 9-11): each layer ``H^j = ReLU(W_7 (H^{j-1} ⊗ A_p^j) + b_7)`` with the scenario gate
     ``A_p^j = σ(W_6 LN(ReLU(W_5 (H^{j-1} ⊕ s_m) + b_5)) + b_6)``; a final linear layer gives the logit."""
 
-    def __init__(self, in_dim: int, scenario_dim: int, hidden: list[int], gate_hidden: int,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_dim: int, scenario_dim: int, hidden: list[int], gate_hidden: int, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         dims = [in_dim, *hidden]
         self.gates = nn.ModuleList(
-            nn.Sequential(nn.Linear(a + scenario_dim, gate_hidden), nn.ReLU(), nn.LayerNorm(gate_hidden),
-                          nn.Linear(gate_hidden, a), nn.Sigmoid()) for a in dims[:-1])
+            nn.Sequential(
+                nn.Linear(a + scenario_dim, gate_hidden),
+                nn.ReLU(),
+                nn.LayerNorm(gate_hidden),
+                nn.Linear(gate_hidden, a),
+                nn.Sigmoid(),
+            )
+            for a in dims[:-1]
+        )
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out = nn.Linear(dims[-1], 1)
 
     def forward(self, h: Tensor, s: Tensor) -> Tensor:
         for gate, layer in zip(self.gates, self.layers):
-            a = gate(torch.cat([h, s], dim=1))                                    # Eq. 10: A_p^j
-            h = self.dropout(torch.relu(layer(h * a)))                            # Eq. 11: H^j
-        return self.out(h).squeeze(-1)                                            # Eq. 9 (before σ)
+            a = gate(torch.cat([h, s], dim=1))  # Eq. 10: A_p^j
+            h = self.dropout(torch.relu(layer(h * a)))  # Eq. 11: H^j
+        return self.out(h).squeeze(-1)  # Eq. 9 (before σ)
 
 
 @register_model("sfpnet")
@@ -190,43 +209,61 @@ class SFPNet(MultiTaskModel):
 
     required_fields = ("scenario", "sequence", "item")
 
-    def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, num_blocks: int = 3,
-                 block_dims: list[int] | None = None, gate_hidden: int = 128, context_hidden: int = 128,
-                 sdnn: tuple[int, ...] = (256, 128, 64), tower_type: str = "sdnn",
-                 din_hidden: tuple[int, ...] = (80, 40), attention_softmax: bool = False,
-                 tailor_input: str = "sam", sequence: str | None = None, std_eps: float = 1e-6,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        num_blocks: int = 3,
+        block_dims: list[int] | None = None,
+        gate_hidden: int = 128,
+        context_hidden: int = 128,
+        sdnn: tuple[int, ...] = (256, 128, 64),
+        tower_type: str = "sdnn",
+        din_hidden: tuple[int, ...] = (80, 40),
+        attention_softmax: bool = False,
+        tailor_input: str = "sam",
+        sequence: str | None = None,
+        std_eps: float = 1e-6,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__(schema)
         seqs = [f.name for f in schema.sequences]
         self.sequence_name = sequence if sequence is not None else seqs[0]
         if self.sequence_name not in seqs:
-            raise ConfigError(f"sfpnet: sequence {self.sequence_name!r} is not a sequence field of dataset "
-                              f"{schema.name!r}; sequence fields: {seqs}")
+            raise ConfigError(
+                f"sfpnet: sequence {self.sequence_name!r} is not a sequence field of dataset "
+                f"{schema.name!r}; sequence fields: {seqs}"
+            )
         if tower_type not in ("sdnn", "mlp"):
             raise ConfigError(f"sfpnet: tower_type must be 'sdnn' or 'mlp', got {tower_type!r}")
         if tailor_input not in ("sam", "previous"):
             raise ConfigError(f"sfpnet: tailor_input must be 'sam' or 'previous', got {tailor_input!r}")
         dims = list(block_dims) if block_dims is not None else [embedding_dim] * num_blocks
         if num_blocks < 1 or len(dims) != num_blocks:
-            raise ConfigError(f"sfpnet: need num_blocks >= 1 and one width per block; "
-                              f"got num_blocks={num_blocks}, block_dims={block_dims}")
+            raise ConfigError(
+                f"sfpnet: need num_blocks >= 1 and one width per block; "
+                f"got num_blocks={num_blocks}, block_dims={block_dims}"
+            )
         # Eq. 1 inputs: x_1 … x_n (every field but the scenario and the behaviour sequence), b_i, s_m
         names = [f.name for f in schema.categorical if f.name != schema.scenario_field]
         names += [s for s in seqs if s != self.sequence_name]
         self.embedding = FeatureEmbedding(schema, embedding_dim, fields=names)
         num = torch.randn(len(schema.numeric), embedding_dim) / math.sqrt(embedding_dim)
-        self.numeric = nn.Parameter(num) if schema.numeric else None     # e_f of x_f = value · e_f
+        self.numeric = nn.Parameter(num) if schema.numeric else None  # e_f of x_f = value · e_f
+        assert schema.item_field is not None  # required_fields: checked by MultiTaskModel.__init__
         self.item_pos = names.index(schema.item_field)
         n = len(names) + len(schema.numeric)
         widths = [embedding_dim, *dims]
         self.blocks = nn.ModuleList(
             ScenarioTailoringBlock(n, a, b, embedding_dim, gate_hidden, context_hidden, tailor_input, std_eps)
-            for a, b in zip(widths[:-1], widths[1:]))
+            for a, b in zip(widths[:-1], widths[1:])
+        )
         self.attention = TargetAttention(dims[-1], list(din_hidden), attention_softmax)
-        h1 = (n + 1) * dims[-1]                                   # H^1 = x_1^L ⊕ … ⊕ x_n^L ⊕ V
+        h1 = (n + 1) * dims[-1]  # H^1 = x_1^L ⊕ … ⊕ x_n^L ⊕ V
         if tower_type == "sdnn":
-            self.towers = nn.ModuleList(ScenarioDNN(h1, embedding_dim, list(sdnn), gate_hidden, dropout)
-                                        for _ in self.tasks)
+            self.towers: nn.ModuleList | Towers = nn.ModuleList(
+                ScenarioDNN(h1, embedding_dim, list(sdnn), gate_hidden, dropout) for _ in self.tasks
+            )
         else:
             self.towers = Towers(self.tasks, h1, list(sdnn), dropout)
         self.tower_type = tower_type
@@ -237,6 +274,7 @@ class SFPNet(MultiTaskModel):
         if self.numeric is not None:
             x = torch.cat([x, batch["numeric"].to(x.dtype).unsqueeze(-1) * self.numeric], dim=1)
         v, mask = self.embedding.sequence(batch, self.sequence_name)
+        assert self.schema.scenario_field is not None  # required_fields: checked by MultiTaskModel.__init__
         s = lookup_fields(self.embedding, batch, [self.schema.scenario_field]).squeeze(1)
         return x, v, mask, s
 
@@ -245,11 +283,11 @@ class SFPNet(MultiTaskModel):
         x, v, mask, s = self.inputs(batch)
         for block in self.blocks:
             x, v = block(x, v, mask, s)
-        pooled = self.attention(v, mask, x[:, self.item_pos])                     # Eq. 8: V
+        pooled = self.attention(v, mask, x[:, self.item_pos])  # Eq. 8: V
         return torch.cat([x.flatten(1), pooled], dim=1), s
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         h, s = self.encode(batch)
-        if self.tower_type == "mlp":
+        if isinstance(self.towers, Towers):  # tower_type == "mlp"
             return self.towers([h] * len(self.tasks))
         return {t: tower(h, s) for t, tower in zip(self.tasks, self.towers)}

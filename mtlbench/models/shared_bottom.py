@@ -23,9 +23,16 @@ from mtlbench.registry import register_model
 class SharedBottom(SlotModel):
     """y^k = h^k(MLP(x)): one bottom MLP shared by every task, one tower per task (or slot)."""
 
-    def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, bottom: tuple[int, ...] = (256, 128),
-                 tower: tuple[int, ...] = (64,), dropout: float = 0.0, activation: str = "relu",
-                 per: str = "task") -> None:
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        bottom: tuple[int, ...] = (256, 128),
+        tower: tuple[int, ...] = (64,),
+        dropout: float = 0.0,
+        activation: str = "relu",
+        per: str = "task",
+    ) -> None:
         super().__init__(schema, per)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
         self.bottom = SharedBottomBackbone(self.embedding.output_dim, list(bottom), None, dropout, activation)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 from torch import Tensor, nn
 
 from mtlbench.data.schema import DatasetSchema
@@ -14,13 +17,20 @@ from mtlbench.registry import register_model
 class SingleTask(MultiTaskModel):
     """K separate networks trained jointly only in the sense that they share a batch: no parameter is shared."""
 
-    def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, hidden: tuple[int, ...] = (256, 128, 64),
-                 dropout: float = 0.0, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        hidden: tuple[int, ...] = (256, 128, 64),
+        dropout: float = 0.0,
+        activation: str = "relu",
+    ) -> None:
         super().__init__(schema)
-        self.embeddings = nn.ModuleList(FeatureEmbedding(schema, embedding_dim) for _ in self.tasks)
-        d = self.embeddings[0].output_dim
+        embeddings = [FeatureEmbedding(schema, embedding_dim) for _ in self.tasks]
+        self.embeddings = nn.ModuleList(embeddings)
+        d = embeddings[0].output_dim
         self.mlps = nn.ModuleList(MLP(d, list(hidden), 1, dropout, activation) for _ in self.tasks)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {t: mlp(emb.flat(batch)).squeeze(-1)
-                for t, emb, mlp in zip(self.tasks, self.embeddings, self.mlps)}
+        embeddings = cast("Iterable[FeatureEmbedding]", self.embeddings)  # the ModuleList of __init__
+        return {t: mlp(emb.flat(batch)).squeeze(-1) for t, emb, mlp in zip(self.tasks, embeddings, self.mlps)}

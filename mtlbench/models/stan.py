@@ -21,16 +21,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
-from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import mtlbench.data.lifecycle_inputs  # noqa: F401  (registers stan_pseudo_label before the data module asks)
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import ConfigError
 from mtlbench.models.backbones import MMoEBackbone, PLEBackbone
@@ -43,13 +39,24 @@ _SINGLE_FIELD_WARNED: set[str] = set()  # datasets already warned about (one-fie
 
 
 # -- 3.1 multi-task prediction network ----------------------------------------------------------------
-def make_backbone(name: str, num_tasks: int, in_dim: int, *, num_levels: int, num_specific_experts: int,
-                  num_shared_experts: int, num_experts: int, expert: list[int], dropout: float,
-                  activation: str) -> nn.Module:
+def make_backbone(
+    name: str,
+    num_tasks: int,
+    in_dim: int,
+    *,
+    num_levels: int,
+    num_specific_experts: int,
+    num_shared_experts: int,
+    num_experts: int,
+    expert: list[int],
+    dropout: float,
+    activation: str,
+) -> PLEBackbone | MMoEBackbone:
     """The swappable backbone: one representation per task, the towers' inputs (Eq. 1-3)."""
     if name == "ple":
-        return PLEBackbone(num_tasks, in_dim, num_levels, num_specific_experts, num_shared_experts, expert,
-                           dropout, activation)
+        return PLEBackbone(
+            num_tasks, in_dim, num_levels, num_specific_experts, num_shared_experts, expert, dropout, activation
+        )
     if name == "mmoe":
         return MMoEBackbone(num_tasks, in_dim, num_experts, expert, dropout, activation)
     raise ConfigError(f"STAN backbone must be 'ple' or 'mmoe', got {name!r}")
@@ -72,13 +79,14 @@ class FeatureSelfAttention(nn.Module):
         self.w_v = nn.Parameter(torch.empty(d1, d1).uniform_(-bound, bound))
 
     def forward(self, u: Tensor) -> Tensor:  # [B, d1, d2] -> [B, d1, d2]
-        q = torch.einsum("ij,bjd->bid", self.w_q, u)                   # W_Q U
-        k = torch.einsum("ij,bjd->bid", self.w_k, u)                   # W_K U
-        v = torch.einsum("ij,bjd->bid", self.w_v, u)                   # W_V U
+        q = torch.einsum("ij,bjd->bid", self.w_q, u)  # W_Q U
+        k = torch.einsum("ij,bjd->bid", self.w_k, u)  # W_K U
+        v = torch.einsum("ij,bjd->bid", self.w_v, u)  # W_V U
         # Eq. 7: Softmax(Q K^T / sqrt(d1)) V, through PyTorch's fused attention kernel as one head over the d1
         # features (3x faster than two batched matmuls for this op alone on CPU; a small part of a STAN step)
-        return F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1),
-                                              scale=1.0 / math.sqrt(self.d1)).squeeze(1)
+        return F.scaled_dot_product_attention(
+            q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=1.0 / math.sqrt(self.d1)
+        ).squeeze(1)
 
 
 class FeatureDNN(nn.Module):
@@ -112,8 +120,8 @@ class TaskAttention(nn.Module):
         self.dim = 2 if softmax_over == "features" else 3
 
     def forward(self, u: Tensor) -> Tensor:  # [B, d1, d2] -> [B, K, d1, d2]
-        scores = torch.einsum("bfd,ked->bkfe", u, self.weight)          # (W^k u'_f)_e
-        return u.unsqueeze(1) * torch.softmax(scores, dim=self.dim)     # Eq. 8
+        scores = torch.einsum("bfd,ked->bkfe", u, self.weight)  # (W^k u'_f)_e
+        return u.unsqueeze(1) * torch.softmax(scores, dim=self.dim)  # Eq. 8
 
 
 class PreferenceHeads(nn.Module):
@@ -155,28 +163,47 @@ class STAN(MultiTaskModel):
 
     required_inputs = (PSEUDO_LABEL,)
     outputs_preference = True  # the stan_stage / stan_wo_beta weightings check this
+    user_index: Tensor
 
-    def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, backbone: str = "ple", num_levels: int = 2,
-                 num_specific_experts: int = 1, num_shared_experts: int = 2, num_experts: int = 4,
-                 expert: tuple[int, ...] = (256, 128), tower: tuple[int, ...] = (64,), dropout: float = 0.0,
-                 activation: str = "relu", user_fields: list[str] | None = None, user_extractor: str = "dnn",
-                 extractor_hidden: tuple[int, ...] = (256,), task_attention_softmax: str = "features",
-                 stage_analysis: Mapping[str, Any] = MappingProxyType(
-                     {"enabled": True, "max_users": 5000, "tsne_users": 1000, "probe": True})) -> None:
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        backbone: str = "ple",
+        num_levels: int = 2,
+        num_specific_experts: int = 1,
+        num_shared_experts: int = 2,
+        num_experts: int = 4,
+        expert: tuple[int, ...] = (256, 128),
+        tower: tuple[int, ...] = (64,),
+        dropout: float = 0.0,
+        activation: str = "relu",
+        user_fields: list[str] | None = None,
+        user_extractor: str = "dnn",
+        extractor_hidden: tuple[int, ...] = (256,),
+        task_attention_softmax: str = "features",
+    ) -> None:
         super().__init__(schema)
         k = len(self.tasks)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
         # 3.1: Eq. 1-3 backbone and Eq. 4 towers on x = [vec(U), vec(V)] (all features)
-        self.backbone = make_backbone(backbone, k, self.embedding.output_dim, num_levels=num_levels,
-                                      num_specific_experts=num_specific_experts,
-                                      num_shared_experts=num_shared_experts, num_experts=num_experts,
-                                      expert=list(expert), dropout=dropout, activation=activation)
+        self.backbone = make_backbone(
+            backbone,
+            k,
+            self.embedding.output_dim,
+            num_levels=num_levels,
+            num_specific_experts=num_specific_experts,
+            num_shared_experts=num_shared_experts,
+            num_experts=num_experts,
+            expert=list(expert),
+            dropout=dropout,
+            activation=activation,
+        )
         self.towers = Towers(self.tasks, self.backbone.out_dim, list(tower), dropout, activation)
         # 3.2: U = embeddings of the user features (d1 x d2)
         self.user_fields = self._user_fields(schema, user_fields)
         names = self.embedding.field_names
-        self.register_buffer("user_index", torch.tensor([names.index(n) for n in self.user_fields]),
-                             persistent=False)
+        self.register_buffer("user_index", torch.tensor([names.index(n) for n in self.user_fields]), persistent=False)
         d1, d2 = len(self.user_fields), embedding_dim
         self.user_extractor = user_extractor
         if user_extractor == "attention":
@@ -187,7 +214,6 @@ class STAN(MultiTaskModel):
             raise ConfigError(f"STAN user_extractor must be 'attention' or 'dnn', got {user_extractor!r}")
         self.task_attention = TaskAttention(k, d2, task_attention_softmax)
         self.preference_heads = PreferenceHeads(k, d1 * d2)
-        self.stage_analysis = dict(stage_analysis)
 
     @staticmethod
     def _user_fields(schema: DatasetSchema, fields: list[str] | None) -> list[str]:
@@ -199,16 +225,20 @@ class STAN(MultiTaskModel):
         fields = list(fields)
         bad = [n for n in fields if n not in embedded]
         if bad or not fields:
-            raise ConfigError(f"STAN user_fields must be categorical or sequence features of dataset "
-                              f"{schema.name!r}, got {fields}")
+            raise ConfigError(
+                f"STAN user_fields must be categorical or sequence features of dataset {schema.name!r}, got {fields}"
+            )
         if len(fields) == 1 and schema.name not in _SINGLE_FIELD_WARNED:  # once per dataset and process
             _SINGLE_FIELD_WARNED.add(schema.name)
-            warnings.warn(f"STAN on dataset {schema.name!r}: the user feature set U has a single field "
-                          f"({fields[0]!r}): the preference network (Eq. 6-9) learns from one embedding and its "
-                          "feature attention (Eq. 8, and Eq. 7) has nothing to weigh; give the dataset more "
-                          "user-side fields (e.g. a user history, dataset.hist_len > 0, where the dataset has one) "
-                          "or set model.user_fields",
-                          UserWarning, stacklevel=2)
+            warnings.warn(
+                f"STAN on dataset {schema.name!r}: the user feature set U has a single field "
+                f"({fields[0]!r}): the preference network (Eq. 6-9) learns from one embedding and its "
+                "feature attention (Eq. 8, and Eq. 7) has nothing to weigh; give the dataset more "
+                "user-side fields (e.g. a user history, dataset.hist_len > 0, where the dataset has one) "
+                "or set model.user_fields",
+                UserWarning,
+                stacklevel=2,
+            )
         return fields
 
     def model_info(self) -> dict[str, Any]:
@@ -217,30 +247,25 @@ class STAN(MultiTaskModel):
 
     def user_preference(self, fields: Tensor) -> tuple[Tensor, Tensor]:
         """Section 3.2 on the field embeddings [B, F, D]: preference logits [B, K] and s^k [B, K, d1, d2]."""
-        u = fields[:, self.user_index]            # U_i
-        u_prime = self.extractor(u)               # Eq. 6-7
-        s = self.task_attention(u_prime)          # Eq. 8
-        return self.preference_heads(s), s        # Eq. 9 (before the sigmoid)
+        u = fields[:, self.user_index]  # U_i
+        u_prime = self.extractor(u)  # Eq. 6-7
+        s = self.task_attention(u_prime)  # Eq. 8
+        return self.preference_heads(s), s  # Eq. 9 (before the sigmoid)
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
         fields = self.embedding.fields(batch)
         x = fields.flatten(1)
         if self.embedding.num_numeric:
             x = torch.cat([x, batch["numeric"].to(x.dtype)], dim=1)
-        logits = self.towers(self.backbone(x))                         # Eq. 1-4
+        logits = self.towers(self.backbone(x))  # Eq. 1-4
         pref_logits, s = self.user_preference(fields)
-        pref = torch.sigmoid(pref_logits)                              # Eq. 9
+        pref = torch.sigmoid(pref_logits)  # Eq. 9
         aux = {}
         if PSEUDO_LABEL in batch:
             aux["preference"] = preference_loss(pref, batch[PSEUDO_LABEL].to(pref.dtype))  # Eq. 11
-        return ModelOutput(logits=logits, aux_losses=aux,
-                           extras={"preference": pref, "user_representation": s.flatten(1)})
-
-    def run_summary(self, module: Any, datamodule: Any, run_dir: str | Path) -> dict[str, Any]:
-        """After testing: ``user_stages.parquet`` and, with a ``true_stage`` column, the stage analysis (RQ3)."""
-        from mtlbench.analysis.stages import stan_run_summary
-
-        return stan_run_summary(module, datamodule, Path(run_dir), **self.stage_analysis)
+        return ModelOutput(
+            logits=logits, aux_losses=aux, extras={"preference": pref, "user_representation": s.flatten(1)}
+        )
 
 
 @register_model("stan_wo_beta")

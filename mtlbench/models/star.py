@@ -49,6 +49,8 @@ def scenario_ids(schema: DatasetSchema, batch: dict[str, Tensor]) -> Tensor:
     """The scenario id of every row [B] (the scenario field's categorical column)."""
     if "scenario" in batch:
         return batch["scenario"]
+    if schema.scenario_field is None:
+        raise ConfigError(f"rows have no scenario id: dataset {schema.name!r} has no scenario field")
     pos = [f.name for f in schema.categorical].index(schema.scenario_field)
     return batch["categorical"][:, pos]
 
@@ -66,8 +68,9 @@ def check_fields(model: str, schema: DatasetSchema, names: list[str], what: str)
     known = [f.name for f in schema.categorical]
     bad = [n for n in names if n not in known]
     if bad:
-        raise ConfigError(f"{model}: {what} {bad} are not categorical fields of dataset {schema.name!r}; "
-                          f"known: {known}")
+        raise ConfigError(
+            f"{model}: {what} {bad} are not categorical fields of dataset {schema.name!r}; known: {known}"
+        )
 
 
 class PartitionedNorm(nn.Module):
@@ -83,12 +86,23 @@ class PartitionedNorm(nn.Module):
     ``min_rows`` must be at least 2. With ``partition_stats=False`` the rule applies to the whole batch.
     """
 
-    def __init__(self, dim: int, num_scenarios: int, momentum: float = 0.1, eps: float = 1e-5,
-                 partition_stats: bool = True, min_rows: int = 2) -> None:
+    running_mean: Tensor
+    running_var: Tensor
+
+    def __init__(
+        self,
+        dim: int,
+        num_scenarios: int,
+        momentum: float = 0.1,
+        eps: float = 1e-5,
+        partition_stats: bool = True,
+        min_rows: int = 2,
+    ) -> None:
         super().__init__()
         if int(min_rows) < 2:
-            raise ConfigError(f"partitioned normalisation: min_rows must be >= 2 (one row has no batch "
-                              f"variance), got {min_rows}")
+            raise ConfigError(
+                f"partitioned normalisation: min_rows must be >= 2 (one row has no batch variance), got {min_rows}"
+            )
         self.num_scenarios, self.momentum, self.eps = num_scenarios, momentum, eps
         self.partition_stats, self.min_rows = partition_stats, int(min_rows)
         self.gamma = nn.Parameter(torch.ones(dim))
@@ -103,19 +117,17 @@ class PartitionedNorm(nn.Module):
         group = scenario if self.partition_stats else torch.zeros_like(scenario)
         if self.training:
             groups = len(self.running_mean)
-            count = torch.bincount(group, minlength=groups).to(z.dtype)              # rows per scenario
+            count = torch.bincount(group, minlength=groups).to(z.dtype)  # rows per scenario
             n = count.clamp_min(1.0).unsqueeze(1)
-            mean = z.new_zeros(groups, z.shape[1]).index_add(0, group, z) / n         # E_p
+            mean = z.new_zeros(groups, z.shape[1]).index_add(0, group, z) / n  # E_p
             centred = z - mean[group]
             var = z.new_zeros(groups, z.shape[1]).index_add(0, group, centred.square()) / n  # Var_p
-            enough = (count >= self.min_rows).unsqueeze(1)                            # else: moving averages
+            enough = (count >= self.min_rows).unsqueeze(1)  # else: moving averages
             with torch.no_grad():
                 m = self.momentum
                 unbiased = var * (count / (count - 1).clamp_min(1.0)).unsqueeze(1)
-                self.running_mean.copy_(torch.where(enough, (1 - m) * self.running_mean + m * mean,
-                                                    self.running_mean))
-                self.running_var.copy_(torch.where(enough, (1 - m) * self.running_var + m * unbiased,
-                                                   self.running_var))
+                self.running_mean.copy_(torch.where(enough, (1 - m) * self.running_mean + m * mean, self.running_mean))
+                self.running_var.copy_(torch.where(enough, (1 - m) * self.running_var + m * unbiased, self.running_var))
             # groups with too few rows: their moving averages (left unchanged above), as in evaluation
             mean = torch.where(enough, mean, self.running_mean)
             var = torch.where(enough, var, self.running_var)
@@ -135,10 +147,10 @@ class StarLinear(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, num_scenarios: int) -> None:
         super().__init__()
         shared = nn.Linear(in_dim, out_dim)  # nn.Linear's initialisation for the centred weights
-        self.weight = nn.Parameter(shared.weight.detach().T.clone())             # W   [in, out]
-        self.bias = nn.Parameter(shared.bias.detach().clone())                   # b   [out]
+        self.weight = nn.Parameter(shared.weight.detach().T.clone())  # W   [in, out]
+        self.bias = nn.Parameter(shared.bias.detach().clone())  # b   [out]
         self.scenario_weight = nn.Parameter(torch.ones(num_scenarios, in_dim, out_dim))  # W_p
-        self.scenario_bias = nn.Parameter(torch.zeros(num_scenarios, out_dim))           # b_p
+        self.scenario_bias = nn.Parameter(torch.zeros(num_scenarios, out_dim))  # b_p
         self.out_dim = out_dim
 
     def effective(self) -> tuple[Tensor, Tensor]:
@@ -157,8 +169,15 @@ class StarLinear(nn.Module):
 class StarMLP(nn.Module):
     """A stack of :class:`StarLinear` layers with ``φ`` between them (and an optional output layer)."""
 
-    def __init__(self, in_dim: int, hidden: list[int], num_scenarios: int, out_dim: int | None = None,
-                 dropout: float = 0.0, act: str = "relu") -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: list[int],
+        num_scenarios: int,
+        out_dim: int | None = None,
+        dropout: float = 0.0,
+        act: str = "relu",
+    ) -> None:
         super().__init__()
         dims = [in_dim, *hidden]
         self.layers = nn.ModuleList(StarLinear(a, b, num_scenarios) for a, b in zip(dims[:-1], dims[1:]))
@@ -179,22 +198,37 @@ class STAR(MultiTaskModel):
 
     required_fields = ("scenario",)
 
-    def __init__(self, schema: DatasetSchema, embedding_dim: int = 16, star: tuple[int, ...] = (256, 128),
-                 tower: tuple[int, ...] = (64,), aux: tuple[int, ...] = (64,),
-                 aux_fields: list[str] | None = None, partition_norm: bool = True,
-                 partition_stats: bool = True, norm_momentum: float = 0.1, norm_min_rows: int = 2,
-                 dropout: float = 0.0, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        star: tuple[int, ...] = (256, 128),
+        tower: tuple[int, ...] = (64,),
+        aux: tuple[int, ...] = (64,),
+        aux_fields: list[str] | None = None,
+        partition_norm: bool = True,
+        partition_stats: bool = True,
+        norm_momentum: float = 0.1,
+        norm_min_rows: int = 2,
+        dropout: float = 0.0,
+        activation: str = "relu",
+    ) -> None:
         super().__init__(schema)
         s = schema.num_scenarios
         self.embedding = FeatureEmbedding(schema, embedding_dim)
         d = self.embedding.output_dim
-        self.norm = (PartitionedNorm(d, s, norm_momentum, partition_stats=partition_stats, min_rows=norm_min_rows)
-                     if partition_norm else None)
+        self.norm = (
+            PartitionedNorm(d, s, norm_momentum, partition_stats=partition_stats, min_rows=norm_min_rows)
+            if partition_norm
+            else None
+        )
         self.star = StarMLP(d, list(star), s, None, dropout, activation)
-        self.towers = nn.ModuleList(StarMLP(self.star.out_dim, list(tower), s, 1, dropout, activation)
-                                    for _ in self.tasks)
+        self.towers = nn.ModuleList(
+            StarMLP(self.star.out_dim, list(tower), s, 1, dropout, activation) for _ in self.tasks
+        )
         if aux_fields is None:
             aux_fields = [f.name for f in schema.fields_with_role("context")]
+        assert schema.scenario_field is not None  # required_fields: checked by MultiTaskModel.__init__
         aux_fields = list(dict.fromkeys([schema.scenario_field, *aux_fields]))
         check_fields("star", schema, aux_fields, "aux_fields")
         self.aux_fields = aux_fields
@@ -204,8 +238,10 @@ class STAR(MultiTaskModel):
         p = scenario_ids(self.schema, batch)
         z = self.embedding.flat(batch)
         if self.norm is not None:
-            z = self.norm(z, p)                                                   # partitioned normalisation
-        h = self.star(z, p)                                                       # star-topology FCN
+            z = self.norm(z, p)  # partitioned normalisation
+        h = self.star(z, p)  # star-topology FCN
         s_a = self.aux(lookup_fields(self.embedding, batch, self.aux_fields).flatten(1))  # auxiliary network
-        return {t: tower(h, p).squeeze(-1) + s_a[:, k]                            # ŷ = σ(s_m + s_a)
-                for k, (t, tower) in enumerate(zip(self.tasks, self.towers))}
+        return {
+            t: tower(h, p).squeeze(-1) + s_a[:, k]  # ŷ = σ(s_m + s_a)
+            for k, (t, tower) in enumerate(zip(self.tasks, self.towers))
+        }

@@ -21,18 +21,27 @@ from pathlib import Path
 from typing import Any
 
 from mtlbench.errors import ConfigError
-from mtlbench.training.results import RESULTS_FILE
+from mtlbench.rundir import CONFIG_FILE, OUTPUT_DIRS, RESULTS_FILE
 
 #: flattened config keys that never change a run's metrics (output, logging and speed settings)
 IGNORED_KEYS: tuple[str, ...] = (
-    "seed", "print_summary", "predictions", "cache_dir", "threads", "eval_batch_size", "logger", "logger.*",
-    "resume", "skip_complete", "callbacks.save_last", "trainer.enable_progress_bar",
-    "trainer.enable_model_summary", "trainer.log_every_n_steps",
+    "seed",
+    "print_summary",
+    "predictions",
+    "cache_dir",
+    "threads",
+    "eval_batch_size",
+    "logger",
+    "logger.*",
+    "resume",
+    "skip_complete",
+    "callbacks.save_last",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
 )
 #: keys shown separately in labels (never as a "variant")
 NAMED_KEYS = ("model.name", "weighting.name", "dataset.name")
-#: directories never searched for runs
-SKIP_DIRS = ("checkpoints", "wandb", "logs")
 
 
 @dataclass
@@ -133,15 +142,15 @@ def comparable_config(config: dict[str, Any], ignore: Sequence[str] = IGNORED_KE
 
 
 def _run_dirs(root: Path) -> Iterable[Path]:
-    if (root / "config.yaml").exists() or (root / RESULTS_FILE).exists():
+    if (root / CONFIG_FILE).exists() or (root / RESULTS_FILE).exists():
         yield root
         return
     seen: set[Path] = set()
-    for name in ("config.yaml", RESULTS_FILE):
+    for name in (CONFIG_FILE, RESULTS_FILE):
         for p in root.rglob(name):
             rel = p.parent.relative_to(root).parts
             # Hydra's .hydra/config.yaml and the outputs of a run are not runs
-            if any(part.startswith(".") or part in SKIP_DIRS for part in rel):
+            if any(part.startswith(".") or part in OUTPUT_DIRS for part in rel):
                 continue
             if p.parent not in seen:
                 seen.add(p.parent)
@@ -235,8 +244,11 @@ def _varying(cfgs: list[dict[str, Any]], same: Any) -> dict[Any, list[str]]:
         buckets[same(c)].append(c)
     out: dict[Any, list[str]] = {}
     for key, bucket in buckets.items():
-        out[key] = [k for k in sorted(set().union(*bucket)) if k not in NAMED_KEYS
-                    and len({_hashable(c.get(k)) for c in bucket}) > 1]
+        out[key] = [
+            k
+            for k in sorted(set().union(*bucket))
+            if k not in NAMED_KEYS and len({_hashable(c.get(k)) for c in bucket}) > 1
+        ]
     return out
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mtlbench.report import stats
-from mtlbench.report.collect import SKIP_DIRS, Group
+from mtlbench.report.collect import Group
 from mtlbench.report.tables import (
     Cell,
     Leaderboard,
@@ -32,11 +32,17 @@ from mtlbench.report.tables import (
     legend,
     metric_name,
 )
+from mtlbench.rundir import CHECKPOINT_DIR, LOG_DIR, WANDB_DIR
 
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-               ".svg": "image/svg+xml"}
+IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".svg": "image/svg+xml",
+}
 MAX_IMAGE_BYTES = 5 * 2**20
-METRICS_LOG = Path("logs") / "metrics.csv"
+METRICS_LOG = Path(LOG_DIR) / "metrics.csv"
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em; color: #222; }
@@ -62,8 +68,10 @@ def _png(fig) -> str:
 
 
 def _figure(b64: str, alt: str, caption: str, kind: str, mime: str = "image/png") -> str:
-    return (f'<figure class="{kind}"><img class="plot" alt="{html.escape(alt)}" '
-            f'src="data:{mime};base64,{b64}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+    return (
+        f'<figure class="{kind}"><img class="plot" alt="{html.escape(alt)}" '
+        f'src="data:{mime};base64,{b64}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+    )
 
 
 def bar_charts(sb: SectionBoard) -> list[str]:
@@ -80,8 +88,7 @@ def bar_charts(sb: SectionBoard) -> list[str]:
     figures = []
     for task in tasks:
         cols = [(i, c) for i, c in enumerate(table.columns) if c.task == task]
-        fig, axes = plt.subplots(1, len(cols), figsize=(2.2 + 1.1 * len(table.rows) * len(cols), 3.6),
-                                 squeeze=False)
+        fig, axes = plt.subplots(1, len(cols), figsize=(2.2 + 1.1 * len(table.rows) * len(cols), 3.6), squeeze=False)
         for ax, (i, col) in zip(axes[0], cols):
             cells: list[Cell] = [r.cells[i] for r in table.rows]
             means = np.array([c.mean if not c.empty else np.nan for c in cells])
@@ -140,8 +147,7 @@ def validation_curves(sb: SectionBoard, metric: str) -> list[str]:
 
     logs: dict[str, list[dict[str, dict[int, float]]]] = {}
     for row in sb.rows:
-        found = [read_metrics_log(r.path / METRICS_LOG) for r in row.group.runs
-                 if (r.path / METRICS_LOG).exists()]
+        found = [read_metrics_log(r.path / METRICS_LOG) for r in row.group.runs if (r.path / METRICS_LOG).exists()]
         if found:
             logs[row.label] = found
     if not logs:
@@ -173,8 +179,7 @@ def validation_curves(sb: SectionBoard, metric: str) -> list[str]:
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle(f"{sb.section.title}: validation curves (mean over seeds)", fontsize=10)
-    return [_figure(_png(fig), f"validation curves {metric}", f"validation {metric_name(metric)} per epoch",
-                    "curves")]
+    return [_figure(_png(fig), f"validation curves {metric}", f"validation {metric_name(metric)} per epoch", "curves")]
 
 
 def run_images(group: Group) -> list[str]:
@@ -185,7 +190,7 @@ def run_images(group: Group) -> list[str]:
         rel = p.relative_to(run.path)
         if p.suffix.lower() not in IMAGE_TYPES or not p.is_file():
             continue
-        if any(part.startswith(".") or part in SKIP_DIRS[:2] for part in rel.parts):
+        if any(part.startswith(".") or part in (CHECKPOINT_DIR, WANDB_DIR) for part in rel.parts):
             continue
         if p.stat().st_size > MAX_IMAGE_BYTES:
             continue
@@ -221,12 +226,16 @@ def html_table(sb: SectionBoard, table: Table, with_extra: bool) -> str:
             if table.show_relaimpr:
                 tds.append(f'<td class="num">{e(fmt_relaimpr(cell, row.label == sb.base_label))}</td>')
         if with_extra:
-            tds += [f'<td class="num">{fmt_speed(sb.speed[row.label])}</td>',
-                    f'<td class="num">{fmt_params(sb.params[row.label])}</td>']
+            tds += [
+                f'<td class="num">{fmt_speed(sb.speed[row.label])}</td>',
+                f'<td class="num">{fmt_params(sb.params[row.label])}</td>',
+            ]
         rows.append(f'<tr data-model="{e(row.group.model)}">' + "".join(tds) + "</tr>")
-    return (f'<div class="scroll"><table class="leaderboard" data-section="{e(sb.section.title)}" '
-            f'data-table="{e(table.title)}"><thead><tr>{"".join(head)}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></div>')
+    return (
+        f'<div class="scroll"><table class="leaderboard" data-section="{e(sb.section.title)}" '
+        f'data-table="{e(table.title)}"><thead><tr>{"".join(head)}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 def to_html(board: Leaderboard) -> str:
@@ -247,11 +256,13 @@ def to_html(board: Leaderboard) -> str:
                 f"<tr><td>{e(c.column.header)}</td><td>{e(c.best)}</td><td>{e(c.baseline)}</td>"
                 f"<td>{e(stats.TESTS[c.result.test])}</td><td class='num'>{c.result.n}</td>"
                 f"<td class='num'>{fmt_p(c.result.p)}</td><td>{e(c.result.mark or c.result.note)}</td></tr>"
-                for c in comps)
-            head = "".join(f"<th>{h}</th>" for h in ("column", "best", "best baseline", "test", "seeds",
-                                                      "p-value", ""))
-            body.append(f"<h3>Significance</h3><table class='significance'><thead><tr>{head}</tr></thead>"
-                        f"<tbody>{rows}</tbody></table>")
+                for c in comps
+            )
+            head = "".join(f"<th>{h}</th>" for h in ("column", "best", "best baseline", "test", "seeds", "p-value", ""))
+            body.append(
+                f"<h3>Significance</h3><table class='significance'><thead><tr>{head}</tr></thead>"
+                f"<tbody>{rows}</tbody></table>"
+            )
         body.append("<h3>Plots</h3>")
         body += bar_charts(sb)
         body += validation_curves(sb, curve_metric)
@@ -261,13 +272,15 @@ def to_html(board: Leaderboard) -> str:
             body += images
     if board.missing_models:
         missing = e(", ".join(board.missing_models))
-        body.append(f"<p>Models of this experiment without complete runs here (not available yet, or not run): "
-                    f"{missing}.</p>")
+        body.append(
+            f"<p>Models of this experiment without complete runs here (not available yet, or not run): {missing}.</p>"
+        )
     if board.incomplete:
         items = "".join(f"<li><code>{e(str(p))}</code></li>" for p in board.incomplete)
-        body.append('<h2>Incomplete runs</h2><p>No results.json; listed, not counted.</p>'
-                    f'<ul class="incomplete">{items}</ul>')
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{e(s.title)}</title><style>{CSS}</style></head><body>\n" + "\n".join(body) +
-            "\n</body></html>\n")
-
+        body.append(
+            f'<h2>Incomplete runs</h2><p>No results.json; listed, not counted.</p><ul class="incomplete">{items}</ul>'
+        )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{e(s.title)}</title><style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 
 from mtlbench.report.collect import NAMED_KEYS, comparable_config
 
@@ -17,8 +15,10 @@ METRICS = ("auc", "gauc", "ndcg@5")
 
 
 def format_run(results: dict[str, Any], metrics: tuple[str, ...] = METRICS) -> str:
-    rows = [f"{results['model']} on {results['dataset']} (seed {results['seed']}), "
-            f"{results['train']['samples_per_second']:,.0f} train samples/s"]
+    rows = [
+        f"{results['model']} on {results['dataset']} (seed {results['seed']}), "
+        f"{results['train']['samples_per_second']:,.0f} train samples/s"
+    ]
     for split in ("valid", "test"):
         for task, vals in results["metrics"][split].items():
             cells = "  ".join(f"{m}={vals[m]:.4f}" for m in metrics if vals.get(m) is not None)
@@ -34,8 +34,7 @@ def collect(root: str | Path) -> tuple[list[dict[str, Any]], list[Path]]:
     return [r.results for r in runs], incomplete
 
 
-def mean_std_table(runs: list[dict[str, Any]], split: str = "test",
-                   metrics: tuple[str, ...] = METRICS) -> str:
+def mean_std_table(runs: list[dict[str, Any]], split: str = "test", metrics: tuple[str, ...] = METRICS) -> str:
     """Markdown-style table: a row per group of runs that differ only in the seed (the report's grouping,
     ``comparable_config``), mean ± std over seeds per task metric; ``setting`` names the values that
     separate groups of the same model."""
@@ -45,8 +44,14 @@ def mean_std_table(runs: list[dict[str, Any]], split: str = "test",
     if not groups:
         return "(no complete runs)"
     configs = {key: json.loads(key) for key in groups}
-    varying = sorted({k for c in configs.values() for k, v in c.items()
-                      if any(o.get(k) != v for o in configs.values()) and k not in NAMED_KEYS})
+    varying = sorted(
+        {
+            k
+            for c in configs.values()
+            for k, v in c.items()
+            if any(o.get(k) != v for o in configs.values()) and k not in NAMED_KEYS
+        }
+    )
     tasks = list(next(iter(groups.values()))[0]["metrics"][split])
     head = ["dataset", "model", "weighting", "setting", "seeds"] + [f"{t} {m}" for t in tasks for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -57,19 +62,8 @@ def mean_std_table(runs: list[dict[str, Any]], split: str = "test",
             for m in metrics:
                 vals = np.array([r["metrics"][split].get(t, {}).get(m) for r in rs], dtype=float)
                 vals = vals[~np.isnan(vals)]
-                cells.append(f"{vals.mean():.4f} ± {vals.std(ddof=1) if len(vals) > 1 else 0.0:.4f}"
-                             if len(vals) else "–")
+                cells.append(
+                    f"{vals.mean():.4f} ± {vals.std(ddof=1) if len(vals) > 1 else 0.0:.4f}" if len(vals) else "–"
+                )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-class PrintSummary(Callback):
-    """Hydra callback: after a multirun, print the mean ± std table of its test metrics."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        runs, incomplete = collect(config.hydra.sweep.dir)
-        sweep = config.hydra.sweep.dir
-        print(f"\nTest metrics, mean ± std over seeds ({len(runs)} complete runs in {sweep}):")
-        print(mean_std_table(runs))
-        if incomplete:
-            print(f"incomplete runs (no results.json, not counted): {', '.join(map(str, incomplete))}")

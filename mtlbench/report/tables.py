@@ -61,8 +61,10 @@ class ReportSettings:
             raise ConfigError(f"unknown significance test {self.test!r}; known: {', '.join(stats.TESTS)}")
         for m in self.metrics:
             if "@scenario" in m:
-                raise ConfigError(f"report metric {m!r}: list per-scenario metrics as scenario_metrics "
-                                  f"(e.g. scenario_metrics=[{stats.base_metric(m)}])")
+                raise ConfigError(
+                    f"report metric {m!r}: list per-scenario metrics as scenario_metrics "
+                    f"(e.g. scenario_metrics=[{stats.base_metric(m)}])"
+                )
 
 
 def metric_name(metric: str) -> str:
@@ -162,8 +164,12 @@ def _order(groups: list[Group], settings: ReportSettings) -> list[Group]:
 
 def _task_roles(groups: list[Group]) -> dict[str, str]:
     """``role:<role>`` -> task, as the runs' datasets declare them (results.json ``task_roles``)."""
-    return {f"role:{role}": task for g in groups for r in g.runs
-            for role, task in (r.results.get("task_roles") or {}).items()}
+    return {
+        f"role:{role}": task
+        for g in groups
+        for r in g.runs
+        for role, task in (r.results.get("task_roles") or {}).items()
+    }
 
 
 def _tasks(groups: list[Group], settings: ReportSettings) -> list[str]:
@@ -177,8 +183,10 @@ def _tasks(groups: list[Group], settings: ReportSettings) -> list[str]:
         wanted = [roles.get(t, t) for t in settings.tasks]
         unknown = [t for t, w in zip(settings.tasks, wanted) if w not in found]
         if unknown:
-            raise ConfigError(f"report tasks {unknown} are not in the runs; their tasks are {list(found)}"
-                              f" and task roles {sorted(roles) or 'none'}")
+            raise ConfigError(
+                f"report tasks {unknown} are not in the runs; their tasks are {list(found)}"
+                f" and task roles {sorted(roles) or 'none'}"
+            )
         return wanted
     return list(found)
 
@@ -205,7 +213,7 @@ def _scenarios(groups: list[Group], split: str, metric: str) -> list[str]:
     for g in groups:
         for r in g.runs:
             for vals in r.results["metrics"].get(split, {}).values():
-                found.update(k[len(prefix):] for k in vals if k.startswith(prefix))
+                found.update(k[len(prefix) :] for k in vals if k.startswith(prefix))
     return sorted(found, key=lambda s: (0, int(s)) if s.lstrip("-").isdigit() else (1, s))
 
 
@@ -223,15 +231,22 @@ def _section_board(section: Section, settings: ReportSettings) -> SectionBoard:
 
     base = _base_group(groups, settings.base)
     tables = []
-    main = [Column(t, m, f"{tl.get(t, t)} {metric_name(m)}") for t in tasks for m in settings.metrics
-            if _has(groups, settings.split, t, m)]
+    main = [
+        Column(t, m, f"{tl.get(t, t)} {metric_name(m)}")
+        for t in tasks
+        for m in settings.metrics
+        if _has(groups, settings.split, t, m)
+    ]
     if main:
         tables.append(_table("Overall", main, groups, base, settings, show_relaimpr=base is not None))
     for sm in settings.scenario_metrics:
         scen = _scenarios(groups, settings.split, sm)
-        cols = [Column(t, f"{sm}@scenario={s}", f"{tl.get(t, t)} {_scenario_label(groups, s)}") for t in tasks
-                for s in scen
-                if _has(groups, settings.split, t, f"{sm}@scenario={s}")]
+        cols = [
+            Column(t, f"{sm}@scenario={s}", f"{tl.get(t, t)} {_scenario_label(groups, s)}")
+            for t in tasks
+            for s in scen
+            if _has(groups, settings.split, t, f"{sm}@scenario={s}")
+        ]
         if cols:
             tables.append(_table(f"Per scenario: {metric_name(sm)}", cols, groups, base, settings, False))
     rows = tables[0].rows if tables else [Row(g, g.label, []) for g in groups]
@@ -252,8 +267,14 @@ def _base_group(groups: list[Group], base: str | None) -> Group | None:
     return matches[0] if matches else None
 
 
-def _table(title: str, columns: list[Column], groups: list[Group], base: Group | None,
-           settings: ReportSettings, show_relaimpr: bool) -> Table:
+def _table(
+    title: str,
+    columns: list[Column],
+    groups: list[Group],
+    base: Group | None,
+    settings: ReportSettings,
+    show_relaimpr: bool,
+) -> Table:
     split = settings.split
     rows = [Row(g, g.label, []) for g in groups]
     comparisons = []
@@ -276,8 +297,9 @@ def _table(title: str, columns: list[Column], groups: list[Group], base: Group |
     return Table(title, columns, rows, show_relaimpr, comparisons)
 
 
-def _compare(col: Column, groups: list[Group], cells: list[Cell], values: list[dict[int, float]],
-             settings: ReportSettings) -> Comparison | None:
+def _compare(
+    col: Column, groups: list[Group], cells: list[Cell], values: list[dict[int, float]], settings: ReportSettings
+) -> Comparison | None:
     """Test the best model (or the configured candidate) against the best of the other models."""
     higher = stats.higher_is_better(col.metric)
     scored = [i for i, c in enumerate(cells) if not c.empty]
@@ -330,14 +352,19 @@ def legend(settings: ReportSettings, markup: str = "md") -> str:
     test = stats.TESTS[settings.test]
     best, second = ("**best**", "<u>second</u>") if markup == "md" else ("best in bold", "second underlined")
     star = "\\*" if markup == "md" else "*"
-    parts = [f"Split: {settings.split}; cells are mean ± std over seeds (sample std)",
-             f"{best}, {second} per column",
-             f"significance of the best model against the best baseline per column: {test} over seeds, "
-             f"{star} p < 0.05, {star}{star} p < 0.01 "
-             f"(no test with fewer than {stats.MIN_SEEDS_FOR_TEST} seeds)"]
+    parts = [
+        f"Split: {settings.split}; cells are mean ± std over seeds (sample std)",
+        f"{best}, {second} per column",
+        f"significance of the best model against the best baseline per column: {test} over seeds, "
+        f"{star} p < 0.05, {star}{star} p < 0.01 "
+        f"(no test with fewer than {stats.MIN_SEEDS_FOR_TEST} seeds)",
+    ]
     if settings.base:
-        parts.insert(2, f"RelaImpr against {settings.model_labels.get(settings.base, settings.base)}: "
-                        "STAN Eq. 15 for AUC-type metrics (relative to 0.5), Eq. 16 for NDCG")
+        parts.insert(
+            2,
+            f"RelaImpr against {settings.model_labels.get(settings.base, settings.base)}: "
+            "STAN Eq. 15 for AUC-type metrics (relative to 0.5), Eq. 16 for NDCG",
+        )
     return "; ".join(parts) + "."
 
 
@@ -354,16 +381,25 @@ def to_markdown(board: Leaderboard) -> str:
             out.append("")
         comps = [(t, c) for t in sb.tables for c in t.comparisons]
         if comps:
-            out += ["### Significance", "", "| column | best | best baseline | test | seeds | p-value | |",
-                    "|---|---|---|---|---:|---:|---|"]
+            out += [
+                "### Significance",
+                "",
+                "| column | best | best baseline | test | seeds | p-value | |",
+                "|---|---|---|---|---:|---:|---|",
+            ]
             for _, c in comps:
                 r = c.result
-                out.append(f"| {c.column.header} | {c.best} | {c.baseline} | {stats.TESTS[r.test]} | {r.n} | "
-                           f"{fmt_p(r.p)} | {_md_escape(r.mark) or r.note} |")
+                out.append(
+                    f"| {c.column.header} | {c.best} | {c.baseline} | {stats.TESTS[r.test]} | {r.n} | "
+                    f"{fmt_p(r.p)} | {_md_escape(r.mark) or r.note} |"
+                )
             out.append("")
     if board.missing_models:
-        out += [f"Models of this experiment without complete runs here (not available yet, or not run): "
-                f"{', '.join(board.missing_models)}.", ""]
+        out += [
+            f"Models of this experiment without complete runs here (not available yet, or not run): "
+            f"{', '.join(board.missing_models)}.",
+            "",
+        ]
     if board.incomplete:
         out += ["Incomplete runs (no results.json; listed, not counted):", ""]
         out += [f"- `{p}`" for p in board.incomplete]
@@ -409,9 +445,30 @@ def _md_table(sb: SectionBoard, table: Table, with_extra: bool) -> list[str]:
     return lines
 
 
-CSV_FIELDS = ["dataset", "section", "table", "label", "model", "weighting", "variant", "task", "metric",
-              "seeds", "n", "mean", "std", "relaimpr_pct", "rank", "test", "compared_with", "p_value",
-              "mark", "note", "params", "train_samples_per_second"]
+CSV_FIELDS = [
+    "dataset",
+    "section",
+    "table",
+    "label",
+    "model",
+    "weighting",
+    "variant",
+    "task",
+    "metric",
+    "seeds",
+    "n",
+    "mean",
+    "std",
+    "relaimpr_pct",
+    "rank",
+    "test",
+    "compared_with",
+    "p_value",
+    "mark",
+    "note",
+    "params",
+    "train_samples_per_second",
+]
 
 
 def to_csv(board: Leaderboard) -> str:
@@ -425,21 +482,33 @@ def to_csv(board: Leaderboard) -> str:
                 g = row.group
                 for col, cell in zip(table.columns, row.cells):
                     comp = comps.get(col.header)
-                    tested = comp is not None and comp.best == row.label
-                    w.writerow({
-                        "dataset": g.dataset, "section": sb.section.title, "table": table.title,
-                        "label": row.label, "model": g.model, "weighting": g.weighting,
-                        "variant": json.dumps(g.variant, sort_keys=True) if g.variant else "",
-                        "task": col.task, "metric": col.metric, "seeds": " ".join(map(str, g.seeds)),
-                        "n": cell.n, "mean": _num(cell.mean), "std": _num(cell.std),
-                        "relaimpr_pct": _num(cell.relaimpr), "rank": cell.rank or "",
-                        "test": comp.result.test if tested else "",
-                        "compared_with": comp.baseline if tested else "",
-                        "p_value": _num(comp.result.p) if tested else "",
-                        "mark": cell.mark, "note": comp.result.note if tested else "",
-                        "params": sb.params[row.label] if sb.params[row.label] is not None else "",
-                        "train_samples_per_second": _num(sb.speed[row.label]),
-                    })
+                    tested = comp if comp is not None and comp.best == row.label else None
+                    w.writerow(
+                        {
+                            "dataset": g.dataset,
+                            "section": sb.section.title,
+                            "table": table.title,
+                            "label": row.label,
+                            "model": g.model,
+                            "weighting": g.weighting,
+                            "variant": json.dumps(g.variant, sort_keys=True) if g.variant else "",
+                            "task": col.task,
+                            "metric": col.metric,
+                            "seeds": " ".join(map(str, g.seeds)),
+                            "n": cell.n,
+                            "mean": _num(cell.mean),
+                            "std": _num(cell.std),
+                            "relaimpr_pct": _num(cell.relaimpr),
+                            "rank": cell.rank or "",
+                            "test": tested.result.test if tested else "",
+                            "compared_with": tested.baseline if tested else "",
+                            "p_value": _num(tested.result.p) if tested else "",
+                            "mark": cell.mark,
+                            "note": tested.result.note if tested else "",
+                            "params": sb.params[row.label] if sb.params[row.label] is not None else "",
+                            "train_samples_per_second": _num(sb.speed[row.label]),
+                        }
+                    )
     return buf.getvalue()
 
 
@@ -449,8 +518,18 @@ def _num(v: float | None) -> str:
     return repr(float(v))
 
 
-_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def tex_escape(text: str) -> str:
@@ -477,8 +556,7 @@ def _tex_cell(c: Cell, seeds: int) -> str:
 def to_latex(board: Leaderboard) -> str:
     """One booktabs table per section and table (needs ``\\usepackage{booktabs}``)."""
     s = board.settings
-    out = [f"% {s.title}: generated by mtlbench-report. Needs \\usepackage{{booktabs}}.",
-           f"% {legend(s, 'tex')}"]
+    out = [f"% {s.title}: generated by mtlbench-report. Needs \\usepackage{{booktabs}}.", f"% {legend(s, 'tex')}"]
     for sb in board.sections:
         for table in sb.tables:
             extra = table is sb.tables[0]
@@ -490,13 +568,23 @@ def to_latex(board: Leaderboard) -> str:
                     head.append("RelaImpr")
             if extra:
                 head += ["Samples/s", "Params"]
-            caption = (f"{tex_escape(s.title)}: {tex_escape(sb.section.title)}, {tex_escape(table.title)} "
-                       f"({s.split}). Mean $\\pm$ std over seeds; best in bold, second underlined; "
-                       f"$^{{*}}$ p $<$ 0.05, $^{{**}}$ p $<$ 0.01 ({stats.TESTS[s.test]} of the best model "
-                       f"against the best baseline).")
-            out += ["", "\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{caption}}}",
-                    f"\\begin{{tabular}}{{lr{'r' * ncols}}}", "\\toprule", " & ".join(head) + " \\\\",
-                    "\\midrule"]
+            caption = (
+                f"{tex_escape(s.title)}: {tex_escape(sb.section.title)}, {tex_escape(table.title)} "
+                f"({s.split}). Mean $\\pm$ std over seeds; best in bold, second underlined; "
+                f"$^{{*}}$ p $<$ 0.05, $^{{**}}$ p $<$ 0.01 ({stats.TESTS[s.test]} of the best model "
+                f"against the best baseline)."
+            )
+            out += [
+                "",
+                "\\begin{table}[t]",
+                "\\centering",
+                "\\small",
+                f"\\caption{{{caption}}}",
+                f"\\begin{{tabular}}{{lr{'r' * ncols}}}",
+                "\\toprule",
+                " & ".join(head) + " \\\\",
+                "\\midrule",
+            ]
             for row in table.rows:
                 seeds = len(row.group.runs)
                 cells = [tex_escape(row.label), str(seeds)]
@@ -505,27 +593,13 @@ def to_latex(board: Leaderboard) -> str:
                     if table.show_relaimpr:
                         cells.append(tex_escape(fmt_relaimpr(cell, row.label == sb.base_label)))
                 if extra:
-                    cells += [fmt_speed(sb.speed[row.label]).replace(",", "{,}"),
-                              fmt_params(sb.params[row.label]).replace(",", "{,}")]
+                    cells += [
+                        fmt_speed(sb.speed[row.label]).replace(",", "{,}"),
+                        fmt_params(sb.params[row.label]).replace(",", "{,}"),
+                    ]
                 out.append(" & ".join(cells) + " \\\\")
             out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(out) + "\n"
-
-
-def write_report(paths: Sequence[str | Path], out: str | Path, settings: ReportSettings | None = None,
-                 html: bool = True) -> Leaderboard:
-    """Write leaderboard.{md,csv,tex,html} for the runs under ``paths`` into ``out``."""
-    board = build(paths, settings)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "leaderboard.md").write_text(to_markdown(board))
-    (out / "leaderboard.csv").write_text(to_csv(board))
-    (out / "leaderboard.tex").write_text(to_latex(board))
-    if html:
-        from mtlbench.report.html import to_html
-
-        (out / "leaderboard.html").write_text(to_html(board))
-    return board
 
 
 NULLABLE = ("base", "candidate", "tasks", "models")
@@ -543,8 +617,9 @@ def settings_from(**kwargs: Any) -> ReportSettings:
             clean[k] = v
     unknown = set(clean) - set(ReportSettings.__dataclass_fields__)
     if unknown:
-        raise ConfigError(f"unknown report setting(s) {sorted(unknown)}; known: "
-                          f"{sorted(ReportSettings.__dataclass_fields__)}")
+        raise ConfigError(
+            f"unknown report setting(s) {sorted(unknown)}; known: {sorted(ReportSettings.__dataclass_fields__)}"
+        )
     for k in ("base", "candidate"):
         if clean.get(k) in ("none", "null", ""):
             clean[k] = None

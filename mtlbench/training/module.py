@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -27,6 +27,8 @@ class RowCollector(Metric):
     """Gathers (row index, scores) of every evaluated row across processes, for predictions files."""
 
     full_state_update = False
+    index: list[Tensor] | Tensor  # "cat" states: lists, or after gathering for compute a tensor
+    scores: list[Tensor] | Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,6 +36,8 @@ class RowCollector(Metric):
         self.add_state("scores", default=[], dist_reduce_fx="cat")
 
     def update(self, index: Tensor, scores: Tensor) -> None:
+        # lists between updates (torchmetrics concatenates them only while syncing for compute)
+        assert isinstance(self.index, list) and isinstance(self.scores, list)
         self.index.append(index)
         self.scores.append(scores)
 
@@ -48,6 +52,9 @@ class MetricSet(nn.ModuleList):
         super().__init__(metrics.values())
         self.names = list(metrics)
 
+    def __iter__(self) -> Iterator[Metric]:
+        return cast("Iterator[Metric]", super().__iter__())  # holds the Metrics of __init__ only
+
     def items(self) -> Iterator[tuple[str, Metric]]:
         return zip(self.names, self)
 
@@ -58,8 +65,12 @@ def run_metrics(metrics: Sequence[str] = DEFAULT_METRICS, ndcg_k: Sequence[int] 
     return metric_specs(metrics, {"ndcg": [int(k) for k in ndcg_k]})
 
 
-def task_metrics(schema: DatasetSchema, ndcg_k: Sequence[int] = (1, 5), metrics: Sequence[str] = DEFAULT_METRICS,
-                 groups: Sequence[str] | None = None) -> MetricSet:
+def task_metrics(
+    schema: DatasetSchema,
+    ndcg_k: Sequence[int] = (1, 5),
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    groups: Sequence[str] | None = None,
+) -> MetricSet:
     """The metrics of one task: those of ``metrics`` (a bare ``ndcg`` is ``ndcg@k`` for each k of ``ndcg_k``)
     whose groups the data has (``groups``; default: the schema's user / session / scenario fields). With the
     default list: AUC and logloss always; GAUC and NDCG@k with users; S-GAUC (AUC per session, SFPNet Eq. 13)
@@ -76,10 +87,17 @@ class MultiTaskModule(pl.LightningModule):
     test metrics are computed once, after training, with the selected checkpoint.
     """
 
-    def __init__(self, model: nn.Module, weighting: WeightingStrategy, schema: DatasetSchema,
-                 optimizer: dict[str, Any] | None = None, ndcg_k: tuple[int, ...] = (1, 5),
-                 monitor_metric: str = "auc", metrics: Sequence[str] = DEFAULT_METRICS,
-                 groups: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        weighting: WeightingStrategy,
+        schema: DatasetSchema,
+        optimizer: dict[str, Any] | None = None,
+        ndcg_k: tuple[int, ...] = (1, 5),
+        monitor_metric: str = "auc",
+        metrics: Sequence[str] = DEFAULT_METRICS,
+        groups: Sequence[str] | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.weighting = weighting
@@ -89,8 +107,10 @@ class MultiTaskModule(pl.LightningModule):
         self.optimizer_cfg = dict(optimizer or {})
         if self.optimizer_cfg.get("sparse_embeddings"):
             if weighting.gradient_based:
-                raise ConfigError(f"weighting {type(weighting).__name__} needs dense gradients of the shared "
-                                  "parameters; run it with optimizer.sparse_embeddings=false")
+                raise ConfigError(
+                    f"weighting {type(weighting).__name__} needs dense gradients of the shared "
+                    "parameters; run it with optimizer.sparse_embeddings=false"
+                )
             use_sparse_embeddings(model)
         self.ndcg_k = tuple(int(k) for k in ndcg_k)
         self.metric_names = list(metrics)
@@ -99,17 +119,24 @@ class MultiTaskModule(pl.LightningModule):
         probe = task_metrics(schema, self.ndcg_k, self.metric_names, self.metric_groups)
         known = sorted(name for name, m in probe.items() if not getattr(m, "dict_output", False))
         if monitor_metric not in known:
-            raise ConfigError(f"monitor={monitor_metric!r} is not computed on dataset {schema.name!r}; "
-                              f"choose one of {known} (or add it to metrics)")
+            raise ConfigError(
+                f"monitor={monitor_metric!r} is not computed on dataset {schema.name!r}; "
+                f"choose one of {known} (or add it to metrics)"
+            )
         # per split, one metric set per task in task order: a ModuleList, because task names are the
         # publisher's (``forward``, ``train``, ``type``, names with dots) and can't be module attribute names
-        self.metrics = nn.ModuleDict({
-            split: nn.ModuleList(task_metrics(schema, self.ndcg_k, self.metric_names, self.metric_groups)
-                                 for _ in self.tasks)
-            for split in EVAL_SPLITS
-        })
+        self.metrics = nn.ModuleDict(
+            {
+                split: nn.ModuleList(
+                    task_metrics(schema, self.ndcg_k, self.metric_names, self.metric_groups) for _ in self.tasks
+                )
+                for split in EVAL_SPLITS
+            }
+        )
         self.rows = RowCollector()
         self.results: dict[str, dict[str, dict[str, float]]] = {}
+        #: what after-test analyses (``analysis`` callbacks) add to results.json, by key
+        self.summaries: dict[str, Any] = {}
         self.train_samples = 0
         self.train_seconds = 0.0
         self._t0: float | None = None
@@ -125,8 +152,9 @@ class MultiTaskModule(pl.LightningModule):
         out = self(batch)
         labels = batch["labels"]
         mask = ~torch.isnan(labels)
-        losses = F.binary_cross_entropy_with_logits(self.task_logits(out), labels.nan_to_num(0.0),
-                                                    reduction="none") * mask
+        losses = (
+            F.binary_cross_entropy_with_logits(self.task_logits(out), labels.nan_to_num(0.0), reduction="none") * mask
+        )
         distributed = getattr(self.trainer, "world_size", 1) > 1
         if distributed:
             losses = losses * self._global_count_scale(mask)
@@ -140,7 +168,8 @@ class MultiTaskModule(pl.LightningModule):
         self.train_samples += len(labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
         # Lightning writes step metrics when (steps so far + 1) is a multiple of log_every_n_steps
-        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+        # (set on the Trainer by Lightning's logger connector, not declared in its class)
+        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:  # type: ignore[attr-defined]
             for t, v in zip(self.tasks, task_means(losses.detach(), mask)):
                 self.log(f"train/loss_{t}", v, batch_size=len(labels))
             if weighted.task_weights is not None:
@@ -165,8 +194,10 @@ class MultiTaskModule(pl.LightningModule):
         bad = [t for t, v in zip(self.tasks, per_task) if not torch.isfinite(v)]
         bad += [f"aux:{n}" for n, v in out.aux_losses.items() if not torch.isfinite(v)]
         what = ", ".join(bad) or "the combined loss (weighting produced a non-finite value)"
-        raise TrainingError(f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}) in task "
-                            f"{what}; try a lower learning rate")
+        raise TrainingError(
+            f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}) in task "
+            f"{what}; try a lower learning rate"
+        )
 
     def on_train_epoch_start(self) -> None:
         self._t0 = time.perf_counter()
@@ -198,6 +229,10 @@ class MultiTaskModule(pl.LightningModule):
             torch.set_rng_state(checkpoint["torch_rng_state"])
 
     # -- evaluation --------------------------------------------------------------------------------
+    def _metric_sets(self, split: str) -> Sequence[MetricSet]:
+        """The metric set of every task of ``split``, in task order."""
+        return cast("Sequence[MetricSet]", self.metrics[split])  # an nn.ModuleList of MetricSets (__init__)
+
     def _eval_step(self, batch: dict[str, Tensor], split: str) -> None:
         probs = torch.sigmoid(self.task_logits(self(batch)).float())
         labels = batch["labels"]
@@ -206,7 +241,7 @@ class MultiTaskModule(pl.LightningModule):
             keep = ~torch.isnan(labels[:, k])
             p, y = probs[keep, k], labels[keep, k]
             g = {name: ids[keep] for name, ids in groups.items()}
-            for m in self.metrics[split][k]:
+            for m in self._metric_sets(split)[k]:
                 m.update(p, y, g)
         if split == "test":
             self.rows.update(batch["index"], probs)
@@ -221,7 +256,7 @@ class MultiTaskModule(pl.LightningModule):
         values: dict[str, dict[str, float]] = {}
         for k, t in enumerate(self.tasks):
             values[t] = {}
-            for name, m in self.metrics[split][k].items():
+            for name, m in self._metric_sets(split)[k].items():
                 value = m.compute()  # every rank calls it: it gathers the states of all processes
                 m.reset()
                 values[t].update(value if isinstance(value, dict) else {name: float(value)})
@@ -235,7 +270,7 @@ class MultiTaskModule(pl.LightningModule):
         if not self.trainer.sanity_checking:
             self._finish("valid")
         else:
-            for task_metric_set in self.metrics["valid"]:
+            for task_metric_set in self._metric_sets("valid"):
                 for m in task_metric_set:
                     m.reset()
 

@@ -19,7 +19,10 @@ from torch import Tensor, nn
 from mtlbench.errors import ConfigError
 
 CLASSES: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
 }
 
 
@@ -45,6 +48,7 @@ class RowSparseAdam(torch.optim.Adam):
         return loss
 
     def _lazy_update(self, p: Tensor, group: dict[str, Any]) -> None:
+        assert p.grad is not None  # step() calls this for parameters with a sparse gradient only
         grad = p.grad.coalesce()
         rows, values = grad.indices()[0], grad.values()
         state = self.state[p]
@@ -59,7 +63,7 @@ class RowSparseAdam(torch.optim.Adam):
         v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
         state["exp_avg"].index_copy_(0, rows, m)
         state["exp_avg_sq"].index_copy_(0, rows, v)
-        step_size = group["lr"] * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+        step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
         p.index_add_(0, rows, m.div_(v.sqrt_().add_(group["eps"])), alpha=-step_size)
 
 
@@ -87,6 +91,8 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: dict[str, Any]) -> torc
     if not sparse or name in ("sgd", "adagrad"):  # SGD and Adagrad accept row-sparse gradients as they are
         return CLASSES[name](params, **cfg)
     if cfg.get("weight_decay"):
-        raise ConfigError(f"optimizer.sparse_embeddings=true with {name}: weight_decay must be 0 (a lazy update "
-                          "cannot decay the rows a batch does not touch)")
+        raise ConfigError(
+            f"optimizer.sparse_embeddings=true with {name}: weight_decay must be 0 (a lazy update "
+            "cannot decay the rows a batch does not touch)"
+        )
     return RowSparseAdam(params, **cfg)

@@ -2,50 +2,42 @@
 
 from __future__ import annotations
 
-import inspect
-import json
 import platform
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import mtlbench
 from mtlbench.data.datamodule import MultiTaskDataModule
-from mtlbench.data.schema import DatasetSchema
 from mtlbench.data.source import DATASET_KEYS
 from mtlbench.errors import ConfigError
+from mtlbench.factory import check_settings, create_model, create_weighting
+from mtlbench.log import get_logger
 from mtlbench.metrics import available_groups, higher_is_better
 from mtlbench.models.layers import init_embeddings
-from mtlbench.registry import MODELS, WEIGHTINGS
+from mtlbench.registry import ANALYSES, MODELS, WEIGHTINGS
+from mtlbench.rundir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    ENVIRONMENT_FILE,
+    LAST_CHECKPOINT,
+    LOG_DIR,
+    PREDICTIONS_FILE,
+    RESULTS_FILE,
+    write_json,
+    write_parquet,
+    write_text,
+)
 from mtlbench.training.module import MultiTaskModule, run_metrics
-from mtlbench.training.results import PREDICTIONS_FILE, RESULTS_FILE, write_json, write_parquet
+from mtlbench.version import __version__
 
-
-def call_with_config(factory: Any, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
-    """Call a registered factory, turning unknown config keys into a one-line ConfigError."""
-    sig = inspect.signature(factory)
-    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        unknown = sorted(set(kwargs) - set(sig.parameters))
-        if unknown:
-            known = [p for p in sig.parameters if p not in ("self", "schema", "tasks")]
-            raise ConfigError(f"{kind} {name!r} has no setting(s) {unknown}; its settings are {known}")
-    return factory(*args, **kwargs)
-
-
-def create_model(name: str, schema: DatasetSchema, **cfg: Any) -> torch.nn.Module:
-    """Build a registered model for ``schema`` with keyword settings from its config."""
-    return call_with_config(MODELS.get(name), "model", name, schema, **cfg)
-
-
-def create_weighting(name: str, tasks: list[str], **cfg: Any) -> torch.nn.Module:
-    return call_with_config(WEIGHTINGS.get(name), "weighting", name, tasks, **cfg)
+log = get_logger(__name__)
 
 
 def _plain(cfg: Any) -> Any:
@@ -56,12 +48,20 @@ def build_datamodule(cfg: DictConfig, extra_inputs: tuple[str, ...] = ()) -> Mul
     ds = _plain(cfg.dataset)
     split = ds.get("split") or {}
     settings = {k: v for k, v in ds.items() if k not in DATASET_KEYS}
-    return MultiTaskDataModule(ds["name"], settings, cache_dir=cfg.get("cache_dir"),
-                               split_method=split.get("method", "auto"),
-                               split_ratios=tuple(split.get("ratios", (0.8, 0.1, 0.1))),
-                               batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, seed=cfg.seed,
-                               extra_inputs=extra_inputs, extra_settings=_plain(cfg.get("derived")) or {},
-                               hash_buckets=_plain(cfg.get("hash_buckets")), tasks=_plain(cfg.get("tasks")))
+    return MultiTaskDataModule(
+        ds["name"],
+        settings,
+        cache_dir=cfg.get("cache_dir"),
+        split_method=split.get("method", "auto"),
+        split_ratios=tuple(split.get("ratios", (0.8, 0.1, 0.1))),
+        batch_size=cfg.batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+        seed=cfg.seed,
+        extra_inputs=extra_inputs,
+        extra_settings=_plain(cfg.get("derived")) or {},
+        hash_buckets=_plain(cfg.get("hash_buckets")),
+        tasks=_plain(cfg.get("tasks")),
+    )
 
 
 def warn_hashed_stage_users(dm: MultiTaskDataModule, weighting: torch.nn.Module) -> None:
@@ -72,12 +72,18 @@ def warn_hashed_stage_users(dm: MultiTaskDataModule, weighting: torch.nn.Module)
     """
     from mtlbench.weighting.stan_stage import StanStage
 
-    user = dm.schema.user_field
-    if isinstance(weighting, StanStage) and user in dm.hashed_fields:
-        warnings.warn(f"hash_buckets hashes the user field {user!r} into {dm.schema.feature(user).vocab_size} "
-                      f"buckets: users that share a bucket share STAN's per-user stage state (α/β of weighting "
-                      f"stan_stage), so their stages mix; leave {user!r} out of hash_buckets to keep one state per "
-                      "user", UserWarning, stacklevel=3)
+    schema = dm.schema
+    assert schema is not None, "load the data module first"
+    user = schema.user_field
+    if isinstance(weighting, StanStage) and user is not None and user in dm.hashed_fields:
+        warnings.warn(
+            f"hash_buckets hashes the user field {user!r} into {schema.feature(user).vocab_size} "
+            f"buckets: users that share a bucket share STAN's per-user stage state (α/β of weighting "
+            f"stan_stage), so their stages mix; leave {user!r} out of hash_buckets to keep one state per "
+            "user",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def build_components(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskModule]:
@@ -87,8 +93,9 @@ def build_components(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskMod
     weighting_cfg = _plain(cfg.weighting)
     model_cls = MODELS.get(model_cfg["name"])
     weighting_cls = WEIGHTINGS.get(weighting_cfg["name"])
-    extra = tuple(dict.fromkeys(getattr(model_cls, "required_inputs", ()) +
-                                getattr(weighting_cls, "required_inputs", ())))
+    extra = tuple(
+        dict.fromkeys(getattr(model_cls, "required_inputs", ()) + getattr(weighting_cls, "required_inputs", ()))
+    )
     dm = build_datamodule(cfg, extra)
     schema = dm.load()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -99,24 +106,55 @@ def build_components(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskMod
         init_embeddings(model, float(cfg.embedding_init_std))
     weighting = create_weighting(weighting_cfg.pop("name"), schema.tasks, **weighting_cfg)
     warn_hashed_stage_users(dm, weighting)
-    module = MultiTaskModule(model, weighting, schema, optimizer=_plain(cfg.optimizer),
-                             ndcg_k=tuple(cfg.ndcg_k), monitor_metric=cfg.monitor, metrics=list(cfg.metrics),
-                             groups=available_groups(schema, extra))
+    module = MultiTaskModule(
+        model,
+        weighting,
+        schema,
+        optimizer=_plain(cfg.optimizer),
+        ndcg_k=tuple(cfg.ndcg_k),
+        monitor_metric=cfg.monitor,
+        metrics=list(cfg.metrics),
+        groups=available_groups(schema, extra),
+    )
     return dm, module
 
 
-def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
-    lcfg = _plain(cfg.logger) or {"name": "none"}
-    name = lcfg.pop("name")
-    if name == "none":
-        return False
-    if name == "csv":
-        return pl.loggers.CSVLogger(save_dir=str(run_dir), name="logs", version="", **lcfg)
-    if name == "wandb":
-        from mtlbench.training.tracking import wandb_logger
+def _csv_logger(cfg: DictConfig, run_dir: Path, **settings: Any) -> Any:
+    return pl.loggers.CSVLogger(save_dir=str(run_dir), name=LOG_DIR, version="", **settings)
 
-        return wandb_logger(run_dir, _plain(cfg), **lcfg)
-    raise ConfigError(f"unknown logger {name!r}; known: csv, wandb, none")
+
+def _wandb_logger(cfg: DictConfig, run_dir: Path, **settings: Any) -> Any:
+    from mtlbench.training.tracking import wandb_logger  # wandb is imported only when it is chosen
+
+    return wandb_logger(run_dir, _plain(cfg), **settings)
+
+
+def _no_logger(cfg: DictConfig, run_dir: Path) -> Any:
+    return False
+
+
+#: the ``logger`` config group: name -> builder(cfg, run_dir, **settings)
+LOGGERS = {"csv": _csv_logger, "wandb": _wandb_logger, "none": _no_logger}
+
+
+def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
+    settings = _plain(cfg.logger) or {"name": "none"}
+    name = settings.pop("name")
+    if name not in LOGGERS:
+        raise ConfigError(f"unknown logger {name!r}; known: {', '.join(LOGGERS)}")
+    check_settings(LOGGERS[name], "logger", name, settings, given=("cfg", "run_dir"))
+    return LOGGERS[name](cfg, run_dir, **settings)
+
+
+def build_analyses(cfg: DictConfig) -> list[pl.Callback]:
+    """The after-test analysis of the ``analysis`` config group (a registered Lightning callback), if any."""
+    settings = _plain(cfg.get("analysis")) or {"name": "none"}
+    name = settings.pop("name")
+    if name == "none":
+        return []
+    factory = ANALYSES.get(name)
+    check_settings(factory, "analysis", name, settings)
+    return [factory(**settings)]
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
@@ -124,40 +162,55 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     monitor = f"valid/{cfg.monitor}_mean"
     mode = "max" if higher_is_better(cfg.monitor) else "min"  # the metric class's higher_is_better
     callbacks: list[pl.Callback] = [
-        pl.callbacks.ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=monitor, mode=mode,
-                                     save_top_k=1, save_last=bool(c.get("save_last", False)),
-                                     filename="best"),
+        pl.callbacks.ModelCheckpoint(
+            dirpath=str(run_dir / CHECKPOINT_DIR),
+            monitor=monitor,
+            mode=mode,
+            save_top_k=1,
+            save_last=bool(c.get("save_last", False)),
+            filename="best",
+        ),
     ]
     if c.get("early_stopping_patience") is not None:
-        callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode=mode,
-                                                    patience=int(c["early_stopping_patience"])))
-    return callbacks
+        callbacks.append(
+            pl.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=int(c["early_stopping_patience"]))
+        )
+    return callbacks + build_analyses(cfg)
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     """The checkpoint a ``resume=true`` run continues from; its run dir must hold the same config."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    saved = run_dir / "config.yaml"
+    last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    saved = run_dir / CONFIG_FILE
     if not last.exists():
-        print(f"[mtlbench] resume=true but {last} does not exist: starting from scratch")
+        log.info("resume=true but %s does not exist: starting from scratch", last)
         return None
     if saved.exists():
-        before = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
-        now = OmegaConf.to_container(cfg, resolve=True)
+        # both mappings: config.yaml is written from the run's DictConfig
+        before = cast("dict[str, Any]", OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+        now = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
         before.pop("resume", None)
         now.pop("resume", None)
         if before != now:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-            raise ConfigError(f"resume=true: {run_dir} was started with a different config (differs in "
-                              f"{', '.join(changed)}); use the same overrides or another run dir")
-    print(f"[mtlbench] resuming from {last}")
+            raise ConfigError(
+                f"resume=true: {run_dir} was started with a different config (differs in "
+                f"{', '.join(changed)}); use the same overrides or another run dir"
+            )
+    log.info("resuming from %s", last)
     return str(last)
 
 
 def environment() -> dict[str, Any]:
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
-            "pytorch_lightning": pl.__version__, "numpy": np.__version__, "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available()}
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "pytorch_lightning": pl.__version__,
+        "numpy": np.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -167,17 +220,24 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     ckpt_path = resume_checkpoint(cfg, run_dir) if cfg.get("resume") else None  # may refuse: before deleting
     (run_dir / RESULTS_FILE).unlink(missing_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     dm, module = build_components(cfg)
-    trainer = pl.Trainer(**_plain(cfg.trainer), logger=build_logger(cfg, run_dir),
-                         callbacks=build_callbacks(cfg, run_dir), default_root_dir=str(run_dir),
-                         use_distributed_sampler=False)
+    assert dm.schema is not None  # build_components loaded the data
+    trainer = pl.Trainer(
+        **_plain(cfg.trainer),
+        logger=build_logger(cfg, run_dir),
+        callbacks=build_callbacks(cfg, run_dir),
+        default_root_dir=str(run_dir),
+        use_distributed_sampler=False,
+    )
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     fit_seconds = time.perf_counter() - start
-    ckpt = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
+    checkpoint = trainer.checkpoint_callback  # build_callbacks' ModelCheckpoint
+    best = checkpoint if isinstance(checkpoint, pl.callbacks.ModelCheckpoint) and checkpoint.best_model_path else None
+    ckpt = "best" if best is not None else None
     trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
     trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
     if not trainer.is_global_zero:
@@ -185,14 +245,21 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     world = trainer.world_size
     samples = module.train_samples * world
     results = {
-        "model": cfg.model.name, "dataset": cfg.dataset.name, "weighting": cfg.weighting.name,
-        "seed": int(cfg.seed), "version": mtlbench.__version__,
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "weighting": cfg.weighting.name,
+        "seed": int(cfg.seed),
+        "version": __version__,
         "metrics": module.results,
-        "train": {"seconds": round(module.train_seconds, 3), "fit_seconds": round(fit_seconds, 3),
-                  "samples": samples, "samples_per_second": samples / max(module.train_seconds, 1e-9),
-                  "epochs": trainer.current_epoch, "best_checkpoint": ckpt and str(
-                      Path(trainer.checkpoint_callback.best_model_path).relative_to(run_dir)),
-                  "world_size": world},
+        "train": {
+            "seconds": round(module.train_seconds, 3),
+            "fit_seconds": round(fit_seconds, 3),
+            "samples": samples,
+            "samples_per_second": samples / max(module.train_seconds, 1e-9),
+            "epochs": trainer.current_epoch,
+            "best_checkpoint": str(Path(best.best_model_path).relative_to(run_dir)) if best is not None else None,
+            "world_size": world,
+        },
         "params": sum(p.numel() for p in module.model.parameters()),
         "task_roles": dict(dm.schema.task_roles),
         "scenario_labels": list(dm.schema.scenario_labels),
@@ -202,25 +269,27 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     info = getattr(module.model, "model_info", None)  # optional: what the model read (e.g. STAN's user fields)
     if callable(info):
         results["model_info"] = info()
-    for component in (module.model, module.weighting):  # optional extra analyses (e.g. STAN's stages)
-        summary = getattr(component, "run_summary", None)
-        if callable(summary):
-            results.update(summary(module=module, datamodule=dm, run_dir=run_dir))
+    results.update(module.summaries)  # the after-test analyses' results (e.g. STAN's stage analysis)
     if cfg.get("predictions", True):
         write_predictions(run_dir / PREDICTIONS_FILE, dm, module)
-    (run_dir / "environment.json").write_text(json.dumps(results["environment"], indent=1))
+    write_json(run_dir / ENVIRONMENT_FILE, results["environment"], indent=1)
     write_json(run_dir / RESULTS_FILE, results)  # last: its presence means the run completed
     return results
 
 
 def write_predictions(path: Path, dm: MultiTaskDataModule, module: MultiTaskModule) -> None:
-    index, scores = module.test_predictions
-    order = torch.argsort(index)
-    index, scores = index[order].cpu().numpy(), scores[order].cpu().numpy()
+    index_t, scores_t = module.test_predictions
+    order = torch.argsort(index_t)
+    index, scores = index_t[order].cpu().numpy(), scores_t[order].cpu().numpy()
     schema, columns = dm.schema, dm.columns
+    assert schema is not None, "load the data module first"
     out: dict[str, np.ndarray] = {"row": index}
-    for key, field in (("user_id", schema.user_field), ("item_id", schema.item_field),
-                       ("session_id", schema.session_field), ("scenario", schema.scenario_field)):
+    for key, field in (
+        ("user_id", schema.user_field),
+        ("item_id", schema.item_field),
+        ("session_id", schema.session_field),
+        ("scenario", schema.scenario_field),
+    ):
         if field is not None:
             out[key] = np.asarray(columns[field])[index]
     for field in schema.analysis_fields:

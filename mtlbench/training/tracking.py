@@ -41,8 +41,14 @@ def sweep_group() -> str | None:
     return str(hc.sweep.dir)
 
 
-def wandb_logger(run_dir: Path, config: dict[str, Any], project: str = "mtlbench", entity: str | None = None,
-                 group: str | None = None, mode: str | None = None) -> Any:
+def wandb_logger(
+    run_dir: Path,
+    config: dict[str, Any],
+    project: str = "mtlbench",
+    entity: str | None = None,
+    group: str | None = None,
+    mode: str | None = None,
+) -> Any:
     """A Lightning ``WandbLogger`` writing into ``run_dir/wandb``; offline unless wandb is configured."""
     from pytorch_lightning.loggers import WandbLogger
 
@@ -50,8 +56,16 @@ def wandb_logger(run_dir: Path, config: dict[str, Any], project: str = "mtlbench
     if group is None:
         group = sweep_group() or f"{config['dataset']['name']}-{run_dir.parent.name}"
     tags = [str(config["dataset"]["name"]), str(config["model"]["name"]), str(config["weighting"]["name"])]
-    logger = WandbLogger(project=project, entity=entity, group=group, save_dir=str(run_dir), mode=mode,
-                         name=run_dir.name, job_type=str(config["model"]["name"]), tags=tags)
+    logger = WandbLogger(
+        project=project,
+        entity=entity,
+        group=group,
+        save_dir=str(run_dir),
+        mode=mode,
+        name=run_dir.name,
+        job_type=str(config["model"]["name"]),
+        tags=tags,
+    )
     logger.log_hyperparams(config)
     return logger
 

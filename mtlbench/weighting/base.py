@@ -50,13 +50,10 @@ class WeightingStrategy(nn.Module):
     def on_train_epoch_end(self, epoch: int) -> None:
         """Called after every training epoch (e.g. DWA's loss history)."""
 
-    def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor],
-                output: ModelOutput) -> WeightedLoss:
+    def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor], output: ModelOutput) -> WeightedLoss:
         raise NotImplementedError
 
 
 def weighted_sum(losses: Tensor, mask: Tensor, weights: Tensor) -> Tensor:
     """Σ_k η^k · L^k (STAN Eq. 5) with L^k the per-task mean loss."""
     return (weights.to(losses.dtype) * task_means(losses, mask)).sum()
-
-

@@ -19,6 +19,10 @@ from mtlbench.weighting.base import WeightedLoss, WeightingStrategy, task_means
 
 @register_weighting("dwa")
 class DWA(WeightingStrategy):
+    epoch_sum: Tensor
+    epoch_steps: Tensor
+    history: Tensor
+
     def __init__(self, tasks: list[str], temperature: float = 2.0) -> None:
         super().__init__(tasks)
         if temperature <= 0:
@@ -26,7 +30,7 @@ class DWA(WeightingStrategy):
         self.temperature = float(temperature)
         k = len(tasks)
         f64 = torch.float64
-        self.register_buffer("epoch_sum", torch.zeros(k, dtype=f64))    # Σ of step losses this epoch
+        self.register_buffer("epoch_sum", torch.zeros(k, dtype=f64))  # Σ of step losses this epoch
         self.register_buffer("epoch_steps", torch.zeros(k, dtype=f64))  # steps with that task's labels
         self.register_buffer("history", torch.full((2, k), float("nan"), dtype=f64))  # L(t-2), L(t-1)
 
@@ -38,8 +42,7 @@ class DWA(WeightingStrategy):
         r = last / older.clamp_min(1e-12)
         return (len(self.tasks) * torch.softmax(r / self.temperature, dim=0)).float()
 
-    def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor],
-                output: ModelOutput) -> WeightedLoss:
+    def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor], output: ModelOutput) -> WeightedLoss:
         means = task_means(losses, mask)
         labelled = mask.any(0)
         self.epoch_sum += torch.where(labelled, means.detach().double(), 0.0)

@@ -11,6 +11,8 @@ with ``layer``) that the logits of two or more tasks depend on, read once from t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 from torch import Tensor, nn
 
@@ -22,17 +24,21 @@ from mtlbench.weighting.base import WeightingStrategy
 def shared_parameters_of(weighting: str, model: nn.Module, prefix: str | None = None) -> list[nn.Parameter]:
     """``model.shared_parameters()`` (optionally those named ``prefix*``); ConfigError when there are none."""
     name = type(model).__name__
-    shared = list(model.shared_parameters()) if hasattr(model, "shared_parameters") else []
+    # duck-typed: MultiTaskModel.shared_parameters, or any module that defines one
+    shared_of_model: Callable[[], Iterable[nn.Parameter]] | None = getattr(model, "shared_parameters", None)
+    candidates = list(shared_of_model()) if shared_of_model is not None else []
+    shared = candidates
     if prefix is not None:
         names = {id(p): n for n, p in model.named_parameters()}
-        shared = [p for p in shared if names.get(id(p), "").startswith(prefix)]
+        shared = [p for p in candidates if names.get(id(p), "").startswith(prefix)]
         if not shared:
-            known = sorted({names[id(p)] for p in model.shared_parameters()})
-            raise ConfigError(f"weighting {weighting!r}: layer={prefix!r} matches no shared parameter of "
-                              f"model {name}; shared ones are {known}")
+            known = sorted({names[id(p)] for p in candidates})
+            raise ConfigError(
+                f"weighting {weighting!r}: layer={prefix!r} matches no shared parameter of "
+                f"model {name}; shared ones are {known}"
+            )
     if not shared:
-        raise ConfigError(f"weighting {weighting!r} needs parameters shared by the tasks; "
-                          f"model {name} has none")
+        raise ConfigError(f"weighting {weighting!r} needs parameters shared by the tasks; model {name} has none")
     return shared
 
 
@@ -45,16 +51,21 @@ def reached_by(output: ModelOutput, tasks: list[str], params: list[nn.Parameter]
     rows = []
     for t in tasks:
         logit = output.logits[t]
-        grads = (torch.autograd.grad(logit.sum(), params, retain_graph=True, allow_unused=True)
-                 if logit.requires_grad else [None] * len(params))
+        grads = (
+            torch.autograd.grad(logit.sum(), params, retain_graph=True, allow_unused=True)
+            if logit.requires_grad
+            else [None] * len(params)
+        )
         rows.append([g is not None for g in grads])
     return torch.tensor(rows, dtype=torch.bool)
 
 
 def task_gradients(task_losses: Tensor, params: list[nn.Parameter]) -> list[tuple[Tensor | None, ...]]:
     """∇_θ L_k for every task k on ``params`` (None where L_k does not depend on a parameter at all)."""
-    return [torch.autograd.grad(task_losses[k], params, retain_graph=True, allow_unused=True)
-            for k in range(len(task_losses))]
+    return [
+        torch.autograd.grad(task_losses[k], params, retain_graph=True, allow_unused=True)
+        for k in range(len(task_losses))
+    ]
 
 
 class GradientWeighting(WeightingStrategy):
@@ -92,13 +103,16 @@ class GradientWeighting(WeightingStrategy):
             shared = self.shares(reached_by(output, self.tasks, self._params))
             self._shared = [i for i in range(len(self._params)) if bool(shared[i])]
         if not self._shared:
-            raise ConfigError(f"weighting {self.name!r} needs parameters shared by {self.shared_by}; no shared "
-                              f"parameter of model {type(self._model[0]).__name__} feeds {self.shared_by} "
-                              f"(tasks {self.tasks})")
+            raise ConfigError(
+                f"weighting {self.name!r} needs parameters shared by {self.shared_by}; no shared "
+                f"parameter of model {type(self._model[0]).__name__} feeds {self.shared_by} "
+                f"(tasks {self.tasks})"
+            )
         return [self._params[i] for i in self._shared]
 
-    def shared_gradients(self, task_losses: Tensor,
-                         output: ModelOutput) -> tuple[list[nn.Parameter], list[tuple[Tensor | None, ...]]]:
+    def shared_gradients(
+        self, task_losses: Tensor, output: ModelOutput
+    ) -> tuple[list[nn.Parameter], list[tuple[Tensor | None, ...]]]:
         """θ and ∇_θ L_k for every task k (None where L_k does not reach a parameter)."""
         params = self.shared_of(output)
         return params, task_gradients(task_losses, params)

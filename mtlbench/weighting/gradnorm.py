@@ -39,6 +39,7 @@ __all__ = ["GradNorm", "reached_by", "shared_parameters_of", "task_gradients"]  
 class GradNorm(GradientWeighting):
     name = "gradnorm"
     shared_by = "every task"
+    initial_losses: Tensor
 
     def __init__(self, tasks: list[str], alpha: float = 1.5, layer: str | None = None) -> None:
         super().__init__(tasks, layer)
@@ -50,24 +51,27 @@ class GradNorm(GradientWeighting):
         """W: the shared parameters every task's logit depends on."""
         return reach.all(0)
 
-    def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor],
-                output: ModelOutput) -> WeightedLoss:
+    def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor], output: ModelOutput) -> WeightedLoss:
         k = len(self.tasks)
         with torch.no_grad():  # renormalise Σ w = K (and keep w > 0) after the optimiser's last update
             self.weights.clamp_(min=1e-3).mul_(k / self.weights.sum())
         task_loss = task_means(losses, mask)
         _, grads = self.shared_gradients(task_loss, output)
-        norms = torch.stack([torch.sqrt(sum((gi.pow(2).sum() for gi in g if gi is not None),
-                                            torch.zeros((), device=losses.device))) for g in grads])
+        norms = torch.stack(
+            [
+                torch.sqrt(sum((gi.pow(2).sum() for gi in g if gi is not None), torch.zeros((), device=losses.device)))
+                for g in grads
+            ]
+        )
         current = task_loss.detach()
         with torch.no_grad():  # L_k(0): the first labelled value of each task
             first = torch.isnan(self.initial_losses) & mask.any(0) & (current > 0)
             self.initial_losses.copy_(torch.where(first, current, self.initial_losses))
-        ratio = current / self.initial_losses                          # L̃_k = L_k(t) / L_k(0)
+        ratio = current / self.initial_losses  # L̃_k = L_k(t) / L_k(0)
         ratio = torch.where(torch.isfinite(ratio), ratio, torch.ones_like(ratio))
-        r = ratio / ratio.mean()                                        # relative inverse training rate
-        g_norm = self.weights * norms                                   # G_k = w_k ‖∇_W L_k‖
-        target = (g_norm.mean() * r.pow(self.alpha)).detach()          # Ḡ · r_k^α, constant
-        grad_loss = (g_norm - target).abs().sum()                       # Eq. 2: L_grad
+        r = ratio / ratio.mean()  # relative inverse training rate
+        g_norm = self.weights * norms  # G_k = w_k ‖∇_W L_k‖
+        target = (g_norm.mean() * r.pow(self.alpha)).detach()  # Ḡ · r_k^α, constant
+        grad_loss = (g_norm - target).abs().sum()  # Eq. 2: L_grad
         loss = (self.weights.detach() * task_loss).sum() + grad_loss
         return WeightedLoss(loss, self.weights.detach().clone())

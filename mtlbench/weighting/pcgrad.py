@@ -49,21 +49,24 @@ def project_conflicting(grads: Tensor, orders: list[list[int]]) -> Tensor:
 @register_weighting("pcgrad")
 class PCGrad(GradientWeighting):
     name = "pcgrad"
+    ones: Tensor
 
     def __init__(self, tasks: list[str]) -> None:
         super().__init__(tasks)
         self.register_buffer("ones", torch.ones(len(tasks)), persistent=False)
 
-    def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor],
-                output: ModelOutput) -> WeightedLoss:
+    def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor], output: ModelOutput) -> WeightedLoss:
         k = len(self.tasks)
         task_loss = task_means(losses, mask)
         params, grads = self.shared_gradients(task_loss, output)
-        flat = torch.stack([torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                       for g, p in zip(gk, params)]) for gk in grads])  # [K, P]
+        flat = torch.stack(
+            [
+                torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gk, params)])
+                for gk in grads
+            ]
+        )  # [K, P]
         orders = [torch.randperm(k).tolist() for _ in range(k)]
         correction = (project_conflicting(flat, orders).sum(0) - flat.sum(0)).detach()
-        surrogate = sum((p * c.view_as(p)).sum()
-                        for p, c in zip(params, correction.split([p.numel() for p in params])))
+        surrogate = sum((p * c.view_as(p)).sum() for p, c in zip(params, correction.split([p.numel() for p in params])))
         loss = task_loss.sum() + surrogate - surrogate.detach()
         return WeightedLoss(loss, self.ones)

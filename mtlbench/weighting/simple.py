@@ -17,14 +17,15 @@ from mtlbench.weighting.base import WeightedLoss, WeightingStrategy, weighted_su
 class Fixed(WeightingStrategy):
     """η given per task by name, e.g. ``weighting.weights={click: 1.0, purchase: 2.0}`` (unnamed tasks: 1)."""
 
+    weights: Tensor
+
     def __init__(self, tasks: list[str], weights: Mapping[str, float] | None = None) -> None:
         super().__init__(tasks)
         weights = dict(weights or {})
         unknown = sorted(set(weights) - set(tasks))
         if unknown:
             raise ConfigError(f"weighting 'fixed' names unknown task(s) {unknown}; tasks are {tasks}")
-        self.register_buffer("weights", torch.tensor([float(weights.get(t, 1.0)) for t in tasks]),
-                             persistent=False)
+        self.register_buffer("weights", torch.tensor([float(weights.get(t, 1.0)) for t in tasks]), persistent=False)
 
     def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor], output: ModelOutput) -> WeightedLoss:
         return WeightedLoss(weighted_sum(losses, mask, self.weights), self.weights)

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-import mtlbench.data.lifecycle_inputs  # noqa: F401  (registers stan_position before the data module asks)
+from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import ConfigError
 from mtlbench.models.base import ModelOutput
 from mtlbench.registry import register_weighting
@@ -29,15 +29,19 @@ PREFERENCE = "preference"
 def _preference(output: ModelOutput, name: str) -> Tensor:
     pref = output.extras.get(PREFERENCE)
     if pref is None:
-        raise ConfigError(f"weighting {name!r} needs a model that outputs user preferences "
-                          f"(extras['{PREFERENCE}']), such as model=stan")
+        raise ConfigError(
+            f"weighting {name!r} needs a model that outputs user preferences "
+            f"(extras['{PREFERENCE}']), such as model=stan"
+        )
     return pref.detach()
 
 
 def _check_model(model: nn.Module, name: str) -> None:
     if not getattr(model, "outputs_preference", False):
-        raise ConfigError(f"weighting {name!r} needs a model that outputs user preferences (STAN Eq. 9), "
-                          f"such as model=stan; {type(model).__name__} does not")
+        raise ConfigError(
+            f"weighting {name!r} needs a model that outputs user preferences (STAN Eq. 9), "
+            f"such as model=stan; {type(model).__name__} does not"
+        )
 
 
 def stage_weighted_loss(losses: Tensor, mask: Tensor, gamma: Tensor) -> Tensor:
@@ -61,12 +65,12 @@ def all_gather_rows(x: Tensor) -> Tensor:
     n = torch.tensor([len(x)], dtype=torch.int64, device=x.device)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    padded = torch.zeros((max(sizes), *x.shape[1:]), dtype=x.dtype, device=x.device)
-    padded[:len(x)] = x
+    counts = [int(s) for s in sizes]
+    padded = torch.zeros((max(counts), *x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded[: len(x)] = x
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+    return torch.cat([p[:s] for p, s in zip(parts, counts)])
 
 
 @register_weighting("stan_stage")
@@ -96,6 +100,9 @@ class StanStage(WeightingStrategy):
     """
 
     required_inputs = ("stan_position",)
+    alpha: Tensor  # the state buffers, registered by _init_state
+    beta: Tensor
+    count: Tensor
 
     def __init__(self, tasks: list[str], reset_each_epoch: bool = True, num_users: int | None = None) -> None:
         super().__init__(tasks)
@@ -113,6 +120,10 @@ class StanStage(WeightingStrategy):
     def attach(self, model: nn.Module) -> None:
         _check_model(model, "stan_stage")
         schema = model.schema
+        if not isinstance(schema, DatasetSchema):
+            raise ConfigError(
+                f"weighting 'stan_stage' needs a model with a dataset schema; {type(model).__name__} has none"
+            )
         if schema.user_field is None:
             raise ConfigError(f"weighting 'stan_stage' needs a user field; dataset {schema.name!r} has none")
         if not hasattr(self, "alpha"):
@@ -133,12 +144,16 @@ class StanStage(WeightingStrategy):
         if self._reset_pending:
             self.reset_state()
             self._reset_pending = False
-        rows = all_gather_rows(torch.cat([users.to(torch.float64).unsqueeze(1),
-                                          position.to(torch.float64).unsqueeze(1), pref.to(torch.float64)], 1))
+        rows = all_gather_rows(
+            torch.cat(
+                [users.to(torch.float64).unsqueeze(1), position.to(torch.float64).unsqueeze(1), pref.to(torch.float64)],
+                1,
+            )
+        )
         u, c, p = rows[:, 0].long(), rows[:, 1:2], rows[:, 2:]
-        self.alpha.index_add_(0, u, p * c)                            # line 7
-        self.beta.index_add_(0, u, (1.0 - p) * c)                     # line 8
-        self.count.index_add_(0, u, torch.ones_like(u))               # line 6
+        self.alpha.index_add_(0, u, p * c)  # line 7
+        self.beta.index_add_(0, u, (1.0 - p) * c)  # line 8
+        self.count.index_add_(0, u, torch.ones_like(u))  # line 6
 
     def sample(self, users: Tensor) -> Tensor:
         """Algorithm 1, line 11: gamma ~ Beta(alpha_u, beta_u), one independent draw per sample [B, K]."""

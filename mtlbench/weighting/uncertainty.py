@@ -29,8 +29,7 @@ class Uncertainty(WeightingStrategy):
         self.regularizer = float(regularizer)
         self.log_vars = nn.Parameter(torch.zeros(len(tasks)))
 
-    def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor],
-                output: ModelOutput) -> WeightedLoss:
+    def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor], output: ModelOutput) -> WeightedLoss:
         s = self.log_vars
         precision = torch.exp(-s)
         loss = (precision * task_means(losses, mask) + self.regularizer * s).sum()  # Eq. 10 with s = log σ²

@@ -15,8 +15,13 @@ from mtlbench.registry import register_model
 class ExampleGated(MultiTaskModel):
     """h = MLP(x); each task k sees h ⊙ sigmoid(W_k x) before its tower."""
 
-    def __init__(self, schema: DatasetSchema, embedding_dim: int = 8, bottom: tuple[int, ...] = (64,),
-                 tower: tuple[int, ...] = (32,)) -> None:
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 8,
+        bottom: tuple[int, ...] = (64,),
+        tower: tuple[int, ...] = (32,),
+    ) -> None:
         super().__init__(schema)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
         self.bottom = MLP(self.embedding.output_dim, list(bottom))

@@ -1,4 +1,8 @@
-"""Hydra callback that ends a sweep by writing its report (leaderboard.md/.csv/.tex/.html)."""
+"""Hydra callbacks that end a sweep on the terminal: the mean ± std table (every sweep) and the written report.
+
+They run in the launching process, after every job; what they print is the command's output, so they live with
+the command line (the report itself is built by :mod:`mtlbench.report`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,22 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from mtlbench.report.summary import collect, mean_std_table
+from mtlbench.report.tables import settings_from, to_markdown
+from mtlbench.report.write import write_report
+
+
+class PrintSummary(Callback):
+    """Hydra callback: after a multirun, print the mean ± std table of its test metrics."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        runs, incomplete = collect(config.hydra.sweep.dir)
+        sweep = config.hydra.sweep.dir
+        print(f"\nTest metrics, mean ± std over seeds ({len(runs)} complete runs in {sweep}):")
+        print(mean_std_table(runs))
+        if incomplete:
+            print(f"incomplete runs (no results.json, not counted): {', '.join(map(str, incomplete))}")
 
 
 class WriteReport(Callback):
@@ -18,16 +38,12 @@ class WriteReport(Callback):
     """
 
     def __init__(self, out: str | None = None, html: bool = True, echo: bool = True, **settings: Any) -> None:
-        from mtlbench.report.tables import settings_from
-
         self.out = out
         self.html = html
         self.echo = echo
         self.settings = settings_from(**settings)  # fail early on a bad setting, before any training
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from mtlbench.report.tables import to_markdown, write_report
-
         sweep = Path(str(config.hydra.sweep.dir))
         out = Path(self.out) if self.out else sweep / "report"
         board = write_report([sweep], out, self.settings, html=self.html)
