@@ -49,11 +49,13 @@ class RunConfig:
     batch_size: int = 2048
     eval_batch_size: int = 16384
     # evaluation metrics by registered name (mtlbench.list_metrics()); a bare ``ndcg`` is ndcg@k for each k of ndcg_k
-    metrics: list[str] = field(default_factory=lambda: ["auc", "logloss", "gauc", "ndcg", "sgauc", "scenario"])
+    metrics: list[str] = field(default_factory=lambda: ["auc", "logloss", "gauc", "ndcg", "sgauc", "scenario", "stage"])
     ndcg_k: list[int] = field(default_factory=lambda: [1, 5])
     monitor: str = "auc"
     cache_dir: str | None = None
     tasks: list[str] | None = None  # train and evaluate only these tasks of the dataset
+    # train and evaluate on one lifecycle stage's rows ({rule_stage: Wander}): STAN's Stage_Single (data/subset.py)
+    subset: Any = None
     hash_buckets: Any = None  # int, or {field: buckets}: hash large id vocabularies into fixed tables
     threads: int | None = None
     embedding_init_std: float | None = None  # normal init of every embedding table; None = the model's own

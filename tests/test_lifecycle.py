@@ -44,8 +44,10 @@ def test_deterministic_per_seed(small):
 
 def test_the_default_cache_key_is_stable():
     """The cache key of configs/dataset/lifecycle.yaml: a change makes every user rebuild the cached data, so it
-    may change only with the simulator's output (bump ``version`` then, and this value)."""
-    assert LifecycleSimulator().fingerprint() == "32d526d04b1330f2"
+    may change only with the simulator's output (bump ``version`` then, and this value). 32d526d04b1330f2 before
+    version 4 (the knobs task_conflict / label_noise / stage_dwell and the true_logit_<task> columns; the columns of
+    version 3 are unchanged at the defaults: tests/test_lifecycle_knobs.py)."""
+    assert LifecycleSimulator().fingerprint() == "b2bf938f2fcb8d78"
 
 
 def test_schema_and_dtypes(small):
@@ -53,7 +55,8 @@ def test_schema_and_dtypes(small):
     schema.validate(c)
     assert len(c["click"]) == SMALL["n_rows"]
     assert schema.tasks == ["click", "long_view", "purchase"]
-    assert schema.analysis_fields == ["true_stage"]
+    assert schema.analysis_fields == ["true_stage", "true_logit_click", "true_logit_long_view", "true_logit_purchase"]
+    assert schema.stage_field == "true_stage" and schema.stage_labels == ["New", "Wander", "Stick", "Loyal"]
     assert "true_stage" not in [f.name for f in schema.features]
     roles = {f.name: f.role for f in schema.features}
     assert roles["user_id"] == roles["age_bucket"] == roles["hist_items"] == "user"

@@ -472,7 +472,8 @@ def test_every_registered_metric_keeps_the_update_contract(name):
     target = torch.tensor((rng.uniform(size=n) < 0.3).astype(np.float32))
     preds = torch.tensor(np.clip(0.3 * target.numpy() + 0.7 * rng.uniform(size=n), 0, 1), dtype=torch.float32)
     groups = {
-        g: torch.tensor(rng.integers(0, size, n), dtype=torch.int64) for g, size in zip(GROUP_KEYS, (60, 300, 3, 4))
+        g: torch.tensor(rng.integers(0, size, n), dtype=torch.int64)
+        for g, size in zip(GROUP_KEYS, (60, 300, 3, 4, 4), strict=True)
     }
 
     whole = create_metric(_config_name(name))

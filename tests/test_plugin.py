@@ -51,69 +51,21 @@ def test_plugin_model_is_listed_only_when_installed(plugin_path, tmp_path):
     assert without.stdout.strip() == "[]"
 
 
-def test_plugin_weighting_and_dataset_train_from_the_cli(plugin_path, tmp_path):
-    """One file plus one config each: the plugin's dataset and weighting compose and train like built-ins."""
-    out = tmp_path / "run"
-    args = [
-        "dataset=example_toy",
-        "weighting=example_loss_scale",
-        "model=mmoe",
-        "model.expert=[16]",
-        "batch_size=256",
-        "model.tower=[8]",
-        "trainer.max_epochs=2",
-        "logger=none",
-        "trainer.enable_progress_bar=false",
-    ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "mtlbench.cli.train", *args, f"hydra.run.dir={out}"],
-        cwd=tmp_path,
-        env=dict(env_with(plugin_path), MTLBENCH_CACHE=str(tmp_path / "cache")),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((out / "results.json").read_text())
-    assert (res["dataset"], res["weighting"]) == ("example_toy", "example_loss_scale")
-    assert res["config"]["dataset"]["n_rows"] == 20000 and res["config"]["weighting"]["momentum"] == 0.9
-    assert all(0.55 < m["auc"] < 1.0 for m in res["metrics"]["valid"].values()), res["metrics"]["valid"]
-    # the plugin's dataset settings are recorded from its constructor's signature (defaults included)
-    code = (
-        "import mtlbench; src = mtlbench.create_dataset('example_toy', n_rows=500); print(sorted(src.settings.items()))"
-    )
-    got = subprocess.run(
-        [sys.executable, "-c", code], env=env_with(plugin_path), capture_output=True, text=True, cwd=tmp_path
-    )
-    assert got.stdout.strip() == "[('dim', 4), ('n_items', 200), ('n_rows', 500), ('n_users', 500), ('seed', 0)]", (
-        got.stderr
-    )
-
-
-def test_plugin_model_trains_from_the_cli(plugin_path, tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "mtlbench.cli.train", *TINY, "model=example_gated", f"hydra.run.dir={out}"],
-        cwd=tmp_path,
-        env=env_with(plugin_path),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((out / "results.json").read_text())
-    assert res["model"] == "example_gated" and res["config"]["model"]["bottom"] == [64]
-    assert 0.5 < res["metrics"]["valid"]["click"]["auc"] < 1.0
-
-
-def test_plugin_metric_is_computed_and_monitored_when_listed(plugin_path, tmp_path):
+def test_plugin_model_dataset_weighting_and_metric_train_together_from_the_cli(plugin_path, tmp_path):
+    """One file plus one config each (a metric: one file): the plugin's four components compose and train like
+    built-ins, in one run; the metric is computed, monitored and checked against a recomputation."""
     out = tmp_path / "run"
     args = [
         sys.executable,
         "-m",
         "mtlbench.cli.train",
-        *TINY,
-        "model=shared_bottom",
+        "dataset=example_toy",
+        "weighting=example_loss_scale",
+        "model=example_gated",
+        "batch_size=256",
+        "trainer.max_epochs=2",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
         "metrics=[auc,hit_rate@3]",
         "monitor=hit_rate@3",
     ]
@@ -127,6 +79,10 @@ def test_plugin_metric_is_computed_and_monitored_when_listed(plugin_path, tmp_pa
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
+    assert (res["model"], res["dataset"], res["weighting"]) == ("example_gated", "example_toy", "example_loss_scale")
+    assert res["config"]["model"]["bottom"] == [64] and res["config"]["dataset"]["n_rows"] == 20000
+    assert res["config"]["weighting"]["momentum"] == 0.9
+    assert all(0.55 < m["auc"] < 1.0 for m in res["metrics"]["valid"].values()), res["metrics"]["valid"]
     for split in ("valid", "test"):
         assert all(list(m) == ["auc", "hit_rate@3"] for m in res["metrics"][split].values()), res["metrics"][split]
     # HitRate@3 recomputed user by user from the predictions file (the test split)
@@ -142,16 +98,21 @@ def test_plugin_metric_is_computed_and_monitored_when_listed(plugin_path, tmp_pa
             if (y > 0.5).any():
                 hits.append((y[np.argsort(-p, kind="stable")[:3]] > 0.5).any())
         assert m["hit_rate@3"] == pytest.approx(np.mean(hits), abs=1e-6), task
-    # its direction comes from the plugin's class, found through the entry point
+    # the plugin's dataset settings are recorded from its constructor's signature (defaults included), and the
+    # metric's direction comes from the plugin's class, found through the entry point
     code = (
-        "from mtlbench.metrics import higher_is_better, metric_class; "
+        "import mtlbench; from mtlbench.metrics import higher_is_better, metric_class; "
+        "print(sorted(mtlbench.create_dataset('example_toy', n_rows=500).settings.items())); "
         "print(metric_class('hit_rate@3').__module__, higher_is_better('hit_rate@3'))"
     )
     found = subprocess.run(
         [sys.executable, "-c", code], env=env_with(plugin_path), capture_output=True, text=True, cwd=tmp_path
     )
-    assert found.stdout.split() == ["mtlbench_example.metric", "True"], found.stderr
-    # without the plugin the name is unknown: one line, before any data is read, no results.json
+    lines = found.stdout.splitlines()
+    assert lines[0] == "[('dim', 4), ('n_items', 200), ('n_rows', 500), ('n_users', 500), ('seed', 0)]", found.stderr
+    assert lines[1].split() == ["mtlbench_example.metric", "True"], found.stderr
+    # without the plugin the names are unknown: one line, before any data is read, no results.json
+    args = [*args[:3], *TINY, "metrics=[auc,hit_rate@3]", "monitor=hit_rate@3"]
     missing = subprocess.run(
         [*args, f"hydra.run.dir={tmp_path / 'missing'}"], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )

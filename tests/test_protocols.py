@@ -78,3 +78,21 @@ def test_stan_table2_on_wechat(tmp_path):
     for task in ("like", "click_avatar", "forward"):
         assert f"{task} AUC" in md and f"{task} NDCG@5" in md
     assert "RelaImpr" in md and "MLP_Single" in md and "STAN w/o Beta" in md
+
+
+@pytest.mark.slow
+def test_stan_dose_response_on_a_small_simulator(tmp_path):
+    tiny = ["dataset.n_rows=3000", "dataset.n_users=150", "dataset.n_items=300"]
+    sweep, _, md = sweep_run(tmp_path, ["experiment=stan_dose_response", *tiny])
+    runs = {str(p.parent.relative_to(sweep)): json.loads(p.read_text()) for p in sweep.glob("*/*/results.json")}
+    models = ["ple_equal", "stan_wo_beta_stan_wo_beta", "stan_stan_stage", "stan_equal", "ple_stage_equal"]
+    cells = [(c, n) for c in ("0.0", "1.0") for n in ("0.0", "0.1")]
+    assert sorted(runs) == sorted(f"conflict{c}_noise{n}/{m}_seed0" for c, n in cells for m in models)
+    knobs = runs["conflict1.0_noise0.1/stan_equal_seed0"]["config"]["dataset"]
+    assert knobs["task_conflict"] == {"Wander": 1.0} and knobs["label_noise"] == {"New": 0.1}
+    assert "## Gap: STAN - PLE" in md and "### Gap per stage: STAN - PLE" in md
+    assert "| STAN (equal weighting) | 1 |" in md and "| STAN w/o Beta | 1 |" in md and "| PLE_stage | 1 |" in md
+    report = sweep / "report"
+    gap = (report / "gap.csv").read_text()
+    assert gap.count("\n") > 4 * 3 * 2 and ",STAN,PLE," in gap  # every cell x task x metric, and per stage
+    assert (report / "gap_auc.png").exists() and "gap-heatmap" in (report / "leaderboard.html").read_text()

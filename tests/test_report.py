@@ -142,6 +142,20 @@ def test_paired_ttest_matches_the_formula():
     assert r.mark == ("**" if p < 0.01 else "*" if p < 0.05 else "")
 
 
+def test_paired_difference_has_the_t_interval_of_the_formula():
+    a = {0: 0.71, 1: 0.74, 2: 0.73, 3: 0.75, 9: 0.9}  # seed 9 has no partner: left out
+    b = {0: 0.70, 1: 0.71, 2: 0.72, 3: 0.71}
+    d = np.array([0.01, 0.03, 0.01, 0.04])
+    half = sps.t.ppf(0.975, df=3) * d.std(ddof=1) / math.sqrt(4)
+    r = stats.paired_difference(a, b)
+    assert r is not None and r.mean == pytest.approx(d.mean())
+    assert (r.low, r.high) == (pytest.approx(d.mean() - half), pytest.approx(d.mean() + half))
+    assert r.test.p == stats.significance(a, b, "ttest").p and r.test.n == 4
+    one = stats.paired_difference({0: 0.8}, {0: 0.7, 1: 0.6})
+    assert one is not None and one.low is None and one.test.p is None
+    assert stats.paired_difference({0: 0.8}, {1: 0.7}) is None
+
+
 def test_mann_whitney_exact_p_values():
     # every value of one side beats every value of the other: two-sided exact p = 2 / C(n+m, n)
     r4 = stats.significance({s: 0.8 + s / 100 for s in range(4)}, {s: 0.7 + s / 100 for s in range(4)}, "mannwhitney")
@@ -298,6 +312,23 @@ def test_mann_whitney_and_a_chosen_candidate(three_models):
     assert (comp.best, comp.baseline) == ("ple", "mmoe")  # ple against the best of the others
     assert comp.result.p == pytest.approx(sps.mannwhitneyu(AUCS["ple"], AUCS["mmoe"]).pvalue)
     assert board.sections[0].tables[0].rows[2].cells[0].mark == ""  # ple is worse: never marked
+
+
+def test_a_model_with_one_of_its_weightings_is_named_and_chosen(tmp_path):
+    for seed, (equal, stage, ple) in enumerate(((0.70, 0.75, 0.72), (0.71, 0.76, 0.73), (0.72, 0.74, 0.71))):
+        make_run(tmp_path, "stan", seed, {"click": {"auc": equal}})
+        make_run(tmp_path, "stan", seed, {"click": {"auc": stage}}, weighting="stan_stage")
+        make_run(tmp_path, "ple", seed, {"click": {"auc": ple}})
+    labels = {"stan+equal": "STAN (equal weighting)", "stan+stan_stage": "STAN", "ple": "PLE"}
+    settings = ReportSettings(
+        metrics=["auc"], scenario_metrics=[], base="ple", candidate="stan+equal", model_labels=labels
+    )
+    board = build([tmp_path], settings)
+    assert sorted(r.label for r in board.sections[0].rows) == ["PLE + equal", "STAN", "STAN (equal weighting)"]
+    comp = board.sections[0].tables[0].comparisons[0]
+    assert (comp.best, comp.baseline) == ("STAN (equal weighting)", "STAN")  # not the best model: the candidate
+    order = ReportSettings(metrics=["auc"], scenario_metrics=[], models=["stan+stan_stage", "ple", "stan+equal"])
+    assert [r.group.weighting for r in build([tmp_path], order).sections[0].rows] == ["stan_stage", "equal", "equal"]
 
 
 def test_two_seeds_say_no_test_was_run(tmp_path):

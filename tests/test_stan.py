@@ -526,6 +526,17 @@ def test_stan_trains_from_the_cli_and_writes_the_stage_analysis(tmp_path):
     # one epoch = one pass: every user's pseudo-counts sum to 2 + Σ c over its training rows
     count = np.array(users["count"])
     np.testing.assert_allclose(alpha + beta, 2 + count * (count + 1) / 2, rtol=1e-6)
+    # the stage shift over time (Fig. 7), on by default: y~ clustered at each user's first and last row
+    shift = res["stage_shift"]
+    assert shift["representation"] == "preference" and shift["users"] > 100 and shift["stages"][0] == "New"
+    assert np.sum(shift["true_transitions"]) == np.sum(shift["inferred_transitions"]) == shift["users"]
+    assert (out / "stage_shift.png").stat().st_size > 10_000
+    # the command for finished runs rebuilds the best checkpoint and finds the same shift
+    from mtlbench.cli.stages import analyse_run
+
+    again = analyse_run(out, probe=False)
+    assert again["stage_shift"] == shift and "stage_analysis" in again
+    assert "stage_shift" not in analyse_run(out, shift=False, probe=False)
 
 
 @pytest.mark.slow
@@ -537,6 +548,7 @@ def test_stan_wo_beta_and_ple_stage_train_from_the_cli(tmp_path):
     out, res = run_ok(["model=ple_stage", "+derived.rule_stage.tasks=[click,long_view,purchase]"], tmp_path, "ps")
     assert res["model"] == "ple_stage" and 0.5 < res["metrics"]["test"]["click"]["auc"] < 1.0
     assert 0.0 <= res["stage_analysis"]["representations"]["backbone"]["kmeans_nmi"] <= 1.0
+    assert "stage_shift" not in res  # analysis=stages: the shift is off unless asked for
 
 
 @pytest.mark.slow

@@ -18,11 +18,25 @@ Algorithm 1) and ``pseudo_label`` (Eq. 10, the raw running label means, a no-lea
 rule-based stage of section 2.1 is compared directly (``rule_stage_nmi``). ``stage_tsne.png`` is the
 Fig. 6 picture: 2-D t-SNE of the representations coloured by true stage.
 
+Stage shift over time (section 4.4.2, Fig. 7; :func:`stage_shift`, numbers and picture in
+:mod:`mtlbench.analysis.shift`): each user's stage is inferred at an early and a late row of their timeline and the
+early -> late transition matrix of the inferred stages is set against that of the true stages at the same rows
+(``stage_shift`` in ``results.json``, ``stage_shift.png``). The rows: the user's *first row* and *last row* in time
+order (ties by row number), for the users whose last row is a test row (under the per-user time split: every user
+with test rows, and the late row is the last test row, the row of the stage recovery above) and who have two rows
+or more. The first row is the paper's "first day": the start of the user's observed timeline. The inferred stage:
+k-means (k = number of true stages present, columns standardised, 10 restarts) fitted on the early and late
+representations together, so that a cluster means the same at both times, of ``shift_representation``
+(STAN: ``preference``, y~ of Eq. 9, the vector STAN's stage weighting reads); clusters are named after the true
+stage they overlap most (Hungarian matching; NMI and ARI do not depend on it). Datasets without a true stage skip
+it: the rule-based stage cannot serve at the early row, where no user has an earlier training row.
+
 In a run it is a Lightning callback chosen by the ``analysis`` config group: ``analysis=stages`` (any model with
-towers; PLE_stage selects it), ``analysis=stan_stages`` (STAN's, which model=stan selects: also writes
-``user_stages.parquet``), ``analysis=none``. ``python -m mtlbench.cli.stages RUN_DIR ...`` runs the analysis
-on finished runs of any model with towers (e.g. vanilla ``ple`` for the paper's STAN-vs-PLE comparison) and prints
-it as JSON.
+towers; PLE_stage selects it; stage shift off by default, on ``backbone`` when turned on), ``analysis=stan_stages``
+(STAN's, which model=stan selects: also writes ``user_stages.parquet``; stage shift on, ``shift=false`` turns it
+off), ``analysis=none``. ``python -m mtlbench.cli.stages RUN_DIR ...`` runs the analysis (stage shift included
+unless ``--no-shift``) on finished runs of any model with towers (e.g. vanilla ``ple`` for the paper's STAN-vs-PLE
+comparison) and prints it as JSON.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from mtlbench.analysis.shift import SHIFT_FILE, plot_transitions, shift_summary
 from mtlbench.data.lifecycle_inputs import STAGE_NAMES, UNKNOWN_STAGE, rule_stage
 from mtlbench.errors import ConfigError
 from mtlbench.models.base import as_output
@@ -45,19 +60,33 @@ from mtlbench.weighting.stan_stage import StanWithoutBeta
 STAGE_FIELD = "true_stage"
 USER_STAGES_FILE = "user_stages.parquet"
 TSNE_FILE = "stage_tsne.png"
+#: representations the stage shift can cluster (``preference`` / ``user_representation``: STAN's extras)
+SHIFT_REPRESENTATIONS = ("preference", "user_representation", "backbone")
 
 
 # -- rows and representations ----------------------------------------------------------------------------
 def last_rows(user: np.ndarray, time: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's last row in time order (ties: the highest row number): (row indices, user ids)."""
+    """Each user's last row in time order (ties: the highest row number): (row indices, user ids by id)."""
+    return _end_rows(user, time, last=True)
+
+
+def first_rows(user: np.ndarray, time: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's first row in time order (ties: the lowest row number): (row indices, user ids by id)."""
+    return _end_rows(user, time, last=False)
+
+
+def _end_rows(user: np.ndarray, time: np.ndarray | None, last: bool) -> tuple[np.ndarray, np.ndarray]:
     user = np.asarray(user)
     n = len(user)
     time = np.arange(n) if time is None else np.asarray(time)
     order = np.lexsort((np.arange(n), time, user))
     u = user[order]
-    last = np.ones(n, dtype=bool)
-    last[:-1] = u[1:] != u[:-1]
-    return order[last], u[last]
+    end = np.ones(n, dtype=bool)
+    if last:
+        end[:-1] = u[1:] != u[:-1]
+    else:
+        end[1:] = u[1:] != u[:-1]
+    return order[end], u[end]
 
 
 @torch.no_grad()
@@ -261,6 +290,66 @@ def _stage_report(
     return {"stage_analysis": result}
 
 
+def stage_shift(
+    module: Any,
+    datamodule: Any,
+    run_dir: Path,
+    representation: str = "preference",
+    max_users: int = 5000,
+    stage_field: str = STAGE_FIELD,
+    plot: bool = True,
+) -> dict[str, Any]:
+    """``{"stage_shift": {...}}`` (:func:`mtlbench.analysis.shift.shift_summary` and ``stage_shift.png``) for a
+    trained module, or ``{}`` without a ``stage_field`` column; rows and clustering as the module doc says.
+
+    ``max_users`` users at most (a seeded sample); the picture only with ``plot``.
+    """
+    schema, columns = datamodule.schema, datamodule.columns
+    if stage_field not in columns or schema.user_field is None:
+        return {}
+    seed = int(getattr(datamodule, "seed", 0))
+    user = columns[schema.user_field]
+    time = columns[schema.time_field] if schema.time_field in columns else None
+    late, users = last_rows(user, time)
+    early, early_users = first_rows(user, time)
+    assert np.array_equal(users, early_users)  # both in user id order
+    pick = np.flatnonzero(np.isin(late, datamodule.splits["test"]) & (early != late))
+    if len(pick) > max_users:
+        pick = np.sort(np.random.default_rng(seed).choice(pick, max_users, replace=False))
+    truth = np.asarray(columns[stage_field]).astype(np.int64)
+    true_early, true_late = truth[early[pick]], truth[late[pick]]
+    present = np.unique(np.concatenate([true_early, true_late]))
+    if len(pick) < 10 or len(present) < 2:
+        return {"stage_shift": {"skipped": f"only {len(pick)} users with two rows and a test row"}}
+    reps = model_representations(
+        module, datamodule, np.concatenate([early[pick], late[pick]]), datamodule.eval_batch_size
+    )
+    if representation not in reps:
+        name = type(module.model).__name__
+        return {"stage_shift": {"skipped": f"model {name} has no {representation!r} representation ({sorted(reps)})"}}
+    labels = list(getattr(schema, "stage_labels", None) or [])
+    names = [labels[i] if i < len(labels) else str(i) for i in range(max(len(labels), int(present.max()) + 1))]
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):  # as in stage_analysis: scikit-learn's BLAS threads contend with torch's
+        x = _standardise(reps[representation])
+        clusters = KMeans(n_clusters=len(present), n_init=10, random_state=seed).fit_predict(x)
+        result = shift_summary(true_early, true_late, clusters[: len(pick)], clusters[len(pick) :], names)
+    result = {
+        "rows": "each user's first row and last row (a test row) in time order",
+        "representation": representation,
+        "clusters": int(len(present)),
+        "seed": seed,
+        **result,
+    }
+    if plot:
+        title = f"inferred stage: k-means of {representation}"
+        plot_transitions(result, run_dir / SHIFT_FILE, title)
+        result["picture"] = SHIFT_FILE
+    return {"stage_shift": result}
+
+
 def stan_run_summary(module: Any, datamodule: Any, run_dir: Path, **settings: Any) -> dict[str, Any]:
     """STAN after testing: ``user_stages.parquet`` (every user's last y~, gamma, alpha, beta) + stage analysis.
 
@@ -307,20 +396,43 @@ def stan_run_summary(module: Any, datamodule: Any, run_dir: Path, **settings: An
 # -- in a run: after-test callbacks -----------------------------------------------------------------------
 @register_analysis("stages")
 class StageAnalysis(pl.Callback):
-    """After testing (best checkpoint), on rank zero: :func:`stage_analysis` into ``results.json``.
+    """After testing (best checkpoint), on rank zero: :func:`stage_analysis` (and, with ``shift``,
+    :func:`stage_shift`) into ``results.json``.
 
-    ``max_users``: users (last test interaction) for the k-means NMI and the linear probe; ``tsne_users``: users in
-    ``stage_tsne.png`` (0 = no picture); ``probe``: fit the linear probes; ``stage_field``: the ground-truth stage
-    column (a dataset without it, every real log, skips the analysis).
+    ``max_users``: users (last test interaction) for the k-means NMI and the linear probe, and at most as many for
+    the stage shift; ``tsne_users``: users in ``stage_tsne.png`` (0 = no picture); ``probe``: fit the linear probes;
+    ``stage_field``: the ground-truth stage column (a dataset without it, every real log, skips the analysis);
+    ``shift``: the stage shift over time (``stage_shift`` and ``stage_shift.png``) on the representation
+    ``shift_representation`` (``backbone``: the towers' inputs, any model; ``preference``,
+    ``user_representation``: STAN's).
     """
 
     def __init__(
-        self, max_users: int = 5000, tsne_users: int = 0, probe: bool = True, stage_field: str = STAGE_FIELD
+        self,
+        max_users: int = 5000,
+        tsne_users: int = 0,
+        probe: bool = True,
+        stage_field: str = STAGE_FIELD,
+        shift: bool = False,
+        shift_representation: str = "backbone",
     ) -> None:
+        if shift_representation not in SHIFT_REPRESENTATIONS:
+            raise ConfigError(
+                f"analysis shift_representation must be one of {', '.join(SHIFT_REPRESENTATIONS)}, "
+                f"got {shift_representation!r}"
+            )
+        if not isinstance(max_users, int) or isinstance(max_users, bool) or max_users < 10:
+            raise ConfigError(f"analysis max_users must be an integer >= 10, got {max_users!r}")
         self.settings: dict[str, Any] = {
             "max_users": max_users,
             "tsne_users": tsne_users,
             "probe": probe,
+            "stage_field": stage_field,
+        }
+        self.shift = bool(shift)
+        self.shift_settings: dict[str, Any] = {
+            "representation": shift_representation,
+            "max_users": max_users,
             "stage_field": stage_field,
         }
 
@@ -331,20 +443,31 @@ class StageAnalysis(pl.Callback):
             pl_module.summaries.update(self.analyse(pl_module, datamodule, Path(trainer.default_root_dir)))
 
     def analyse(self, module: Any, datamodule: Any, run_dir: Path) -> dict[str, Any]:
-        return stage_analysis(module, datamodule, run_dir, **self.settings)
+        out = stage_analysis(module, datamodule, run_dir, **self.settings)
+        return {**out, **self.analyse_shift(module, datamodule, run_dir)}
+
+    def analyse_shift(self, module: Any, datamodule: Any, run_dir: Path) -> dict[str, Any]:
+        return stage_shift(module, datamodule, run_dir, **self.shift_settings) if self.shift else {}
 
 
 @register_analysis("stan_stages")
 class StanStageAnalysis(StageAnalysis):
     """STAN's: :func:`stan_run_summary` (``user_stages.parquet`` + the stage analysis with gamma and y~).
 
-    The defaults draw the paper's Fig. 6 picture (1000 users in ``stage_tsne.png``).
+    The defaults draw the paper's Fig. 6 picture (1000 users in ``stage_tsne.png``) and its Fig. 7 question, the
+    stage shift over time of y~ (``stage_shift``, ``stage_shift.png``; ``shift=false`` turns it off).
     """
 
     def __init__(
-        self, max_users: int = 5000, tsne_users: int = 1000, probe: bool = True, stage_field: str = STAGE_FIELD
+        self,
+        max_users: int = 5000,
+        tsne_users: int = 1000,
+        probe: bool = True,
+        stage_field: str = STAGE_FIELD,
+        shift: bool = True,
+        shift_representation: str = "preference",
     ) -> None:
-        super().__init__(max_users, tsne_users, probe, stage_field)
+        super().__init__(max_users, tsne_users, probe, stage_field, shift, shift_representation)
 
     def setup(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
         if not getattr(pl_module.model, "outputs_preference", False):
@@ -354,4 +477,5 @@ class StanStageAnalysis(StageAnalysis):
             )
 
     def analyse(self, module: Any, datamodule: Any, run_dir: Path) -> dict[str, Any]:
-        return stan_run_summary(module, datamodule, run_dir, **self.settings)
+        out = stan_run_summary(module, datamodule, run_dir, **self.settings)
+        return {**out, **self.analyse_shift(module, datamodule, run_dir)}

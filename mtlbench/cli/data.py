@@ -156,7 +156,140 @@ def describe_data(schema, columns: dict[str, np.ndarray], splits: dict[str, np.n
     out["tasks"] = tasks
     out["task_roles"] = dict(schema.task_roles)
     out["splits"] = {name: int(len(rows)) for name, rows in splits.items()}
+    stages = describe_stages(schema, columns)
+    if stages is not None:
+        out["stages"] = stages
     return out
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    """ROC AUC (Mann-Whitney, ties counted half); None without both classes."""
+    from scipy.stats import rankdata
+
+    pos = y == 1
+    n1 = int(pos.sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return None
+    ranks = rankdata(score)
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def _none_if_nan(v: float) -> float | None:
+    return None if not np.isfinite(v) else float(v)
+
+
+def describe_stages(schema, columns: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """Per reference stage (``schema.stage_field``, an analysis field): rows, the positive rate of every task,
+    the oracle AUC of its true logits (analysis field ``true_logit_<task>``), the within-user correlation of
+    the true logits between each pair of tasks (each user's mean within the stage removed), and the share of
+    rows whose stage differs from the user's previous row (overall, and per stage: rows entering the stage).
+    None when the dataset has no stage field."""
+    from mtlbench.data.order import Timeline
+    from mtlbench.data.schema import true_logit_column
+
+    field = getattr(schema, "stage_field", None)
+    if field is None or field not in columns:
+        return None
+    stage = np.asarray(columns[field], dtype=np.int64)
+    labels = list(getattr(schema, "stage_labels", None) or [])
+    k = max(len(labels), int(stage.max()) + 1 if len(stage) else 0)
+    names = [labels[s] if s < len(labels) else str(s) for s in range(k)]
+    out: dict[str, Any] = {"field": field, "labels": names, "rows": np.bincount(stage, minlength=k).tolist()}
+    logits = {
+        t: np.asarray(columns[true_logit_column(t)], dtype=np.float64)
+        for t in schema.tasks
+        if true_logit_column(t) in schema.analysis_fields and true_logit_column(t) in columns
+    }
+    tasks: dict[str, Any] = {}
+    for t in schema.tasks:
+        y = np.asarray(columns[t], dtype=np.float64)
+        m = ~np.isnan(y)
+        cnt = np.bincount(stage[m], minlength=k)
+        pos = np.bincount(stage[m], weights=y[m], minlength=k)
+        entry: dict[str, Any] = {"rate": [float(p / c) if c else None for p, c in zip(pos, cnt)]}
+        if t in logits:
+            ok = m & np.isfinite(logits[t])
+            entry["oracle_auc"] = [_auc(y[ok & (stage == s)], logits[t][ok & (stage == s)]) for s in range(k)]
+        tasks[t] = entry
+    out["tasks"] = tasks
+    user_field = schema.user_field
+    if user_field is not None and len(logits) >= 2:
+        ok = np.all([np.isfinite(v) for v in logits.values()], axis=0)
+        user = np.asarray(columns[user_field], dtype=np.int64)[ok]
+        st = stage[ok]
+        _, group = np.unique(user * k + st, return_inverse=True)  # (user, stage) groups
+        size = np.bincount(group)
+        resid = {}
+        for t, v in logits.items():  # each user's mean within the stage removed
+            x = v[ok]
+            resid[t] = x - (np.bincount(group, weights=x) / size)[group]
+        corr = {}
+        names_t = list(logits)
+        for i, a in enumerate(names_t):
+            for b in names_t[i + 1 :]:
+                ab = np.bincount(st, weights=resid[a] * resid[b], minlength=k)
+                aa = np.bincount(st, weights=resid[a] ** 2, minlength=k)
+                bb = np.bincount(st, weights=resid[b] ** 2, minlength=k)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    corr[f"{a}~{b}"] = [_none_if_nan(v) for v in ab / np.sqrt(aa * bb)]
+        out["within_user_corr"] = corr
+    if user_field is not None:
+        time = columns.get(schema.time_field) if schema.time_field else None
+        timeline = Timeline(np.asarray(columns[user_field]), None if time is None else np.asarray(time))
+        s_t = stage[timeline.order]
+        has_prev = timeline.rank > 0
+        prev = np.roll(s_t, 1)
+        changed = has_prev & (s_t != prev)
+        out["changed"] = float(changed.sum() / max(int(has_prev.sum()), 1))
+        n_prev = np.bincount(s_t[has_prev], minlength=k)
+        n_changed = np.bincount(s_t[changed], minlength=k)
+        out["changed_by_stage"] = [float(c / p) if p else None for c, p in zip(n_changed, n_prev)]
+    return out
+
+
+def format_stages(st: dict[str, Any]) -> list[str]:
+    """The lines of ``describe_stages``' output."""
+
+    def num(v: float | None, fmt: str = ".4f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    names = st["labels"]
+    total = max(sum(st["rows"]), 1)
+    lines = [
+        f"stages ({st['field']}): "
+        + ", ".join(f"{name} {rows:,} ({rows / total:.1%})" for name, rows in zip(names, st["rows"]))
+    ]
+    if "changed" in st:
+        lines.append(
+            f"rows whose stage differs from the user's previous row: {st['changed']:.2%}; entering each stage: "
+            + ", ".join(f"{name} {num(v, '.2%')}" for name, v in zip(names, st["changed_by_stage"]))
+        )
+    tasks = list(st["tasks"])
+    oracle = any("oracle_auc" in e for e in st["tasks"].values())
+    what = "positive rate / oracle AUC of the true logits" if oracle else "positive rate"
+    width = 17 if oracle else 10
+    lines.append(f"per stage x task: {what}")
+    lines.append("  " + f"{'stage':<10}" + "".join(f"{t:>{width}}" for t in tasks))
+    for s, name in enumerate(names):
+        cells = []
+        for t in tasks:
+            e = st["tasks"][t]
+            cell = num(e["rate"][s])
+            if oracle:
+                cell += " / " + (num(e["oracle_auc"][s]) if "oracle_auc" in e else "-")
+            cells.append(f"{cell:>{width}}")
+        lines.append("  " + f"{name:<10}" + "".join(cells))
+    if st.get("within_user_corr"):
+        pairs = list(st["within_user_corr"])
+        width = max(20, *(len(p) + 2 for p in pairs))
+        lines.append("within-user correlation of the true logits (each user's mean in the stage removed):")
+        lines.append("  " + f"{'stage':<10}" + "".join(f"{p:>{width}}" for p in pairs))
+        for s, name in enumerate(names):
+            lines.append(
+                "  " + f"{name:<10}" + "".join(f"{num(st['within_user_corr'][p][s], '+.3f'):>{width}}" for p in pairs)
+            )
+    return lines
 
 
 def format_description(d: dict[str, Any]) -> str:
@@ -201,6 +334,8 @@ def format_description(d: dict[str, Any]) -> str:
                 + " by scenario: "
                 + " ".join(f"{i}={'-' if v is None else f'{v:.4f}'}" for i, v in enumerate(e["rate_by_scenario"]))
             )
+    if d.get("stages"):
+        lines += format_stages(d["stages"])
     return "\n".join(lines)
 
 
@@ -314,7 +449,11 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     for name, helptext in (
-        ("describe", "schema, rows, users, items, time span, label rates, split sizes"),
+        (
+            "describe",
+            "schema, rows, users, items, time span, label rates, split sizes; with a stage field (the simulator's "
+            "true_stage) rates, oracle AUC and within-user task correlations per stage",
+        ),
         ("prepare", "build the cache entry and report its size and time"),
     ):
         c = sub.add_parser(name, help=helptext, parents=[common])

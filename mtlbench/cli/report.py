@@ -1,7 +1,8 @@
 """``mtlbench-report RUN_OR_SWEEP_DIR... --out DIR``: leaderboard.md/.csv/.tex/.html from finished runs.
 
 Every ``results.json`` under the given directories is a complete run; a run directory without one is
-listed as incomplete and never counted. Runs that differ only in their seed form one row.
+listed as incomplete and never counted. Runs that differ only in their seed form one row. With ``--gap-metrics``,
+the candidate - base gap per data cell also goes to gap.csv and gap_<metric>.png.
 """
 
 from __future__ import annotations
@@ -48,6 +49,18 @@ def parser() -> argparse.ArgumentParser:
         default="auc",
         help="metrics with a per-scenario table when runs report them (default: auc; 'none' for none)",
     )
+    p.add_argument(
+        "--stage-metrics",
+        default="auc",
+        help="metrics with a per-stage table when runs report them, e.g. auc@stage=Wander on the simulator "
+        "(default: auc; 'none' for none)",
+    )
+    p.add_argument(
+        "--rule-stage-metrics",
+        default="auc",
+        help="metrics with a per-rule-stage table (STAN section 2.1's stages, e.g. auc@rule_stage=Wander: the "
+        "Stage_Single comparison) when runs report them (default: auc; 'none' for none)",
+    )
     p.add_argument("--split", default="test", choices=("test", "valid"), help="which split (default: test)")
     p.add_argument(
         "--base",
@@ -64,7 +77,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--candidate",
         default=None,
-        help="test this model against the best other model (default: the best model per column)",
+        help="test this model (a label, model+weighting or model) against the best other model (default: the best "
+        "model per column); the gap's candidate",
     )
     p.add_argument("--tasks", default="", help="tasks to show, comma-separated (default: all)")
     p.add_argument(
@@ -79,7 +93,8 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="MODEL=LABEL",
-        help="display name of a model, e.g. single_task=MLP_Single (repeatable)",
+        help="display name of a model, e.g. single_task=MLP_Single, or of a model with one weighting, e.g. "
+        "stan+equal=STAN (equal weighting) (repeatable)",
     )
     p.add_argument(
         "--models", default="", help="row order, comma-separated model names (default: base first, then by name)"
@@ -91,6 +106,26 @@ def parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="another config key (glob) that does not separate groups (repeatable)",
     )
+    p.add_argument(
+        "--gap-metrics",
+        default="none",
+        help="candidate - base per data cell and task, e.g. auc,gauc: paired t over seeds and, for AUC and GAUC, a "
+        "paired bootstrap over test users; needs --base and --candidate (default: none)",
+    )
+    p.add_argument(
+        "--gap-stage-metrics",
+        default="none",
+        help="the gap's per-stage breakdown, e.g. auc for auc@stage=<name> (default: none)",
+    )
+    p.add_argument(
+        "--grid",
+        default="",
+        help="config keys of the gap's cells (heat-map rows, then columns), e.g. "
+        "dataset.task_conflict.Wander,dataset.label_noise.New (default: the dataset settings that differ)",
+    )
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples of the user bootstrap (0: none; 1000)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the user bootstrap (default: 0)")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of the gap's intervals (default: 0.95)")
     p.add_argument("--title", default="Leaderboard")
     p.add_argument("--no-html", action="store_true", help="skip leaderboard.html (and its plots)")
     p.add_argument("--quiet", action="store_true", help="do not print the Markdown table")
@@ -103,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = ReportSettings(
             metrics=_list(args.metrics),
             scenario_metrics=_list(args.scenario_metrics),
+            stage_metrics=_list(args.stage_metrics),
+            rule_stage_metrics=_list(args.rule_stage_metrics),
             split=args.split,
             base=None if args.base.lower() in ("", "none") else args.base,
             test=args.test,
@@ -113,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
             models=_list(args.models) or None,
             ignore=[*IGNORED_KEYS, *args.ignore],
             title=args.title,
+            gap_metrics=_list(args.gap_metrics),
+            gap_stage_metrics=_list(args.gap_stage_metrics),
+            grid=_list(args.grid) or None,
+            bootstrap=args.bootstrap,
+            bootstrap_seed=args.bootstrap_seed,
+            confidence=args.confidence,
         )
         board = write_report(args.dirs, args.out, settings, html=not args.no_html)
     except MtlbenchError as e:

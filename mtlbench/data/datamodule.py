@@ -15,8 +15,10 @@ from mtlbench.data.hashing import apply_hashing, hash_plan
 from mtlbench.data.loader import TensorBatchLoader
 from mtlbench.data.schema import DatasetSchema, select_tasks
 from mtlbench.data.splits import check_not_empty, make_splits
+from mtlbench.data.subset import apply_subset
 from mtlbench.errors import ConfigError
 from mtlbench.factory import create_dataset
+from mtlbench.metrics.base import analysis_group_columns
 
 
 class MultiTaskDataModule(pl.LightningDataModule):
@@ -24,6 +26,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
 
     ``batch_size`` is the global training batch: under DDP each of ``world`` processes gets
     ``batch_size // world`` rows per step, so results don't depend on the number of processes.
+    ``subset`` (e.g. ``{"rule_stage": "Wander"}``) keeps only one lifecycle stage's rows in every split, after
+    splitting and after the derived inputs (STAN's Stage_Single: :mod:`mtlbench.data.subset`).
     """
 
     name: str  # the registered dataset name (LightningDataModule declares it Optional)
@@ -42,6 +46,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
         extra_settings: dict[str, Any] | None = None,
         hash_buckets: int | dict[str, int] | None = None,
         tasks: list[str] | None = None,
+        subset: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -57,10 +62,14 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.hash_buckets = hash_buckets
         self.hashed_fields: list[str] = []  # the categorical fields hash_buckets hashed (set by load)
         self.tasks = list(tasks) if tasks else None
+        self.subset = dict(subset) if subset else None
         self.schema: DatasetSchema | None = None
         self.columns: dict[str, np.ndarray] = {}
         self.splits: dict[str, np.ndarray] = {}
         self.tensors: dict[str, torch.Tensor] = {}
+        #: row-aligned ids of the analysis groups (e.g. ``true_stage``), for metrics only: never in ``tensors``,
+        #: so never in a batch a model sees
+        self.analysis_groups: dict[str, torch.Tensor] = {}
         self.cache_path: Path | None = None
 
     def load(self) -> DatasetSchema:
@@ -78,12 +87,19 @@ class MultiTaskDataModule(pl.LightningDataModule):
         from mtlbench.data.tensors import build_tensors, standardize_numeric
 
         self.tensors = build_tensors(self.schema, self.columns)
+        self.analysis_groups = {
+            group: torch.from_numpy(np.array(self.columns[column], dtype=np.int64))
+            for group, column in analysis_group_columns(self.schema).items()
+        }
         standardize_numeric(self.schema, self.tensors, self.splits["train"])
         for name in self.extra_inputs:
             values = compute_derived(
                 name, self.schema, self.columns, self.splits["train"], **self.extra_settings.get(name, {})
             )
             self.tensors[name] = torch.from_numpy(np.ascontiguousarray(values))
+        if self.subset:  # last: every input and the stages are those of the all-data run
+            rule_settings = self.extra_settings.get("rule_stage", {})
+            self.splits = apply_subset(self.schema, self.columns, self.splits, self.subset, rule_settings)
         return self.schema
 
     def prepare_data(self) -> None:

@@ -24,6 +24,11 @@ def weights_column(name: str) -> str:
     return f"{name}:weights"
 
 
+def true_logit_column(task: str) -> str:
+    """Analysis column of a task's true log-odds per row (a simulator's oracle), e.g. ``true_logit_click``."""
+    return f"true_logit_{task}"
+
+
 @dataclass(frozen=True)
 class Feature:
     """One model input column.
@@ -56,7 +61,10 @@ class DatasetSchema:
     ``TASK_ROLES``) to the task that plays it (``{"click": "ctr", "conversion": "ctcvr"}``), so conversion-chain
     models find their tasks on any dataset; a run's ``tasks`` and a report's may name ``role:<role>``.
     ``scenario_labels`` names the scenario ids in reports (Ali-CCP's B1/B2/B3). ``analysis_fields`` are for
-    evaluation and reporting only and never reach a model.
+    evaluation and reporting only and never reach a model. ``stage_field`` names the analysis field that holds a
+    reference lifecycle stage id per row (the simulator's ground truth ``true_stage``), for metrics by stage
+    (``auc@stage=<name>``) and ``mtlbench-data describe``; ``stage_labels`` names its ids. An analysis field
+    ``true_logit_<task>`` (:func:`true_logit_column`) holds a task's true log-odds (oracle AUC in ``describe``).
     """
 
     name: str
@@ -75,6 +83,8 @@ class DatasetSchema:
     #: counts the reader reports about its input (e.g. rows dropped), shown by ``mtlbench-data describe``
     stats: dict[str, int] = field(default_factory=dict)
     scenario_labels: list[str] = field(default_factory=list)  # a name per scenario id, for reports (e.g. B1)
+    stage_field: str | None = None  # an analysis field: a reference stage id per row (int64, 0..)
+    stage_labels: list[str] = field(default_factory=list)  # a name per stage id (e.g. New, Wander, Stick, Loyal)
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.features]
@@ -109,6 +119,11 @@ class DatasetSchema:
         if self.scenario_labels and self.scenario_field and len(self.scenario_labels) != self.num_scenarios:
             raise DataError(
                 f"dataset {self.name!r}: {len(self.scenario_labels)} scenario_labels for {self.num_scenarios} scenarios"
+            )
+        if self.stage_field is not None and self.stage_field not in self.analysis_fields:
+            raise DataError(
+                f"dataset {self.name!r}: stage_field {self.stage_field!r} is not one of the analysis_fields "
+                f"{self.analysis_fields} (a stage for evaluation must never reach a model)"
             )
         entire = [self.task_roles[r] for r in ("click", "conversion") if r in self.task_roles]
         if any(t in self.conditional_tasks for t in entire):

@@ -19,19 +19,63 @@ Generative story (after the STAN paper, sec. 2.1):
   biases + Gaussian noise of std ``noise``.
 * Observable features only hint at the stage: ``activity_level`` is a noisy function of it,
   ``tenure_bucket`` buckets the position along the user's timeline, ``hist_items`` holds the user's
-  previous items (most recent first). The true stage is kept in the analysis field ``true_stage``.
+  previous items (most recent first). The true stage is kept in the analysis field ``true_stage``
+  (``schema.stage_field``, named by ``schema.stage_labels``), and the true log-odds of every label in the
+  analysis fields ``true_logit_<task>`` (the logit of the oracle probability of the label as it was generated,
+  row noise marginalised, accidental positives included; clipped to +-34.5). No model reads analysis fields.
 
-Everything is vectorised with numpy; the only Python loops run over stage segments, stages and tasks.
+Three knobs set what stage awareness can gain (STAN's premise); at their defaults the data is exactly what it
+was without them (same random draws in the same order; the knobs draw their own randomness from
+``np.random.default_rng([seed, k])``):
+
+* ``task_conflict`` (default 0: none): how far the tasks' item preferences diverge within a stage; one number
+  rho in [-1, 1] for every stage or ``{stage_name: rho}`` (unnamed stages: 0). A task's *item preference* is
+  the item-dependent part of its label's logit: ``Q_click`` = the click logit's affinity + item bias +
+  demographic x category terms, ``Q_long_view`` = the same terms of the mean log stay time, and
+  ``Q_purchase`` = ``Q_click`` + the conversion logit's terms (price included), since purchase = click AND
+  conversion. On the rows of a stage with rho != 0 each Q_t is standardised over those rows (z_t), the
+  tasks' mean z_bar is taken and ``z'_t = (1 - rho) z_bar + (1 + rho) (z_t - z_bar)``, rescaled to unit std
+  and mapped back to Q_t's mean and std over the rows; the conversion logit's item term becomes
+  ``Q'_purchase - Q'_click``. rho = 0 leaves the preferences as they are; rho = 1 keeps only their contrast
+  (three preferences at pairwise correlation -1/2: what one task ranks high another ranks low; the true
+  logits, which keep shared context terms such as the scenario offsets, correlate negatively within users:
+  -0.35 / -0.13 / -0.57 for click~long_view / click~purchase / long_view~purchase in Wander of the default
+  data, against +0.64 / +0.58 / +0.54 without conflict); rho = -1 gives every task the same preference
+  (correlations rise towards 1). Each stage keeps its marginal label rates: per task, one offset on the
+  stage's rows is solved (bisection, in the order click, long_view, purchase) so that the mean true
+  probability over the stage's rows equals the one without conflict. The labels reuse the very same random
+  draws (common random numbers): rows of other stages keep their labels and true logits, and ``long_view`` is
+  binarised at the median log stay time of the setting without conflict.
+* ``label_noise`` (default 0: none): accidental, item-independent positives per stage and task; one number
+  eps for every stage and task, or ``{stage_name: eps}`` (every task), or ``{stage_name: {task: eps}}``
+  (unnamed: 0). After the labels are drawn, ``y = max(y_true, a)`` with ``a ~ Bernoulli(eps[stage, task])``
+  drawn independently per row and task, so eps does not depend on the positive rate. For ``purchase`` the
+  accidental positive lands only on rows whose (observed) click is 1, so purchase = 1 still implies
+  click = 1: ``purchase = max(purchase_true, click * a)``. The oracle probabilities account for it
+  (``1 - (1 - p)(1 - eps)``; purchase: ``p_purchase + (P(click observed) - p_purchase) eps``).
+* ``stage_dwell`` (default null: today's dwell): the mean number of interactions a user stays in a stage, in
+  units of the history window ``seq_len`` (the length of ``hist_items``); one number for every stage or
+  ``{stage_name: windows}`` (unnamed stages keep the default). A stay is geometric with leaving probability
+  ``1 / (stage_dwell * seq_len)`` per interaction (needs ``stage_dwell * seq_len >= 1``). The default is
+  ``1 / ((1 - stage_persistence) * LEAVE_FACTOR[stage])`` interactions: 22.2, 27.8, 33.3 and 83.3 at
+  ``stage_persistence=0.97``, i.e. 2.2, 2.8, 3.3 and 8.3 windows of ``seq_len=10``. Only the stages move:
+  the stage process (and the favourite-category picks that follow it) draw from the knob's stream while the
+  main stream still makes the default's draws, so users, sessions, timestamps, scenarios and the label draws
+  are those of the default setting.
+
+Everything is vectorised with numpy; the only Python loops run over stage segments, stages and tasks (and
+the bisection steps of ``task_conflict``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.special import expit, ndtr
+from scipy.special import expit, logit, ndtr
 
-from mtlbench.data.schema import DatasetSchema, Feature
+from mtlbench.data.schema import DatasetSchema, Feature, true_logit_column
 from mtlbench.data.source import DatasetSource
 from mtlbench.datasets.features import recent_items
 from mtlbench.errors import ConfigError
@@ -94,6 +138,17 @@ HORIZON_S = 30 * 86400  # observation window (s)
 IN_SESSION_GAP_S = 40.0  # mean gap between interactions of a session (s)
 DAY_S = 86400
 
+# -- knobs -------------------------------------------------------------------------------------------------
+#: second key of ``np.random.default_rng([seed, key])``: the knobs' own random streams (the default path never
+#: draws from them)
+LABEL_NOISE_STREAM = 1
+STAGE_DWELL_STREAM = 2
+#: bisection steps of the per-stage offsets that keep the label rates under ``task_conflict``
+CALIBRATION_STEPS = 60
+CALIBRATION_RANGE = 30.0
+#: true logits are stored clipped to the logit of 1e-15 (a probability of 0 or 1 has no finite logit)
+TRUE_LOGIT_EPS = 1e-15
+
 
 class Simulation(NamedTuple):
     """Output of :meth:`LifecycleSimulator.simulate`: the dataset plus the true label probabilities."""
@@ -107,7 +162,9 @@ class Simulation(NamedTuple):
 class LifecycleSimulator(DatasetSource):
     """Synthetic multi-task, multi-scenario data whose label distributions follow latent user stages."""
 
-    version = "3"  # 2: item_popularity from the catalogue rank (no future counts); 3: task roles
+    # 2: item_popularity from the catalogue rank (no future counts); 3: task roles; 4: the knobs task_conflict,
+    # label_noise and stage_dwell, true_logit_<task> analysis columns, the stage field (same columns at defaults)
+    version = "4"
 
     def __init__(
         self,
@@ -119,9 +176,14 @@ class LifecycleSimulator(DatasetSource):
         seed: int = 0,
         stage_persistence: float = 0.97,
         noise: float = 0.5,
+        task_conflict: float | dict[str, float] = 0.0,
+        label_noise: float | dict[str, Any] = 0.0,
+        stage_dwell: float | dict[str, float] | None = None,
     ) -> None:
         """``stage_persistence``: per-interaction probability of staying in a stage (scaled by
-        ``LEAVE_FACTOR``); ``noise``: std of the unobservable per-row Gaussian noise on every logit."""
+        ``LEAVE_FACTOR``); ``noise``: std of the unobservable per-row Gaussian noise on every logit;
+        ``task_conflict``, ``label_noise``, ``stage_dwell``: see the module docstring (defaults: none, none,
+        today's dwell)."""
         if min(n_users, n_items, n_rows, seq_len, n_scenarios) <= 0:
             raise ConfigError("lifecycle: n_users, n_items, n_rows, seq_len and n_scenarios must be positive")
         if not 0.0 <= stage_persistence < 1.0:
@@ -131,6 +193,17 @@ class LifecycleSimulator(DatasetSource):
         self.n_users, self.n_items, self.n_rows = int(n_users), int(n_items), int(n_rows)
         self.seq_len, self.n_scenarios, self.seed = int(seq_len), int(n_scenarios), int(seed)
         self.stage_persistence, self.noise = float(stage_persistence), float(noise)
+        #: rho per stage (0: the tasks' preferences as they are)
+        self.conflict = _per_stage("task_conflict", task_conflict, 0.0, -1.0, 1.0)
+        #: eps per stage x task (0: no accidental positives)
+        self.label_eps = _label_noise(label_noise)
+        #: probability of leaving each stage after an interaction: by default from ``stage_persistence``
+        self.default_leave = np.clip((1.0 - self.stage_persistence) * LEAVE_FACTOR, 1e-9, 1.0)
+        self.leave = self.default_leave
+        self.dwell_set = stage_dwell is not None
+        if stage_dwell is not None:
+            windows = _per_stage("stage_dwell", stage_dwell, np.nan, 1.0 / self.seq_len, np.inf)
+            self.leave = np.where(np.isnan(windows), self.default_leave, 1.0 / (windows * self.seq_len))
 
     # -- contract -------------------------------------------------------------------------------------
     def build(self) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
@@ -163,7 +236,9 @@ class LifecycleSimulator(DatasetSource):
             scenario_field="scenario",
             time_field="timestamp",
             session_field="session_id",
-            analysis_fields=["true_stage"],
+            analysis_fields=["true_stage", *(true_logit_column(t) for t in TASKS)],
+            stage_field="true_stage",
+            stage_labels=list(STAGE_NAMES),
             task_roles={"click": "click", "conversion": "purchase"},  # purchase: entire space (needs a click)
         )
 
@@ -202,7 +277,8 @@ class LifecycleSimulator(DatasetSource):
         user = np.repeat(np.arange(n_users), counts)
         user_start = np.cumsum(counts) - counts
         pos = np.arange(n) - np.repeat(user_start, counts)
-        stage = self._stages(rng, counts, user_start)
+        dwell_rng = np.random.default_rng([self.seed, STAGE_DWELL_STREAM])
+        stage, default_stage = self._stages(rng, dwell_rng, counts, user_start)
 
         # items: stage-dependent Zipf draw, favourite category for Stick/Loyal
         item = np.empty(n, dtype=np.int64)
@@ -212,8 +288,13 @@ class LifecycleSimulator(DatasetSource):
             cdf = np.cumsum((np.arange(n_items) + 1.0) ** -ZIPF_EXPONENT[s])
             ranks = np.minimum(np.searchsorted(cdf, u[rows] * cdf[-1], side="right"), n_items - 1)
             item[rows] = item_of_rank[ranks]
-        fav_rows = np.flatnonzero(rng.random(n) < FAVOURITE_P[stage])
-        picked = _uniform_item_of_category(rng, category, favourite[user[fav_rows]], N_CATEGORIES)
+        fav_u = rng.random(n)
+        fav_rows = np.flatnonzero(fav_u < FAVOURITE_P[stage])
+        pick_rng = rng
+        if self.dwell_set:  # rng makes the default stages' draws; the picks of these stages come from the knob's
+            rng.random(int(np.count_nonzero(fav_u < FAVOURITE_P[default_stage])))
+            pick_rng = dwell_rng
+        picked = _uniform_item_of_category(pick_rng, category, favourite[user[fav_rows]], N_CATEGORIES)
         ok = picked >= 0  # a category may have no items
         item[fav_rows[ok]] = picked[ok]
 
@@ -238,34 +319,51 @@ class LifecycleSimulator(DatasetSource):
             affinity = aff_scale * (uv @ task_dim_w[t])
             return affinity + item_bias[t][item] + demo_cat[t][age[user], gender[user], cat]
 
-        def noisy(logit: np.ndarray) -> np.ndarray:
-            return logit + rng.normal(0.0, self.noise, n)
+        offsets = np.linspace(0.5, -0.5, self.n_scenarios) if self.n_scenarios > 1 else np.zeros(1)
+        pref = {t: base(t) for t in TASKS}  # the tasks' item-dependent terms
+        price = price_bucket[item] / (N_PRICE_BUCKETS - 1)
+        click_logit = (
+            CLICK_LOGIT[stage]
+            + offsets[scenario]
+            + user_bias[user]
+            + pref["click"]
+            + HOUR_EFFECT * np.sin(2 * np.pi * hour)
+        )
+        stay_mean = STAY_MEAN[stage] + 0.5 * offsets[scenario] + pref["long_view"]
+        cvr_logit = CVR_LOGIT[stage] - offsets[scenario] - PRICE_EFFECT * price + pref["purchase"]
+        # the row draws, in the order the labels always took them (the left operand of ``<`` first)
+        u_click = rng.random(n)
+        e_click = rng.normal(0.0, self.noise, n)
+        e_stay = rng.normal(0.0, self.noise, n)
+        r_stay = rng.normal(0.0, STAY_RESIDUAL, n)
+        u_cvr = rng.random(n)
+        e_cvr = rng.normal(0.0, self.noise, n)
 
         # the row noise is unobservable: oracle probabilities marginalise it (probit approximation)
         shrink = 1.0 / np.sqrt(1.0 + np.pi * self.noise**2 / 8.0)
         stay_std = np.sqrt(STAY_RESIDUAL**2 + self.noise**2)
 
-        offsets = np.linspace(0.5, -0.5, self.n_scenarios) if self.n_scenarios > 1 else np.zeros(1)
-        click_logit = (
-            CLICK_LOGIT[stage]
-            + offsets[scenario]
-            + user_bias[user]
-            + base("click")
-            + HOUR_EFFECT * np.sin(2 * np.pi * hour)
-        )
-        click = rng.random(n) < expit(noisy(click_logit))
-        stay_mean = STAY_MEAN[stage] + 0.5 * offsets[scenario] + base("long_view")
-        log_stay = noisy(stay_mean) + STAY_CLICK_BONUS * click + rng.normal(0.0, STAY_RESIDUAL, n)
-        threshold = np.median(log_stay)
+        def p_stay(mean: np.ndarray, p_click: np.ndarray, threshold: float) -> np.ndarray:
+            return p_click * ndtr((mean + STAY_CLICK_BONUS - threshold) / stay_std) + (1 - p_click) * ndtr(
+                (mean - threshold) / stay_std
+            )
+
+        click = u_click < expit(click_logit + e_click)
+        log_stay = (stay_mean + e_stay) + STAY_CLICK_BONUS * click + r_stay
+        threshold = np.median(log_stay)  # long_view: above the median (of the setting without task_conflict)
+        if np.any(self.conflict != 0):
+            click_logit, stay_mean, cvr_logit = self._conflict(
+                stage, pref, price, (click_logit, stay_mean, cvr_logit), shrink, lambda m, p: p_stay(m, p, threshold)
+            )
+            click = u_click < expit(click_logit + e_click)
+            log_stay = (stay_mean + e_stay) + STAY_CLICK_BONUS * click + r_stay
         long_view = log_stay > threshold
-        price = price_bucket[item] / (N_PRICE_BUCKETS - 1)
-        cvr_logit = CVR_LOGIT[stage] - offsets[scenario] - PRICE_EFFECT * price + base("purchase")
-        purchase = click & (rng.random(n) < expit(noisy(cvr_logit)))
+        purchase = click & (u_cvr < expit(cvr_logit + e_cvr))
         p_click, p_cvr = expit(shrink * click_logit), expit(shrink * cvr_logit)
-        p_stay = p_click * ndtr((stay_mean + STAY_CLICK_BONUS - threshold) / stay_std) + (1 - p_click) * ndtr(
-            (stay_mean - threshold) / stay_std
-        )
-        truth = {"click": p_click, "long_view": p_stay, "purchase": p_click * p_cvr}
+        truth = {"click": p_click, "long_view": p_stay(stay_mean, p_click, threshold), "purchase": p_click * p_cvr}
+        labels = {"click": click, "long_view": long_view, "purchase": purchase}
+        if np.any(self.label_eps > 0):
+            labels, truth = self._label_noise(stage, labels, truth)
 
         # history: previous seq_len items of the same user, most recent first (rows are user-major in time order)
         hist = recent_items(user, item, self.seq_len)
@@ -291,13 +389,16 @@ class LifecycleSimulator(DatasetSource):
             "item_popularity": popularity[item],
             "hour": hour,
             "hist_items": hist,
-            "click": click,
-            "long_view": long_view,
-            "purchase": purchase,
+            "click": labels["click"],
+            "long_view": labels["long_view"],
+            "purchase": labels["purchase"],
             "timestamp": timestamp,
             "session_id": session_id,
             "true_stage": stage,
         }
+        for t in TASKS:  # analysis only: the log-odds of the oracle probabilities
+            p = np.clip(truth[t], TRUE_LOGIT_EPS, 1.0 - TRUE_LOGIT_EPS)
+            columns[true_logit_column(t)] = logit(p)
         order = np.lexsort((pos, user, timestamp))  # global time order, ties broken by user then position
         columns = {k: _as_column(k, v[order]) for k, v in columns.items()}
         truth = {k: v[order].astype(np.float32) for k, v in truth.items()}
@@ -305,15 +406,75 @@ class LifecycleSimulator(DatasetSource):
         schema.validate(columns, source="lifecycle simulator")
         return Simulation(schema, columns, truth)
 
+    def _conflict(
+        self,
+        stage: np.ndarray,
+        pref: dict[str, np.ndarray],
+        price: np.ndarray,
+        logits: tuple[np.ndarray, np.ndarray, np.ndarray],
+        shrink: float,
+        p_stay: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``task_conflict``: (click logit, mean log stay, conversion logit) with the tasks' item preferences
+        mixed on each conflicting stage's rows, and one offset per task and stage that keeps the stage's mean
+        true probabilities those without conflict."""
+        click_logit, stay_mean, cvr_logit = (x.copy() for x in logits)
+        for s in np.flatnonzero(self.conflict != 0):
+            rows = np.flatnonzero(stage == s)
+            if len(rows) < 2:
+                continue
+            conversion = pref["purchase"][rows] - PRICE_EFFECT * price[rows]  # the conversion logit's item term
+            q = np.stack([pref["click"][rows], pref["long_view"][rows], pref["click"][rows] + conversion])
+            click_logit[rows], stay_mean[rows], cvr_logit[rows] = _conflict_rows(
+                (click_logit[rows], stay_mean[rows], cvr_logit[rows]), q, float(self.conflict[s]), shrink, p_stay
+            )
+        return click_logit, stay_mean, cvr_logit
+
+    def _label_noise(
+        self, stage: np.ndarray, labels: dict[str, np.ndarray], truth: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """``label_noise``: accidental positives ``y = max(y, Bernoulli(eps[stage, task]))`` from their own random
+        stream (purchase: only on clicked rows); the oracle probabilities of the labels as observed."""
+        own = np.random.default_rng([self.seed, LABEL_NOISE_STREAM])
+        n = len(stage)
+        eps = {t: self.label_eps[stage, k] for k, t in enumerate(TASKS)}
+        accident = {t: own.random(n) < eps[t] for t in TASKS}
+        click = labels["click"] | accident["click"]
+        out = {
+            "click": click,
+            "long_view": labels["long_view"] | accident["long_view"],
+            "purchase": labels["purchase"] | (click & accident["purchase"]),
+        }
+        p_click = 1.0 - (1.0 - truth["click"]) * (1.0 - eps["click"])
+        p = {
+            "click": p_click,
+            "long_view": 1.0 - (1.0 - truth["long_view"]) * (1.0 - eps["long_view"]),
+            "purchase": truth["purchase"] + (p_click - truth["purchase"]) * eps["purchase"],
+        }
+        return out, p
+
     def _user_counts(self, rng: np.random.Generator) -> np.ndarray:
         """Heavy-tailed interactions per user summing to ``n_rows``; every user has one when possible."""
         weights = rng.lognormal(0.0, USER_COUNT_SIGMA, self.n_users)
         floor = 1 if self.n_rows >= self.n_users else 0
         return floor + rng.multinomial(self.n_rows - floor * self.n_users, weights / weights.sum())
 
-    def _stages(self, rng: np.random.Generator, counts: np.ndarray, user_start: np.ndarray) -> np.ndarray:
-        """Stage of every row: geometric dwell times, then a jump by ``JUMP_P``; loops over segments."""
-        leave = np.clip((1.0 - self.stage_persistence) * LEAVE_FACTOR, 1e-9, 1.0)
+    def _stages(
+        self, rng: np.random.Generator, own: np.random.Generator, counts: np.ndarray, user_start: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(stage of every row, stage under the default dwell). ``rng`` always makes the draws of the default
+        dwell; with ``stage_dwell`` set the stages come from ``own`` (the knob's stream), so every later draw of
+        ``rng`` is the default setting's (common random numbers)."""
+        default = self._stage_process(rng, counts, user_start, self.default_leave)
+        if not self.dwell_set:
+            return default, default
+        return self._stage_process(own, counts, user_start, self.leave), default
+
+    def _stage_process(
+        self, rng: np.random.Generator, counts: np.ndarray, user_start: np.ndarray, leave: np.ndarray
+    ) -> np.ndarray:
+        """Geometric dwell times (leaving probability ``leave`` per stage), then a jump by ``JUMP_P``; loops over
+        segments."""
         jump_cdf = np.cumsum(JUMP_P, axis=1)
         n = int(counts.sum())
         change = np.full(n, -1, dtype=np.int64)  # stage entered at this row, -1 = unchanged
@@ -352,6 +513,105 @@ class LifecycleSimulator(DatasetSource):
         elapsed -= elapsed[user_start[user]]  # first gap of a user is 0
         timestamp = (np.floor(origin)[user] + elapsed).astype(np.int64)
         return timestamp, session_id.astype(np.int64)
+
+
+def _conflict_rows(
+    logits: tuple[np.ndarray, np.ndarray, np.ndarray],
+    q: np.ndarray,
+    rho: float,
+    shrink: float,
+    p_stay: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One stage's rows under ``task_conflict`` rho: swap the label-level item preferences ``q`` (click,
+    long_view, purchase) for the mixed ones, then restore the stage's mean true probability per task."""
+    click, stay, cvr = logits
+    p_click = expit(shrink * click)
+    target_click = p_click.mean()
+    target_stay = p_stay(stay, p_click).mean()
+    target_purchase = (p_click * expit(shrink * cvr)).mean()
+    mixed = _mix_preferences(q, rho)
+    click = click - q[0] + mixed[0]
+    stay = stay - q[1] + mixed[1]
+    cvr = cvr - (q[2] - q[0]) + (mixed[2] - mixed[0])  # purchase = click AND conversion
+    click = click + _solve_offset(lambda d: expit(shrink * (click + d)).mean(), target_click)
+    p_click = expit(shrink * click)
+    stay = stay + _solve_offset(lambda d: p_stay(stay + d, p_click).mean(), target_stay)
+    cvr = cvr + _solve_offset(lambda d: (p_click * expit(shrink * (cvr + d))).mean(), target_purchase)
+    return click, stay, cvr
+
+
+def _mix_preferences(q: np.ndarray, rho: float) -> np.ndarray:
+    """``task_conflict`` on one stage's rows: ``q`` [K, rows] item preferences -> the mixed ones.
+
+    z = q standardised per task; z' = (1 - rho) z_bar + (1 + rho) (z - z_bar), z_bar the tasks' mean; z' is
+    rescaled to unit std and mapped back to q's mean and std per task (rho = 0: q itself).
+    """
+    mean = q.mean(axis=1, keepdims=True)
+    std = q.std(axis=1, keepdims=True)
+    std = np.where(std > 0, std, 1.0)
+    z = (q - mean) / std
+    z_bar = z.mean(axis=0, keepdims=True)
+    mixed = (1.0 - rho) * z_bar + (1.0 + rho) * (z - z_bar)
+    scale = mixed.std(axis=1, keepdims=True)
+    return mean + std * mixed / np.where(scale > 0, scale, 1.0)
+
+
+def _solve_offset(rate: Callable[[float], float], target: float) -> float:
+    """The offset d with ``rate(d) == target`` for an increasing ``rate`` (bisection; one vectorised call a step)."""
+    lo, hi = -CALIBRATION_RANGE, CALIBRATION_RANGE
+    for _ in range(CALIBRATION_STEPS):
+        mid = 0.5 * (lo + hi)
+        if rate(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"lifecycle: {name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _stage_index(name: str, key: Any) -> int:
+    if key not in STAGE_NAMES:
+        raise ConfigError(f"lifecycle: {name} names an unknown stage {key!r}; the stages are {STAGE_NAMES}")
+    return STAGE_NAMES.index(key)
+
+
+def _per_stage(name: str, value: Any, default: float, low: float, high: float) -> np.ndarray:
+    """One value per stage from a number (every stage) or ``{stage_name: value}`` (others: ``default``)."""
+    out = np.full(N_STAGES, default, dtype=np.float64)
+    if isinstance(value, Mapping):
+        for key, v in value.items():
+            out[_stage_index(name, key)] = _number(f"{name}.{key}", v)
+    else:
+        out[:] = _number(name, value)
+    given = out[~np.isnan(out)]
+    if np.any((given < low) | (given > high)):
+        raise ConfigError(f"lifecycle: {name} must lie in [{low:g}, {high:g}], got {value!r}")
+    return out
+
+
+def _label_noise(value: Any) -> np.ndarray:
+    """eps per stage x task from a number, ``{stage: eps}`` or ``{stage: {task: eps}}`` (unnamed: 0)."""
+    eps = np.zeros((N_STAGES, len(TASKS)), dtype=np.float64)
+    if not isinstance(value, Mapping):
+        eps[:] = _number("label_noise", value)
+    else:
+        for key, v in value.items():
+            s = _stage_index("label_noise", key)
+            if not isinstance(v, Mapping):
+                eps[s] = _number(f"label_noise.{key}", v)
+                continue
+            for task, e in v.items():
+                if task not in TASKS:
+                    raise ConfigError(f"lifecycle: label_noise.{key} names an unknown task {task!r}; tasks: {TASKS}")
+                eps[s, TASKS.index(task)] = _number(f"label_noise.{key}.{task}", e)
+    if np.any((eps < 0) | (eps > 1)):
+        raise ConfigError(f"lifecycle: label_noise must lie in [0, 1], got {value!r}")
+    return eps
 
 
 def _equal_frequency_buckets(x: np.ndarray, n_buckets: int) -> np.ndarray:

@@ -1,10 +1,11 @@
 """The contract of a registered metric: a torchmetrics ``Metric`` with ``update(preds, target, groups)``.
 
 ``preds`` are probabilities and ``target`` binary labels of the rows of one task that carry its label;
-``groups`` maps a group name to per-row int64 ids of the same rows: ``user``, ``session``, ``scenario``
-and ``stage`` (the rule-based lifecycle stage, when the run computes it), as far as the dataset has them.
-A metric lists the groups it cannot do without in ``groups``; a run skips a metric whose groups its
-dataset lacks. ``higher_is_better`` decides checkpoint selection, early stopping and report direction.
+``groups`` maps a group name to per-row int64 ids of the same rows: ``user``, ``session``, ``scenario``,
+``stage`` (the rule-based lifecycle stage, when the run computes it) and ``true_stage`` (the dataset's
+reference stage, an analysis field: ``schema.stage_field``), as far as the dataset has them. A metric lists the
+groups it cannot do without in ``groups``; a run skips a metric whose groups its dataset lacks.
+``higher_is_better`` decides checkpoint selection, early stopping and report direction.
 """
 
 from __future__ import annotations
@@ -15,27 +16,63 @@ from typing import Any, ClassVar
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["GROUP_KEYS", "GROUP_SOURCES", "RecMetric", "available_groups", "batch_groups", "group_ids"]
+__all__ = [
+    "ANALYSIS_GROUPS",
+    "GROUP_KEYS",
+    "GROUP_SOURCES",
+    "RecMetric",
+    "analysis_group_columns",
+    "available_groups",
+    "batch_groups",
+    "group_ids",
+    "group_labels",
+]
 
 #: group name -> the batch tensor its ids are read from
 GROUP_SOURCES: dict[str, str] = {"user": "user", "session": "session", "scenario": "scenario", "stage": "rule_stage"}
-GROUP_KEYS: tuple[str, ...] = tuple(GROUP_SOURCES)
+#: groups whose ids are a dataset's analysis column, by group name: (schema attribute naming the column, schema
+#: attribute naming the ids). Never in batches (analysis fields never reach a model): the training module looks
+#: the ids up by the batch's row ``index`` and hands them to the metrics only.
+ANALYSIS_GROUPS: dict[str, tuple[str, str]] = {"true_stage": ("stage_field", "stage_labels")}
+GROUP_KEYS: tuple[str, ...] = (*GROUP_SOURCES, *ANALYSIS_GROUPS)
+
+
+def analysis_group_columns(schema: Any) -> dict[str, str]:
+    """Group name -> the analysis column holding its ids, for the analysis groups the dataset has."""
+    out = {}
+    for group, (attr, _) in ANALYSIS_GROUPS.items():
+        column = getattr(schema, attr, None)
+        if column is not None:
+            out[group] = column
+    return out
+
+
+def group_labels(schema: Any) -> dict[str, list[str]]:
+    """Group name -> the dataset's name of each id (e.g. ``true_stage`` -> New, Wander, Stick, Loyal), where it
+    names them; metrics that key their results by group (``auc@stage=Wander``) read them."""
+    out = {}
+    for group, (attr, labels) in ANALYSIS_GROUPS.items():
+        if getattr(schema, attr, None) is not None and getattr(schema, labels, None):
+            out[group] = list(getattr(schema, labels))
+    return out
 
 
 def available_groups(schema: Any, inputs: Sequence[str] = ()) -> tuple[str, ...]:
-    """The groups a dataset's batches offer: its user / session / scenario fields, and ``stage`` when the
-    run computes the derived input ``rule_stage`` (``inputs``: the derived inputs of the run)."""
+    """The groups a dataset offers: its user / session / scenario fields, ``stage`` when the run computes the
+    derived input ``rule_stage`` (``inputs``: the derived inputs of the run), and ``true_stage`` when the
+    dataset has a stage field (an analysis column, given to metrics by row index, never in batches)."""
     fields = {
         "user": schema.user_field,
         "session": schema.session_field,
         "scenario": schema.scenario_field,
         "stage": GROUP_SOURCES["stage"] if GROUP_SOURCES["stage"] in inputs else None,
+        **analysis_group_columns(schema),
     }
-    return tuple(g for g in GROUP_KEYS if fields[g] is not None)
+    return tuple(g for g in GROUP_KEYS if fields.get(g) is not None)
 
 
 def batch_groups(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The group ids a batch carries, by group name."""
+    """The group ids a batch carries, by group name (analysis groups are never in batches)."""
     return {g: batch[src] for g, src in GROUP_SOURCES.items() if src in batch}
 
 
@@ -83,3 +120,7 @@ class RecMetric(Metric):
 
     def update(self, preds: Tensor, target: Tensor, groups: Mapping[str, Tensor] | None = None) -> None:
         raise NotImplementedError
+
+    def set_group_labels(self, labels: Mapping[str, Sequence[str]]) -> None:
+        """The dataset's names of group ids by group name (:func:`group_labels`), given once after construction;
+        metrics whose results keys name groups use them (the per-stage metrics), others ignore them."""

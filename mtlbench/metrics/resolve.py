@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 #: the metrics of a run unless its config lists others (``metrics`` in configs/train.yaml)
-DEFAULT_METRICS: tuple[str, ...] = ("auc", "logloss", "gauc", "ndcg", "sgauc", "scenario")
+DEFAULT_METRICS: tuple[str, ...] = ("auc", "logloss", "gauc", "ndcg", "sgauc", "scenario", "stage")
 
 
 def parse_name(name: str) -> tuple[str, str | None]:

@@ -33,8 +33,6 @@ Our reading, each a config setting:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
@@ -42,7 +40,7 @@ from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import ConfigError
 from mtlbench.models.backbones import CGCLevel, ScenarioCGC
 from mtlbench.models.base import ModelOutput, MultiTaskModel
-from mtlbench.models.esmm import conversion_pair, ctcvr_logit, cvr_summary
+from mtlbench.models.esmm import conversion_pair, ctcvr_logit
 from mtlbench.models.layers import MLP, FeatureEmbedding, activation
 from mtlbench.registry import register_model
 
@@ -163,6 +161,3 @@ class AEM2TL(MultiTaskModel):
         ctr, cvr = logits[self.ctr_task], logits[self.cvr_task]
         logits[self.cvr_task] = ctcvr_logit(ctr, cvr)  # 4. entire space: pCTR x pCVR
         return ModelOutput(logits=logits, extras={"ctr": torch.sigmoid(ctr), "cvr": torch.sigmoid(cvr)})
-
-    def run_summary(self, module: Any, datamodule: Any, run_dir: Any) -> dict[str, Any]:
-        return cvr_summary(module, datamodule, self.ctr_task, self.cvr_task)

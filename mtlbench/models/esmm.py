@@ -15,8 +15,6 @@ gets a plain tower over the shared embedding.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -85,31 +83,6 @@ def ctcvr_logit(ctr_logit: Tensor, cvr_logit: Tensor) -> Tensor:
     return -torch.logsumexp(torch.stack([-a, -b, -a - b]), dim=0)
 
 
-@torch.no_grad()
-def cvr_summary(module: Any, datamodule: Any, ctr_task: str, cvr_task: str) -> dict[str, Any]:
-    """AUC of pCVR (``extras["cvr"]``) on the clicked test rows, where the conversion label is a CVR label."""
-    from sklearn.metrics import roc_auc_score
-
-    k_ctr, k_cvr = module.tasks.index(ctr_task), module.tasks.index(cvr_task)
-    was_training = module.model.training
-    module.model.eval()
-    scores, labels = [], []
-    from mtlbench.data.loader import TensorBatchLoader
-
-    rows = torch.from_numpy(datamodule.splits["test"])  # all test rows, also under DDP (this runs on rank 0)
-    for batch in TensorBatchLoader(datamodule.tensors, rows, datamodule.eval_batch_size):
-        batch = {k: v.to(module.device) for k, v in batch.items()}
-        out = module(batch)
-        y = batch["labels"]
-        clicked = (y[:, k_ctr] == 1) & ~torch.isnan(y[:, k_cvr])
-        scores.append(out.extras["cvr"][clicked].float().cpu())
-        labels.append(y[clicked, k_cvr].cpu())
-    module.model.train(was_training)
-    s_np, y_np = torch.cat(scores).numpy(), torch.cat(labels).numpy()
-    auc = float(roc_auc_score(y_np, s_np)) if 0 < y_np.sum() < len(y_np) else float("nan")
-    return {"cvr": {"task": cvr_task, "given": ctr_task, "test": {"auc": auc, "rows": int(len(y_np))}}}
-
-
 @register_model("esmm")
 class ESMM(MultiTaskModel):
     """Shared embeddings (Eq. 1's shared lookup table), a CTR tower and a CVR tower; pCTCVR = pCTR x pCVR.
@@ -139,6 +112,3 @@ class ESMM(MultiTaskModel):
         ctr, cvr = logits[self.ctr_task], logits[self.cvr_task]
         logits[self.cvr_task] = ctcvr_logit(ctr, cvr)  # Eq. 2: pCTCVR = pCTR x pCVR, over all impressions
         return ModelOutput(logits=logits, extras={"ctr": torch.sigmoid(ctr), "cvr": torch.sigmoid(cvr)})
-
-    def run_summary(self, module: Any, datamodule: Any, run_dir: Any) -> dict[str, Any]:
-        return cvr_summary(module, datamodule, self.ctr_task, self.cvr_task)

@@ -252,12 +252,35 @@ def _varying(cfgs: list[dict[str, Any]], same: Any) -> dict[Any, list[str]]:
     return out
 
 
+def pair_key(g: Group) -> str:
+    """``model+weighting``: names one of a model's groups when it runs with several weightings."""
+    return f"{g.model}+{g.weighting}"
+
+
 def group_label(g: Group, show_weighting: bool = False, names: dict[str, str] | None = None) -> str:
-    """``model``, ``model + weighting`` and ``(key=value, ...)`` for what else sets the group apart."""
-    label = (names or {}).get(g.model, g.model)
-    if show_weighting:
-        label += f" + {g.weighting}"
+    """``model``, ``model + weighting`` and ``(key=value, ...)`` for what else sets the group apart.
+
+    ``names`` maps a model, or a ``model+weighting`` pair (which then names the weighting too), to its label.
+    """
+    names = names or {}
+    if pair_key(g) in names:
+        label = names[pair_key(g)]
+    else:
+        label = names.get(g.model, g.model)
+        if show_weighting:
+            label += f" + {g.weighting}"
     if g.variant:
         short = {k.split(".", 1)[1] if k.startswith("model.") else k: v for k, v in g.variant.items()}
         label += " (" + ", ".join(f"{k}={_fmt(v)}" for k, v in short.items()) + ")"
     return label
+
+
+def find_group(groups: Sequence[Group], name: str | None) -> Group | None:
+    """The group a report setting names: by label, else by ``model+weighting``, else the first of the model."""
+    if not name:
+        return None
+    for match in (lambda g: g.label == name, lambda g: pair_key(g) == name, lambda g: g.model == name):
+        found = [g for g in groups if match(g)]
+        if found:
+            return found[0]
+    return None

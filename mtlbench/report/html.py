@@ -3,7 +3,8 @@
 Plots (matplotlib, Agg backend): a bar chart per task with mean ± std error bars for every metric of the
 overall table; validation curves per model (mean over seeds per epoch) read from each run's CSV log
 ``<run>/logs/metrics.csv``; and the images the runs saved themselves (e.g. STAN's stage t-SNE), from the
-first seed of every group. No file outside the page is referenced.
+first seed of every group; with a gap (candidate - base per data cell), its tables and heat-maps
+(:mod:`mtlbench.report.heatmap`). No file outside the page is referenced.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mtlbench.report import gap as gaps
 from mtlbench.report import stats
 from mtlbench.report.collect import Group
+from mtlbench.report.heatmap import caption, gap_heatmap
 from mtlbench.report.tables import (
     Cell,
     Leaderboard,
@@ -238,6 +241,64 @@ def html_table(sb: SectionBoard, table: Table, with_extra: bool) -> str:
     )
 
 
+def gap_html(gap: gaps.Gap) -> list[str]:
+    """The gap section: its table, a heat-map per metric and the per-stage breakdown."""
+    e = html.escape
+    title = f"{gap.candidate} - {gap.base}"
+    pct = f"{gap.confidence:.0%}"
+    out = [f"<h2>Gap: {e(title)}</h2>", f'<p class="legend">{e(gaps.legend(gap))}</p>']
+    axes = [gaps.axis_name(a) for a in gap.axes]
+    if gap.cells:
+        head = [*axes, "task", "metric", "seeds", title, f"{pct} CI users (bootstrap)", f"{pct} CI seeds (t)", "p"]
+        rows = []
+        for c in gap.cells:
+            boot = gaps.fmt_interval(c.boot.low, c.boot.high) if c.boot is not None else "-"
+            mark = f'<sup class="sig">{c.diff.test.mark}</sup>' if c.diff.test.mark else ""
+            tds = [*(f"<td>{e(v)}</td>" for v in (*c.coords, c.task_label, gaps.metric_label(c.metric)))]
+            tds += [f'<td class="num">{c.diff.test.n}</td>', f'<td class="num">{gaps.fmt_diff(c.diff.mean)}{mark}</td>']
+            tds += [f'<td class="num">{e(v)}</td>' for v in (boot, gaps.fmt_interval(c.diff.low, c.diff.high))]
+            tds.append(f'<td class="num">{fmt_p(c.diff.test.p)}</td>')
+            rows.append("<tr>" + "".join(tds) + "</tr>")
+        out.append(
+            '<div class="scroll"><table class="gap"><thead><tr>'
+            + "".join(f"<th>{e(h)}</th>" for h in head)
+            + f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        )
+        for metric in dict.fromkeys(c.metric for c in gap.cells):
+            png = gap_heatmap(gap, metric)
+            if png is not None:
+                b64 = base64.b64encode(png).decode("ascii")
+                out.append(_figure(b64, f"gap heat-map {metric}", caption(gap, metric), "gap-heatmap"))
+    if gap.stages:
+        stages = list(dict.fromkeys(c.metric for c in gap.stages))
+        head = [*axes, "task", *(f"{gaps.metric_label(s)} {s.split('=', 1)[1]}" for s in stages)]
+        by_row: dict[tuple, dict[str, gaps.GapCell]] = {}
+        for c in gap.stages:
+            by_row.setdefault((c.coords, c.task_label), {})[c.metric] = c
+        rows = []
+        for (coords, task), cells in by_row.items():
+            tds = [f"<td>{e(v)}</td>" for v in (*coords, task)]
+            for s in stages:
+                cell = cells.get(s)
+                text = "n/a"
+                if cell is not None:
+                    text = f"{gaps.fmt_diff(cell.diff.mean)} {gaps.fmt_interval(cell.diff.low, cell.diff.high)}"
+                mark = (
+                    f'<sup class="sig">{cell.diff.test.mark}</sup>' if cell is not None and cell.diff.test.mark else ""
+                )
+                tds.append(f'<td class="num">{e(text)}{mark}</td>')
+            rows.append("<tr>" + "".join(tds) + "</tr>")
+        out.append(
+            f"<h3>Gap per stage: {e(title)}</h3><p class='legend'>Mean over seeds [{pct} paired t interval].</p>"
+            '<div class="scroll"><table class="gap-stages"><thead><tr>'
+            + "".join(f"<th>{e(h)}</th>" for h in head)
+            + f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        )
+    if gap.notes:
+        out.append("<ul class='gap-notes'>" + "".join(f"<li>{e(n)}</li>" for n in gap.notes) + "</ul>")
+    return out
+
+
 def to_html(board: Leaderboard) -> str:
     e = html.escape
     s = board.settings
@@ -270,6 +331,8 @@ def to_html(board: Leaderboard) -> str:
         if images:
             body.append("<h3>Images saved by the runs</h3>")
             body += images
+    if board.gap is not None:
+        body += gap_html(board.gap)
     if board.missing_models:
         missing = e(", ".join(board.missing_models))
         body.append(

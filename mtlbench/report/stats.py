@@ -1,4 +1,5 @@
-"""Statistics of a leaderboard: mean ± std over seeds, RelaImpr (STAN Eq. 15-16), significance tests."""
+"""Statistics of a leaderboard: mean ± std over seeds, RelaImpr (STAN Eq. 15-16), significance tests, paired
+differences with their t interval."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ MIN_SEEDS_FOR_TEST = 3
 
 
 def base_metric(metric: str) -> str:
-    """``auc@scenario=2`` -> ``auc``."""
-    return metric.split("@scenario=", 1)[0]
+    """The metric of a per-group key: ``auc@scenario=2`` and ``auc@stage=Wander`` -> ``auc`` (``ndcg@5`` stays)."""
+    head, sep, tail = metric.partition("@")
+    return head if sep and "=" in tail else metric
 
 
 def higher_is_better(metric: str) -> bool:
@@ -30,7 +32,7 @@ def higher_is_better(metric: str) -> bool:
 
 
 def is_auc_like(metric: str) -> bool:
-    """AUC-type metrics, whose random-guess value is 0.5 (AUC, GAUC, S-GAUC and their per-scenario forms)."""
+    """AUC-type metrics, whose random-guess value is 0.5 (AUC, GAUC, S-GAUC and their per-group forms)."""
     return base_metric(metric) in ("auc", "gauc", "sgauc")
 
 
@@ -109,6 +111,35 @@ def significance(best: dict[int, float], baseline: dict[int, float], test: str =
         return TestResult(test, n, None, note=f"no test: {n} seed(s) on one side, needs {MIN_SEEDS_FOR_TEST}")
     r = stats.mannwhitneyu(a, b, alternative="two-sided")
     return TestResult(test, n, float(r.pvalue), float(r.statistic))
+
+
+@dataclass
+class PairedDifference:
+    """Candidate - base over the seeds both have: mean, t interval (None below 2 seeds) and the paired t-test."""
+
+    mean: float
+    low: float | None
+    high: float | None
+    test: TestResult
+
+
+def paired_difference(
+    candidate: dict[int, float], base: dict[int, float], confidence: float = 0.95
+) -> PairedDifference | None:
+    """Mean of the paired differences with its Student-t interval, and :func:`significance`'s paired t-test.
+
+    None when no seed has both values.
+    """
+    seeds = sorted(set(candidate) & set(base))
+    if not seeds:
+        return None
+    d = np.array([candidate[s] - base[s] for s in seeds])
+    mean = float(d.mean())
+    low = high = None
+    if len(d) > 1:
+        half = float(stats.t.ppf(0.5 + confidence / 2.0, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+        low, high = mean - half, mean + half
+    return PairedDifference(mean, low, high, significance(candidate, base, "ttest"))
 
 
 def ranks(means: Sequence[float], higher: bool = True) -> list[int | None]:

@@ -4,7 +4,9 @@ Each cell is mean ± std over seeds; per column the best value is bold and the s
 (in the direction of the metric class's ``higher_is_better``); RelaImpr against a base model follows
 STAN Eq. 15 (AUC-type) and Eq. 16 (NDCG); the best model of each column is tested against the best of
 the other models (the "best baseline") over seeds, and marked ``*`` (p < 0.05) or ``**`` (p < 0.01).
-Per-scenario metrics (``auc@scenario=s``) get their own tables, one column per task and scenario.
+Per-group metrics (``auc@scenario=s``, ``auc@stage=Wander``) get their own tables ("Per scenario", "Per
+stage"), one column per task and group. With a base, a candidate and ``gap_metrics``, the report adds
+candidate - base per data cell (section) with intervals over seeds and test users (:mod:`mtlbench.report.gap`).
 
 Writers: Markdown, CSV (long format: one line per group and column, with the p-values) and LaTeX
 (booktabs); the HTML page is in :mod:`mtlbench.report.html`.
@@ -28,13 +30,24 @@ from mtlbench.report.collect import (
     IGNORED_KEYS,
     Group,
     Section,
+    find_group,
     find_runs,
     group_label,
     group_runs,
+    pair_key,
     weighting_varies,
 )
+from mtlbench.report.gap import Gap, compute_gap
+from mtlbench.report.gap import to_markdown as gap_markdown
 
 METRIC_NAMES = {"auc": "AUC", "gauc": "GAUC", "sgauc": "S-GAUC", "logloss": "LogLoss"}
+#: per-group tables: the group key of results keys (``auc@<key>=<group>``) -> (ReportSettings field listing the
+#: metrics shown, table title)
+GROUP_TABLES = {
+    "scenario": ("scenario_metrics", "Per scenario"),
+    "stage": ("stage_metrics", "Per stage"),
+    "rule_stage": ("rule_stage_metrics", "Per rule stage"),  # STAN §2.1's stages; Stage_Single's comparison
+}
 
 
 @dataclass
@@ -43,6 +56,8 @@ class ReportSettings:
 
     metrics: list[str] = field(default_factory=lambda: ["auc", "gauc", "ndcg@5"])
     scenario_metrics: list[str] = field(default_factory=lambda: ["auc"])
+    stage_metrics: list[str] = field(default_factory=lambda: ["auc"])
+    rule_stage_metrics: list[str] = field(default_factory=lambda: ["auc"])
     split: str = "test"
     base: str | None = "single_task"
     test: str = "ttest"
@@ -53,6 +68,16 @@ class ReportSettings:
     models: list[str] | None = None
     ignore: list[str] = field(default_factory=lambda: list(IGNORED_KEYS))
     title: str = "Leaderboard"
+    # candidate - base per data cell (section) and task (mtlbench.report.gap): the metrics of the gap table, those
+    # of its per-stage breakdown (auc -> auc@stage=<name>), the grid's config keys (default: the dataset settings
+    # that differ between sections), the paired user bootstrap (resamples, 0 = t over seeds only; its seed) and
+    # the intervals' confidence
+    gap_metrics: list[str] = field(default_factory=list)
+    gap_stage_metrics: list[str] = field(default_factory=list)
+    grid: list[str] | None = None
+    bootstrap: int = 1000
+    bootstrap_seed: int = 0
+    confidence: float = 0.95
 
     def __post_init__(self) -> None:
         if self.split not in ("valid", "test"):
@@ -60,11 +85,20 @@ class ReportSettings:
         if self.test not in stats.TESTS:
             raise ConfigError(f"unknown significance test {self.test!r}; known: {', '.join(stats.TESTS)}")
         for m in self.metrics:
-            if "@scenario" in m:
-                raise ConfigError(
-                    f"report metric {m!r}: list per-scenario metrics as scenario_metrics "
-                    f"(e.g. scenario_metrics=[{stats.base_metric(m)}])"
-                )
+            for key, (setting, _) in GROUP_TABLES.items():
+                if f"@{key}" in m:
+                    raise ConfigError(
+                        f"report metric {m!r}: list per-{key} metrics as {setting} "
+                        f"(e.g. {setting}=[{stats.base_metric(m)}])"
+                    )
+        if (self.gap_metrics or self.gap_stage_metrics) and not (self.base and self.candidate):
+            raise ConfigError(
+                "gap_metrics / gap_stage_metrics need a base and a candidate (the gap is candidate - base)"
+            )
+        if self.bootstrap < 0:
+            raise ConfigError(f"bootstrap (resamples) must be >= 0, got {self.bootstrap}")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"confidence must be in (0, 1), got {self.confidence}")
 
 
 def metric_name(metric: str) -> str:
@@ -75,7 +109,7 @@ def metric_name(metric: str) -> str:
 @dataclass
 class Column:
     task: str
-    metric: str  # key in results.json, e.g. "auc" or "auc@scenario=2"
+    metric: str  # key in results.json, e.g. "auc", "auc@scenario=2" or "auc@stage=Wander"
     header: str
 
 
@@ -136,6 +170,7 @@ class Leaderboard:
     sections: list[SectionBoard]
     incomplete: list[Path]
     missing_models: list[str] = field(default_factory=list)
+    gap: Gap | None = None
 
 
 # -- building ------------------------------------------------------------------------------------------
@@ -145,9 +180,24 @@ def build(paths: Sequence[str | Path], settings: ReportSettings | None = None) -
     runs, incomplete = find_runs(paths)
     sections = group_runs(runs, settings.ignore)
     boards = [_section_board(s, settings) for s in sections]
-    present = {g.model for s in sections for g in s.groups}
+    present = {name for s in sections for g in s.groups for name in (g.model, pair_key(g))}
     missing = [m for m in (settings.models or []) if m not in present]
-    return Leaderboard(settings, boards, incomplete, missing)
+    board = Leaderboard(settings, boards, incomplete, missing)
+    if (settings.gap_metrics or settings.gap_stage_metrics) and sections:
+        assert settings.base and settings.candidate  # ReportSettings checks it
+        board.gap = compute_gap(
+            [(s, _tasks(s.groups, settings), _task_labels(s.groups, settings.task_labels)) for s in sections],
+            candidate=settings.candidate,
+            base=settings.base,
+            metrics=settings.gap_metrics,
+            stage_metrics=settings.gap_stage_metrics,
+            grid=settings.grid,
+            split=settings.split,
+            resamples=settings.bootstrap,
+            seed=settings.bootstrap_seed,
+            confidence=settings.confidence,
+        )
+    return board
 
 
 def _order(groups: list[Group], settings: ReportSettings) -> list[Group]:
@@ -156,7 +206,8 @@ def _order(groups: list[Group], settings: ReportSettings) -> list[Group]:
         order.insert(0, settings.base)
 
     def key(g: Group) -> tuple:
-        idx = order.index(g.model) if g.model in order else len(order)
+        name = pair_key(g) if pair_key(g) in order else g.model
+        idx = order.index(name) if name in order else len(order)
         return idx, g.label
 
     return sorted(groups, key=key)
@@ -197,24 +248,30 @@ def _task_labels(groups: list[Group], labels: dict[str, str]) -> dict[str, str]:
     return out | {t: v for t, v in labels.items() if not t.startswith("role:")}
 
 
-def _scenario_label(groups: list[Group], scenario: str) -> str:
-    """The dataset's name of a scenario id (results.json ``scenario_labels``, e.g. B1), else ``#id``."""
+def _group_label(groups: list[Group], key: str, value: str) -> str:
+    """A group's name in a column header: a name as is (``auc@stage=Wander``); an id by the runs' dataset
+    (results.json ``<key>_labels``, e.g. ``scenario_labels``: B1), else ``#id``."""
+    if not value.lstrip("-").isdigit():
+        return value
     for g in groups:
         for r in g.runs:
-            names = r.results.get("scenario_labels") or []
-            if scenario.isdigit() and int(scenario) < len(names):
-                return names[int(scenario)]
-    return f"#{scenario}"
+            names = r.results.get(f"{key}_labels") or []
+            if 0 <= int(value) < len(names):
+                return names[int(value)]
+    return f"#{value}"
 
 
-def _scenarios(groups: list[Group], split: str, metric: str) -> list[str]:
-    prefix = f"{metric}@scenario="
-    found: set[str] = set()
+def _group_values(groups: list[Group], split: str, metric: str, key: str) -> list[str]:
+    """The groups of ``<metric>@<key>=<group>`` keys in the runs: ids in numeric order, then names in the order
+    the runs give them (a dataset's stage order)."""
+    prefix = f"{metric}@{key}="
+    found: dict[str, None] = {}
     for g in groups:
         for r in g.runs:
             for vals in r.results["metrics"].get(split, {}).values():
-                found.update(k[len(prefix) :] for k in vals if k.startswith(prefix))
-    return sorted(found, key=lambda s: (0, int(s)) if s.lstrip("-").isdigit() else (1, s))
+                found.update((k[len(prefix) :], None) for k in vals if k.startswith(prefix))
+    seen = list(found)
+    return sorted(seen, key=lambda s: (0, int(s), 0) if s.lstrip("-").isdigit() else (1, 0, seen.index(s)))
 
 
 def _has(groups: list[Group], split: str, task: str, metric: str) -> bool:
@@ -239,16 +296,17 @@ def _section_board(section: Section, settings: ReportSettings) -> SectionBoard:
     ]
     if main:
         tables.append(_table("Overall", main, groups, base, settings, show_relaimpr=base is not None))
-    for sm in settings.scenario_metrics:
-        scen = _scenarios(groups, settings.split, sm)
-        cols = [
-            Column(t, f"{sm}@scenario={s}", f"{tl.get(t, t)} {_scenario_label(groups, s)}")
-            for t in tasks
-            for s in scen
-            if _has(groups, settings.split, t, f"{sm}@scenario={s}")
-        ]
-        if cols:
-            tables.append(_table(f"Per scenario: {metric_name(sm)}", cols, groups, base, settings, False))
+    for key, (setting, title) in GROUP_TABLES.items():
+        for gm in getattr(settings, setting):
+            values = _group_values(groups, settings.split, gm, key)
+            cols = [
+                Column(t, f"{gm}@{key}={v}", f"{tl.get(t, t)} {_group_label(groups, key, v)}")
+                for t in tasks
+                for v in values
+                if _has(groups, settings.split, t, f"{gm}@{key}={v}")
+            ]
+            if cols:
+                tables.append(_table(f"{title}: {metric_name(gm)}", cols, groups, base, settings, False))
     rows = tables[0].rows if tables else [Row(g, g.label, []) for g in groups]
     speed = {}
     params = {}
@@ -261,10 +319,7 @@ def _section_board(section: Section, settings: ReportSettings) -> SectionBoard:
 
 
 def _base_group(groups: list[Group], base: str | None) -> Group | None:
-    if not base:
-        return None
-    matches = [g for g in groups if g.model == base or g.label == base]
-    return matches[0] if matches else None
+    return find_group(groups, base)
 
 
 def _table(
@@ -306,8 +361,8 @@ def _compare(
     if len(scored) < 2:
         return None
     sign = 1.0 if higher else -1.0
-    cand = [i for i in scored if settings.candidate in (groups[i].model, groups[i].label)]
-    best = cand[0] if cand else max(scored, key=lambda i: sign * cells[i].mean)
+    chosen = find_group([groups[i] for i in scored], settings.candidate)
+    best = next((i for i in scored if groups[i] is chosen), max(scored, key=lambda i: sign * cells[i].mean))
     others = [i for i in scored if i != best]
     baseline = max(others, key=lambda i: sign * cells[i].mean)
     result = stats.significance(values[best], values[baseline], settings.test)
@@ -394,6 +449,8 @@ def to_markdown(board: Leaderboard) -> str:
                     f"{fmt_p(r.p)} | {_md_escape(r.mark) or r.note} |"
                 )
             out.append("")
+    if board.gap is not None:
+        out += gap_markdown(board.gap)
     if board.missing_models:
         out += [
             f"Models of this experiment without complete runs here (not available yet, or not run): "
@@ -602,7 +659,7 @@ def to_latex(board: Leaderboard) -> str:
     return "\n".join(out) + "\n"
 
 
-NULLABLE = ("base", "candidate", "tasks", "models")
+NULLABLE = ("base", "candidate", "tasks", "models", "grid")
 
 
 def settings_from(**kwargs: Any) -> ReportSettings:

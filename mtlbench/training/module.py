@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import pytorch_lightning as pl
@@ -15,7 +15,15 @@ from torchmetrics.utilities import dim_zero_cat
 
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import ConfigError, TrainingError
-from mtlbench.metrics import DEFAULT_METRICS, available_groups, batch_groups, build_metrics, metric_specs
+from mtlbench.metrics import (
+    ANALYSIS_GROUPS,
+    DEFAULT_METRICS,
+    available_groups,
+    batch_groups,
+    build_metrics,
+    group_labels,
+    metric_specs,
+)
 from mtlbench.models.base import ModelOutput, as_output
 from mtlbench.training.optim import build_optimizer, use_sparse_embeddings
 from mtlbench.weighting.base import WeightingStrategy, task_means
@@ -74,9 +82,16 @@ def task_metrics(
     """The metrics of one task: those of ``metrics`` (a bare ``ndcg`` is ``ndcg@k`` for each k of ``ndcg_k``)
     whose groups the data has (``groups``; default: the schema's user / session / scenario fields). With the
     default list: AUC and logloss always; GAUC and NDCG@k with users; S-GAUC (AUC per session, SFPNet Eq. 13)
-    with sessions; per-scenario AUC (and GAUC with users) with scenarios."""
+    with sessions; per-scenario AUC (and GAUC with users) with scenarios; per-stage AUC (and GAUC) with a stage
+    analysis field (``true_stage``)."""
     groups = available_groups(schema) if groups is None else groups
-    return MetricSet(build_metrics(run_metrics(metrics, ndcg_k), groups))
+    built = build_metrics(run_metrics(metrics, ndcg_k), groups)
+    labels = group_labels(schema)
+    for m in built.values():
+        set_labels = getattr(m, "set_group_labels", None)
+        if labels and callable(set_labels):
+            set_labels(labels)  # e.g. the stage names of auc@stage=<name>
+    return MetricSet(built)
 
 
 class MultiTaskModule(pl.LightningModule):
@@ -85,6 +100,11 @@ class MultiTaskModule(pl.LightningModule):
     The loss of a task is its per-sample BCE averaged over the rows that carry its label; the
     weighting strategy combines the tasks. Validation metrics drive checkpointing and early stopping;
     test metrics are computed once, after training, with the selected checkpoint.
+
+    ``analysis_groups``: row-aligned ids of the analysis groups (``true_stage``: the dataset's reference stage,
+    ``MultiTaskDataModule.analysis_groups``). They are not in batches; the evaluation step looks up the rows of a
+    batch by its ``index`` and gives them to the metrics only, so no model can read them. An analysis group in
+    ``groups`` without ids here is dropped (its metrics are skipped).
     """
 
     def __init__(
@@ -97,6 +117,7 @@ class MultiTaskModule(pl.LightningModule):
         monitor_metric: str = "auc",
         metrics: Sequence[str] = DEFAULT_METRICS,
         groups: Sequence[str] | None = None,
+        analysis_groups: Mapping[str, Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -114,7 +135,16 @@ class MultiTaskModule(pl.LightningModule):
             use_sparse_embeddings(model)
         self.ndcg_k = tuple(int(k) for k in ndcg_k)
         self.metric_names = list(metrics)
-        self.metric_groups = tuple(available_groups(schema) if groups is None else groups)
+        #: row-aligned ids of the analysis groups, by group name (a plain dict, not buffers: never checkpointed,
+        #: never broadcast; moved to the batches' device on first use)
+        self.analysis_ids: dict[str, Tensor] = {
+            g: torch.as_tensor(ids, dtype=torch.int64) for g, ids in (analysis_groups or {}).items()
+        }
+        self.metric_groups = tuple(
+            g
+            for g in (available_groups(schema) if groups is None else groups)
+            if g not in ANALYSIS_GROUPS or g in self.analysis_ids
+        )
         self.monitor_metric = monitor_metric
         probe = task_metrics(schema, self.ndcg_k, self.metric_names, self.metric_groups)
         known = sorted(name for name, m in probe.items() if not getattr(m, "dict_output", False))
@@ -237,6 +267,7 @@ class MultiTaskModule(pl.LightningModule):
         probs = torch.sigmoid(self.task_logits(self(batch)).float())
         labels = batch["labels"]
         groups = {name: ids for name, ids in batch_groups(batch).items() if name in self.metric_groups}
+        groups.update(self._analysis_groups(batch["index"]))
         for k in range(len(self.tasks)):
             keep = ~torch.isnan(labels[:, k])
             p, y = probs[keep, k], labels[keep, k]
@@ -245,6 +276,18 @@ class MultiTaskModule(pl.LightningModule):
                 m.update(p, y, g)
         if split == "test":
             self.rows.update(batch["index"], probs)
+
+    def _analysis_groups(self, index: Tensor) -> dict[str, Tensor]:
+        """The analysis group ids of a batch's rows (``index``: their row numbers), for the metrics only."""
+        out = {}
+        for name in self.metric_groups:
+            ids = self.analysis_ids.get(name)
+            if ids is None:
+                continue
+            if ids.device != index.device:
+                ids = self.analysis_ids[name] = ids.to(index.device)
+            out[name] = ids[index]
+        return out
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "valid")

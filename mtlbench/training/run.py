@@ -20,8 +20,10 @@ from mtlbench.errors import ConfigError
 from mtlbench.factory import check_settings, create_model, create_weighting
 from mtlbench.log import get_logger
 from mtlbench.metrics import available_groups, higher_is_better
+from mtlbench.metrics.base import GROUP_SOURCES
+from mtlbench.metrics.resolve import metric_class
 from mtlbench.models.layers import init_embeddings
-from mtlbench.registry import ANALYSES, MODELS, WEIGHTINGS
+from mtlbench.registry import ANALYSES, DERIVED, MODELS, WEIGHTINGS
 from mtlbench.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -61,6 +63,7 @@ def build_datamodule(cfg: DictConfig, extra_inputs: tuple[str, ...] = ()) -> Mul
         extra_settings=_plain(cfg.get("derived")) or {},
         hash_buckets=_plain(cfg.get("hash_buckets")),
         tasks=_plain(cfg.get("tasks")),
+        subset=_plain(cfg.get("subset")),
     )
 
 
@@ -86,15 +89,26 @@ def warn_hashed_stage_users(dm: MultiTaskDataModule, weighting: torch.nn.Module)
         )
 
 
+def metric_inputs(specs: list[str]) -> tuple[str, ...]:
+    """The derived inputs the metrics' groups are read from (group ``stage``: ``rule_stage``), so that a run
+    computes them for its metrics whether or not its model reads them."""
+    sources = (GROUP_SOURCES.get(g) for name in specs for g in getattr(metric_class(name), "groups", ()))
+    return tuple(dict.fromkeys(s for s in sources if s is not None and s in DERIVED))
+
+
 def build_components(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskModule]:
     """Data module and LightningModule for a config; loads (or prepares) the dataset."""
-    run_metrics(_plain(cfg.metrics), tuple(cfg.ndcg_k))  # unknown metric names fail before any data is read
+    specs = run_metrics(_plain(cfg.metrics), tuple(cfg.ndcg_k))  # unknown metric names fail before any data is read
     model_cfg = _plain(cfg.model)
     weighting_cfg = _plain(cfg.weighting)
     model_cls = MODELS.get(model_cfg["name"])
     weighting_cls = WEIGHTINGS.get(weighting_cfg["name"])
     extra = tuple(
-        dict.fromkeys(getattr(model_cls, "required_inputs", ()) + getattr(weighting_cls, "required_inputs", ()))
+        dict.fromkeys(
+            getattr(model_cls, "required_inputs", ())
+            + getattr(weighting_cls, "required_inputs", ())
+            + metric_inputs(specs)  # e.g. rule_stage for the metric rule_stage (auc@rule_stage=Wander)
+        )
     )
     dm = build_datamodule(cfg, extra)
     schema = dm.load()
@@ -115,6 +129,7 @@ def build_components(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskMod
         monitor_metric=cfg.monitor,
         metrics=list(cfg.metrics),
         groups=available_groups(schema, extra),
+        analysis_groups=dm.analysis_groups,  # e.g. true_stage: looked up by row index for metrics, not in batches
     )
     return dm, module
 
