@@ -82,11 +82,13 @@ def test_stan_table2_on_wechat(tmp_path):
 
 @pytest.mark.slow
 def test_stan_dose_response_on_a_small_simulator(tmp_path):
-    tiny = ["dataset.n_rows=3000", "dataset.n_users=150", "dataset.n_items=300"]
+    """The protocol end to end on one row of its grid (conflict 1.0 x both noise levels: 10 runs); the whole grid's
+    composition is tested fast in tests/test_dose_response.py."""
+    tiny = ["dataset.n_rows=3000", "dataset.n_users=150", "dataset.n_items=300", "dataset.task_conflict.Wander=1.0"]
     sweep, _, md = sweep_run(tmp_path, ["experiment=stan_dose_response", *tiny])
     runs = {str(p.parent.relative_to(sweep)): json.loads(p.read_text()) for p in sweep.glob("*/*/results.json")}
     models = ["ple_equal", "stan_wo_beta_stan_wo_beta", "stan_stan_stage", "stan_equal", "ple_stage_equal"]
-    cells = [(c, n) for c in ("0.0", "1.0") for n in ("0.0", "0.1")]
+    cells = [("1.0", n) for n in ("0.0", "0.1")]
     assert sorted(runs) == sorted(f"conflict{c}_noise{n}/{m}_seed0" for c, n in cells for m in models)
     knobs = runs["conflict1.0_noise0.1/stan_equal_seed0"]["config"]["dataset"]
     assert knobs["task_conflict"] == {"Wander": 1.0} and knobs["label_noise"] == {"New": 0.1}
@@ -94,5 +96,5 @@ def test_stan_dose_response_on_a_small_simulator(tmp_path):
     assert "| STAN (equal weighting) | 1 |" in md and "| STAN w/o Beta | 1 |" in md and "| PLE_stage | 1 |" in md
     report = sweep / "report"
     gap = (report / "gap.csv").read_text()
-    assert gap.count("\n") > 4 * 3 * 2 and ",STAN,PLE," in gap  # every cell x task x metric, and per stage
+    assert gap.count("\n") > 2 * 3 * 2 and ",STAN,PLE," in gap  # every cell x task x metric, and per stage
     assert (report / "gap_auc.png").exists() and "gap-heatmap" in (report / "leaderboard.html").read_text()
