@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "mtlbench.version": 0,
     "mtlbench.registry": 0,
     "mtlbench.factory": 0,
+    "mtlbench.stages": 0,
     "mtlbench.config": 1,
     "mtlbench.metrics": 1,
     "mtlbench.rundir": 1,

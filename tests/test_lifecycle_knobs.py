@@ -132,7 +132,7 @@ def brute_within_user_corr(c: dict[str, np.ndarray], stage: int, a: str, b: str)
 def test_describe_stages_matches_independent_computations(null):
     c = null.columns
     d = describe_stages(null.schema, c)
-    assert d["labels"] == STAGE_NAMES and d["rows"] == np.bincount(c["true_stage"], minlength=4).tolist()
+    assert d["labels"] == list(STAGE_NAMES) and d["rows"] == np.bincount(c["true_stage"], minlength=4).tolist()
     for s in range(N_STAGES):
         rows = c["true_stage"] == s
         for t in TASKS:

@@ -14,10 +14,11 @@ from scipy import stats as scipy_stats
 from sklearn.metrics import roc_auc_score
 
 from mtlbench.data.derived import compute_derived
-from mtlbench.data.lifecycle_inputs import NUM_RULE_STAGES, STAGE_NAMES
+from mtlbench.data.lifecycle_inputs import NUM_RULE_STAGES
 from mtlbench.data.subset import apply_subset, subset_rows
 from mtlbench.errors import ConfigError
 from mtlbench.metrics.stage import RULE_STAGE_LABELS, RuleStageMetrics
+from mtlbench.stages import STAGE_NAMES
 from mtlbench.training.run import build_components, build_datamodule
 
 from conftest import TINY, compose_cfg, run_cli

@@ -50,11 +50,12 @@ import pytorch_lightning as pl
 import torch
 
 from mtlbench.analysis.shift import SHIFT_FILE, plot_transitions, shift_summary
-from mtlbench.data.lifecycle_inputs import STAGE_NAMES, UNKNOWN_STAGE, rule_stage
+from mtlbench.data.lifecycle_inputs import rule_stage
 from mtlbench.errors import ConfigError
 from mtlbench.models.base import as_output
 from mtlbench.registry import register_analysis
 from mtlbench.rundir import write_parquet
+from mtlbench.stages import STAGE_NAMES, UNKNOWN_STAGE
 from mtlbench.weighting.stan_stage import StanWithoutBeta
 
 STAGE_FIELD = "true_stage"

@@ -21,11 +21,9 @@ from mtlbench.data.order import Timeline
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import ConfigError, DataError
 from mtlbench.registry import register_derived
+from mtlbench.stages import RULE_STAGE_LABELS, UNKNOWN_STAGE
 
-STAGE_NAMES = ("New", "Wander", "Stick", "Loyal")
-#: id of ``rule_stage`` for users without training rows
-UNKNOWN_STAGE = len(STAGE_NAMES)
-NUM_RULE_STAGES = len(STAGE_NAMES) + 1
+NUM_RULE_STAGES = len(RULE_STAGE_LABELS)
 
 
 def _timeline(schema: DatasetSchema, columns: dict[str, np.ndarray], what: str) -> Timeline:

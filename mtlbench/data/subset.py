@@ -39,7 +39,7 @@ from mtlbench.data.derived import compute_derived
 from mtlbench.data.lifecycle_inputs import NUM_RULE_STAGES
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.errors import ConfigError
-from mtlbench.metrics.stage import RULE_STAGE_LABELS  # the names the metric rule_stage keys its results by
+from mtlbench.stages import RULE_STAGE_LABELS
 
 RULE_STAGE = "rule_stage"
 

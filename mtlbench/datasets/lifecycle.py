@@ -80,9 +80,9 @@ from mtlbench.data.source import DatasetSource
 from mtlbench.datasets.features import recent_items
 from mtlbench.errors import ConfigError
 from mtlbench.registry import register_dataset
+from mtlbench.stages import STAGE_NAMES
 
 TASKS = ["click", "long_view", "purchase"]
-STAGE_NAMES = ["New", "Wander", "Stick", "Loyal"]
 N_STAGES = len(STAGE_NAMES)
 
 # -- stage dynamics ----------------------------------------------------------------------------------

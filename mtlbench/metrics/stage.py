@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from mtlbench.metrics.scenario import PerGroupMetrics
 from mtlbench.registry import register_metric
+from mtlbench.stages import RULE_STAGE_LABELS
 
 
 @register_metric("stage")
@@ -23,11 +24,6 @@ class StageMetrics(PerGroupMetrics):
     group = "true_stage"
     key = "stage"
     named = True
-
-
-#: names of the rule-based stage ids (``rule_stage`` of :mod:`mtlbench.data.lifecycle_inputs`: its ``STAGE_NAMES``,
-#: then the id of rows without an earlier training row of their user); tests check the two agree
-RULE_STAGE_LABELS: tuple[str, ...] = ("New", "Wander", "Stick", "Loyal", "unknown")
 
 
 @register_metric("rule_stage")
