@@ -57,7 +57,9 @@ class RunConfig:
     # train and evaluate on one lifecycle stage's rows ({rule_stage: Wander}): STAN's Stage_Single (data/subset.py)
     subset: Any = None
     hash_buckets: Any = None  # int, or {field: buckets}: hash large id vocabularies into fixed tables
-    threads: int | None = None
+    threads: int | None = None  # torch intra-op threads; None = the CPUs this process may use / its processes
+    # None: the data on the accelerator when it fits (GPU), else gathered from the mapped cache (data/rows.py)
+    resident_data: bool | None = None
     embedding_init_std: float | None = None  # normal init of every embedding table; None = the model's own
     predictions: bool = True
     resume: bool = False

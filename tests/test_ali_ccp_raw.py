@@ -16,9 +16,9 @@ import pytest
 
 from mtlbench.cli.data import main
 from mtlbench.data.cache import load_or_build
+from mtlbench.data.rows import build_tensors
 from mtlbench.data.schema import DatasetSchema, Feature, weights_column
 from mtlbench.data.splits import make_splits, resolve_method
-from mtlbench.data.tensors import build_tensors
 from mtlbench.datasets.ali_ccp import AliCCP
 from mtlbench.datasets.ali_ccp_raw import SEQUENCE_FIELDS, find_raw
 from mtlbench.errors import DataError
@@ -221,7 +221,7 @@ def test_archives_and_split_subfolders_read_the_same(raw, built, tmp_path):
             np.testing.assert_array_equal(got[k], want[k], err_msg=f"{folder.name}: {k}")
 
 
-def test_lines_longer_than_a_block_are_read_again_with_larger_blocks(raw, built, tmp_path, monkeypatch):
+def test_lines_longer_than_a_block_are_read_whole(raw, built, tmp_path, monkeypatch):
     import mtlbench.datasets.ali_ccp_raw as reader
 
     monkeypatch.setattr(reader, "RAW_BLOCK_SIZE", 300)  # common-features lines are ~1 KB, skeleton lines ~200 B

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from mtlbench.data.cache import entry_path, load_or_build
-from mtlbench.data.loader import TensorBatchLoader
+from mtlbench.data.loader import BatchLoader
 from mtlbench.data.order import Timeline
+from mtlbench.data.rows import ColumnRows, ResidentRows
 from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
 from mtlbench.data.splits import make_splits, user_time_split
-from mtlbench.data.tensors import build_tensors, standardize_numeric
 from mtlbench.errors import ConfigError, DataError
 
 
@@ -159,8 +159,8 @@ def test_random_split_is_seeded_and_ratios_are_checked():
 
 
 def _loader(rows, world, rank, shuffle, epoch=0, bs=7):
-    tensors = {"x": torch.arange(1000) * 10}
-    return TensorBatchLoader(tensors, rows, bs, shuffle=shuffle, seed=5, rank=rank, world=world, epoch_fn=lambda: epoch)
+    source = ResidentRows({"index": torch.arange(1000), "x": torch.arange(1000) * 10})
+    return BatchLoader(source, rows, bs, shuffle=shuffle, seed=5, rank=rank, world=world, epoch_fn=lambda: epoch)
 
 
 def test_eval_loader_sees_every_row_exactly_once_across_uneven_ranks():
@@ -222,9 +222,9 @@ def test_numeric_features_are_standardized_with_training_rows_only():
         "y": np.zeros(6, np.float32),
     }
     train = np.array([0, 1, 2, 3])
-    tensors = build_tensors(schema, cols)
-    standardize_numeric(schema, tensors, train)
-    x = tensors["numeric"]
+    inputs = ColumnRows(schema, cols)
+    inputs.standardize(train)
+    x = inputs.column("numeric")
     expected = (a - a[train].mean()) / a[train].std()  # valid/test rows (100, -50) don't move the scaling
     np.testing.assert_allclose(x[:, 0].numpy(), expected, rtol=1e-6)
     np.testing.assert_array_equal(x[:, 1].numpy(), a)  # not asked for: as given

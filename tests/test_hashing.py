@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mtlbench.data.hashing import apply_hashing, hash_ids
+from mtlbench.data.rows import build_tensors
 from mtlbench.data.schema import DatasetSchema, Feature
-from mtlbench.data.tensors import build_tensors
 from mtlbench.datasets.table import TableDataset
 
 from conftest import FAST, run_cli

@@ -7,8 +7,8 @@ from torch import nn
 
 import mtlbench
 from mtlbench.data.derived import compute_derived
+from mtlbench.data.rows import build_tensors
 from mtlbench.data.schema import DatasetSchema, Feature
-from mtlbench.data.tensors import build_tensors
 from mtlbench.errors import ConfigError
 from mtlbench.models import as_output
 from mtlbench.models.backbones import MMoEBackbone, PLEBackbone, SlotModel

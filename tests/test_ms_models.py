@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import mtlbench
+from mtlbench.data.rows import build_tensors
 from mtlbench.data.schema import DatasetSchema, Feature
-from mtlbench.data.tensors import build_tensors
 from mtlbench.errors import ConfigError
 from mtlbench.models.layers import FeatureEmbedding
 from mtlbench.models.pepnet import GateNU

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import mtlbench
+from mtlbench.data.rows import build_tensors
 from mtlbench.data.schema import DatasetSchema, Feature, select_tasks
-from mtlbench.data.tensors import build_tensors
 from mtlbench.errors import ConfigError
 from mtlbench.models.aem2tl import PersonalizedTower, ScenarioCGC
 from mtlbench.models.aitm import AIT, label_constraint

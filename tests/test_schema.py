@@ -30,7 +30,7 @@ def columns(**over):
 
 
 def test_valid_columns_pass_and_nan_label_means_missing():
-    from mtlbench.data.tensors import build_tensors
+    from mtlbench.data.rows import build_tensors
 
     schema().validate(columns())  # raises on any problem
     labels = build_tensors(schema(), columns())["labels"]

@@ -98,7 +98,7 @@ def test_the_eval_step_scores_each_true_stage_and_no_model_sees_it():
     dm, module = build_components(compose_cfg(SMALL))  # the default metrics, stage included
     schema = dm.schema
     assert "true_stage" in module.metric_groups
-    assert not set(dm.tensors) & {*schema.analysis_fields, "true_stage"}  # never in a batch
+    assert not set(dm.rows().keys()) & {*schema.analysis_fields, "true_stage"}  # never in a batch
     np.testing.assert_array_equal(dm.analysis_groups["true_stage"].numpy(), dm.columns["true_stage"])
     seen: list[set[str]] = []
     module.model.register_forward_pre_hook(lambda _m, args: seen.append(set(args[0])))
@@ -106,7 +106,7 @@ def test_the_eval_step_scores_each_true_stage_and_no_model_sees_it():
     with torch.no_grad():
         module._eval_step(batch, "valid")
         probs = torch.sigmoid(module.task_logits(module(batch)).float()).numpy()
-    assert seen and all(keys <= set(dm.tensors) for keys in seen)
+    assert seen and all(keys <= set(dm.rows().keys()) for keys in seen)
     stage = dm.columns["true_stage"][batch["index"].numpy()]
     got = {name: m.compute() for name, m in module.metrics["valid"][0].items()}["stage"]
     y = batch["labels"][:, 0].numpy()

@@ -61,7 +61,7 @@ def test_the_subset_keeps_exactly_one_stages_rows_in_every_split():
             kept[split].append(rows)
         # the inputs of the kept rows are the all-data run's
         for key in ("categorical", "numeric"):
-            torch.testing.assert_close(dm.tensors[key], full.tensors[key])
+            torch.testing.assert_close(dm.rows().column(key), full.rows().column(key))
     for split, parts in kept.items():  # the stages partition every split
         np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.sort(full.splits[split]))
     # ids work as names do; the true stage of the simulator too
@@ -86,7 +86,7 @@ def test_the_all_data_model_on_a_stages_test_rows_equals_the_stage_runs_metric()
             module, datamodule=dm, verbose=False
         )
     rows = dm_one.splits["test"]
-    assert set(dm_all.tensors["rule_stage"][rows].tolist()) == {1}
+    assert set(dm_all.rows().column("rule_stage", rows).tolist()) == {1}
     index, scores = one.test_predictions
     order = torch.argsort(index)
     np.testing.assert_array_equal(index[order].numpy(), np.sort(rows))

@@ -12,8 +12,8 @@ import torch
 
 from mtlbench.analysis.stages import kmeans_nmi, last_rows
 from mtlbench.data.derived import compute_derived
+from mtlbench.data.rows import build_tensors
 from mtlbench.data.schema import DatasetSchema, Feature
-from mtlbench.data.tensors import build_tensors
 from mtlbench.errors import ConfigError
 from mtlbench.factory import create_model, create_weighting
 from mtlbench.models import ModelOutput

@@ -14,7 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from mtlbench.data.loader import TensorBatchLoader
+from mtlbench.data.loader import BatchLoader
 from mtlbench.errors import ConfigError
 from mtlbench.models.base import as_output
 from mtlbench.registry import register_analysis
@@ -29,7 +29,7 @@ def clicked_cvr_auc(module: Any, datamodule: Any, ctr_task: str, cvr_task: str) 
     scores, labels = [], []
     try:
         rows = torch.from_numpy(datamodule.splits["test"])
-        for batch in TensorBatchLoader(datamodule.tensors, rows, datamodule.eval_batch_size):
+        for batch in BatchLoader(datamodule.rows(), rows, datamodule.eval_batch_size):
             batch = {k: v.to(module.device) for k, v in batch.items()}
             out = as_output(module.model(batch))
             y = batch["labels"]

@@ -108,7 +108,7 @@ def model_representations(
     try:
         device = next(model.parameters()).device
         for chunk in torch.split(torch.as_tensor(rows, dtype=torch.int64), batch_size):
-            batch = {k: v[chunk].to(device) for k, v in datamodule.tensors.items()}
+            batch = {k: v.to(device) for k, v in datamodule.rows().gather(chunk).items()}
             out = as_output(model(batch))
             for name, v in out.extras.items():
                 extras.setdefault(name, []).append(v.float().cpu().reshape(len(chunk), -1))
@@ -245,8 +245,8 @@ def stage_analysis(
         return {"stage_analysis": {"skipped": f"only {len(pick)} users with a test row"}}
     reps = model_representations(module, datamodule, rows[pick], datamodule.eval_batch_size)
     reps.update({name: np.asarray(v)[pick] for name, v in (extra or {}).items()})
-    if "stan_pseudo_label" in datamodule.tensors:
-        reps["pseudo_label"] = datamodule.tensors["stan_pseudo_label"][rows[pick]].numpy()
+    if "stan_pseudo_label" in datamodule.rows():
+        reps["pseudo_label"] = datamodule.rows().column("stan_pseudo_label", rows[pick]).cpu().numpy()
     rules = rule_stage(schema, columns, datamodule.splits["train"])[rows[pick]]
     from threadpoolctl import threadpool_limits
 

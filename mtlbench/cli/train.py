@@ -4,7 +4,12 @@
 Sweeps are resumable: a job of a multirun whose run directory already holds a ``results.json`` for the
 identical resolved config (and package version) is skipped and its results reused, so running an
 interrupted sweep again with the same command finishes only what is missing. Runs left incomplete by
-the interruption (config.yaml, no results.json) are redone from scratch.
+the interruption (config.yaml, no results.json) are redone from scratch, except runs a signal stopped
+(preemption: ``checkpoints/preempted.json``), which continue from their checkpoint.
+
+One process runs a job directory at a time: the job holds a lock on ``<run dir>/.lock`` while it runs, so a sweep
+launched twice into the same directory waits for the job the other launch is running and then reuses its
+results instead of training it a second time.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlbench.cli import errors
 from mtlbench.config import register_configs
+from mtlbench.log import rank
 from mtlbench.registry import load_plugins
+from mtlbench.rundir import CHECKPOINT_DIR, LOCK_FILE, NO_SPACE, PREEMPTED_FILE, exclusive, write_error
 
 #: config keys that change only what is printed or how a run gets to its end, never its results: a run
 #: that differs from a complete one only in these is still skipped
@@ -86,26 +93,50 @@ def skip_complete_enabled(cfg: DictConfig) -> bool:
 # -- the task function ----------------------------------------------------------------------------------
 @hydra.main(config_path="pkg://mtlbench.configs", config_name="train", version_base="1.3")
 def _app(cfg: DictConfig) -> float | None:
-    from mtlbench.training import tracking
-    from mtlbench.training.run import train
-
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    if rank() != 0:  # a DDP process of a run its rank 0 holds the lock for
+        return _job(cfg, run_dir, multirun)
+
+    def waiting() -> None:
+        print(f"mtlbench: {run_dir} is being run by another process: waiting for it", file=sys.stderr)
+
+    with exclusive(run_dir / LOCK_FILE, on_wait=waiting, remove=True):
+        return _job(cfg, run_dir, multirun)
+
+
+def _job(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
+    from mtlbench.training import tracking
+    from mtlbench.training.preemption import Preempted
+    from mtlbench.training.run import train
+
     results = completed_results(cfg, run_dir) if multirun and skip_complete_enabled(cfg) else None
     if results is not None:
         print(f"mtlbench: {run_dir} already has results for this config: skipped (reused)", file=sys.stderr)
     else:
-        if multirun and not cfg.get("resume", False):  # resume=true continues from checkpoints/last.ckpt
+        preempted = (run_dir / CHECKPOINT_DIR / PREEMPTED_FILE).exists()  # a requeued job continues
+        if multirun and not cfg.get("resume", False) and not preempted:  # resume=true: from checkpoints/last.ckpt
             clear_stale(run_dir)
         ok = False
+        no_space: OSError | None = None
         try:
             results = train(cfg, run_dir)
             if results:
                 tracking.log_results(results)
             ok = True
+        except Preempted as stop:
+            if rank() == 0:
+                print(f"mtlbench: preempted: {stop}", file=sys.stderr)
+            raise
+        except OSError as e:  # a write that found no space outside mtlbench's writers (e.g. a logger's)
+            if e.errno not in NO_SPACE or isinstance(e, errors.USER_ERRORS):
+                raise
+            no_space = write_error(e.filename or f"a file under {run_dir}", e)
         finally:
             tracking.finish(exit_code=0 if ok else 1)
+        if no_space is not None:
+            raise no_space  # one line naming the file (outside the handler: no chained messages)
     if results:
         if cfg.print_summary and not multirun:
             from mtlbench.report.summary import format_run

@@ -1,4 +1,4 @@
-"""LightningDataModule: cached dataset -> splits -> row tensors -> gathered batches."""
+"""LightningDataModule: cached dataset -> splits -> row inputs -> gathered batches."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 from mtlbench.data.cache import load_or_build
 from mtlbench.data.derived import compute_derived
 from mtlbench.data.hashing import apply_hashing, hash_plan
-from mtlbench.data.loader import TensorBatchLoader
+from mtlbench.data.loader import BatchLoader
+from mtlbench.data.rows import ColumnRows, ResidentRows, layout_nbytes
 from mtlbench.data.schema import DatasetSchema, select_tasks
 from mtlbench.data.splits import check_not_empty, make_splits
 from mtlbench.data.subset import apply_subset
@@ -28,6 +29,11 @@ class MultiTaskDataModule(pl.LightningDataModule):
     ``batch_size // world`` rows per step, so results don't depend on the number of processes.
     ``subset`` (e.g. ``{"rule_stage": "Wander"}``) keeps only one lifecycle stage's rows in every split, after
     splitting and after the derived inputs (STAN's Stage_Single: :mod:`mtlbench.data.subset`).
+    ``resident``: where batches are gathered from. False: from the memory-mapped cache, batch by batch
+    (:class:`~mtlbench.data.rows.ColumnRows`: flat memory, the data may exceed RAM); True: the whole layout built
+    once on the trainer's device (:class:`~mtlbench.data.rows.ResidentRows`: on a GPU, no host round trip per
+    step); None (default): resident on an accelerator whose free memory holds the layout twice over, else False.
+    Both give the same batches.
     """
 
     name: str  # the registered dataset name (LightningDataModule declares it Optional)
@@ -47,6 +53,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
         hash_buckets: int | dict[str, int] | None = None,
         tasks: list[str] | None = None,
         subset: dict[str, Any] | None = None,
+        resident: bool | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -63,17 +70,19 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.hashed_fields: list[str] = []  # the categorical fields hash_buckets hashed (set by load)
         self.tasks = list(tasks) if tasks else None
         self.subset = dict(subset) if subset else None
+        self.resident = resident
         self.schema: DatasetSchema | None = None
         self.columns: dict[str, np.ndarray] = {}
         self.splits: dict[str, np.ndarray] = {}
-        self.tensors: dict[str, torch.Tensor] = {}
-        #: row-aligned ids of the analysis groups (e.g. ``true_stage``), for metrics only: never in ``tensors``,
+        #: the batch inputs by row (``gather(idx)``, ``column(key, rows)``), set by load, made resident by setup
+        self.inputs: ColumnRows | ResidentRows | None = None
+        #: row-aligned ids of the analysis groups (e.g. ``true_stage``), for metrics only: never in ``inputs``,
         #: so never in a batch a model sees
         self.analysis_groups: dict[str, torch.Tensor] = {}
         self.cache_path: Path | None = None
 
     def load(self) -> DatasetSchema:
-        """Load (building on first use) the cached dataset, split it and build the batch tensors."""
+        """Load (building on first use) the cached dataset, split it and set up the batch inputs."""
         if self.schema is not None:
             return self.schema
         source = create_dataset(self.name, **self.settings)
@@ -84,19 +93,16 @@ class MultiTaskDataModule(pl.LightningDataModule):
             self.schema = select_tasks(self.schema, self.tasks)
         self.splits = make_splits(self.schema, self.columns, self.split_method, self.split_ratios, self.seed)
         check_not_empty(self.splits, self.split_method, self.schema)
-        from mtlbench.data.tensors import build_tensors, standardize_numeric
-
-        self.tensors = build_tensors(self.schema, self.columns)
+        inputs = ColumnRows(self.schema, self.columns)
+        inputs.standardize(self.splits["train"])
         self.analysis_groups = {
             group: torch.from_numpy(np.array(self.columns[column], dtype=np.int64))
             for group, column in analysis_group_columns(self.schema).items()
         }
-        standardize_numeric(self.schema, self.tensors, self.splits["train"])
         for name in self.extra_inputs:
-            values = compute_derived(
-                name, self.schema, self.columns, self.splits["train"], **self.extra_settings.get(name, {})
-            )
-            self.tensors[name] = torch.from_numpy(np.ascontiguousarray(values))
+            settings = self.extra_settings.get(name, {})
+            inputs.add(name, compute_derived(name, self.schema, self.columns, self.splits["train"], **settings))
+        self.inputs = inputs
         if self.subset:  # last: every input and the stages are those of the all-data run
             rule_settings = self.extra_settings.get("rule_stage", {})
             self.splits = apply_subset(self.schema, self.columns, self.splits, self.subset, rule_settings)
@@ -107,6 +113,23 @@ class MultiTaskDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.load()
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if isinstance(self.inputs, ColumnRows) and self._make_resident(self.inputs, device):
+            self.inputs = self.inputs.resident(device)
+
+    def _make_resident(self, inputs: ColumnRows, device: torch.device) -> bool:
+        if self.resident is not None:
+            return self.resident
+        if device.type != "cuda":
+            return False
+        free, _ = torch.cuda.mem_get_info(device)
+        return 2 * layout_nbytes(inputs) <= free
+
+    def rows(self) -> ColumnRows | ResidentRows:
+        """The batch inputs (loading the dataset first if needed)."""
+        self.load()
+        assert self.inputs is not None
+        return self.inputs
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -115,7 +138,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
-    def loader(self, split: str, train: bool = False) -> TensorBatchLoader:
+    def loader(self, split: str, train: bool = False) -> BatchLoader:
         rank, world = self._world()
         rows = torch.from_numpy(self.splits[split])
         if train and self.batch_size % world:
@@ -125,8 +148,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
         if len(rows) < world:
             raise ConfigError(f"split {split!r} has {len(rows)} rows, fewer than the {world} processes")
         if train:
-            return TensorBatchLoader(
-                self.tensors,
+            return BatchLoader(
+                self.rows(),
                 rows,
                 max(1, self.batch_size // world),
                 shuffle=True,
@@ -135,13 +158,13 @@ class MultiTaskDataModule(pl.LightningDataModule):
                 world=world,
                 epoch_fn=self._epoch,
             )
-        return TensorBatchLoader(self.tensors, rows, self.eval_batch_size, rank=rank, world=world)
+        return BatchLoader(self.rows(), rows, self.eval_batch_size, rank=rank, world=world)
 
-    def train_dataloader(self) -> TensorBatchLoader:
+    def train_dataloader(self) -> BatchLoader:
         return self.loader("train", train=True)
 
-    def val_dataloader(self) -> TensorBatchLoader:
+    def val_dataloader(self) -> BatchLoader:
         return self.loader("valid")
 
-    def test_dataloader(self) -> TensorBatchLoader:
+    def test_dataloader(self) -> BatchLoader:
         return self.loader("test")

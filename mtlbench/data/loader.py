@@ -1,27 +1,38 @@
-"""Batches gathered from in-memory tensors by index: one gather per tensor per batch, no per-sample Python."""
+"""Batches of row numbers, and the batches gathered for them: one gather per input per batch, no per-sample Python."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 
-class TensorBatchLoader:
-    """Iterates over ``rows`` of a dict of row-aligned tensors in batches.
+class RowSource(Protocol):
+    """Where a batch's inputs are gathered from (:class:`mtlbench.data.rows.ColumnRows` or ``ResidentRows``)."""
+
+    device: torch.device
+
+    def gather(self, idx: Tensor) -> dict[str, Tensor]: ...
+
+
+class BatchLoader:
+    """Iterates over ``rows`` of a :class:`RowSource` in batches.
 
     Training (``shuffle=True``): a permutation seeded by ``(seed, epoch)`` cut into global batches of
     ``batch_size * world`` rows; process ``rank`` takes its slice of each global batch, so N processes
     step together over exactly the global batches one process would see (the last global batch is
     split evenly; at most ``world - 1`` rows are left out of that epoch). Evaluation
     (``shuffle=False``): rows are split into ``world`` contiguous parts of possibly unequal size, so
-    every row is seen exactly once in total.
+    every row is seen exactly once in total. The row numbers are drawn on the CPU (the same permutation on
+    every device) and moved to the source's device once per epoch, so a device-resident source gathers its
+    batches with no host round trip per step.
     """
 
     def __init__(
         self,
-        tensors: dict[str, Tensor],
+        source: RowSource,
         rows: Tensor,
         batch_size: int,
         shuffle: bool = False,
@@ -31,7 +42,7 @@ class TensorBatchLoader:
         epoch_fn: Callable[[], int] | None = None,
         drop_last: bool = False,
     ) -> None:
-        self.tensors = tensors
+        self.source = source
         self.rows = rows
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -42,11 +53,12 @@ class TensorBatchLoader:
 
     def _batches(self) -> list[Tensor]:
         """Row indices of this process's batches for the current epoch."""
+        device = self.source.device
         if not self.shuffle:
             local = torch.tensor_split(self.rows, self.world)[self.rank]
-            return list(torch.split(local, self.batch_size))
+            return list(torch.split(local.to(device), self.batch_size))
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch_fn())
-        perm = self.rows[torch.randperm(len(self.rows), generator=g)]
+        perm = self.rows[torch.randperm(len(self.rows), generator=g)].to(device)
         out = []
         for glob in torch.split(perm, self.batch_size * self.world):
             share = len(glob) // self.world
@@ -66,4 +78,4 @@ class TensorBatchLoader:
         for idx in self._batches():
             if self.drop_last and len(idx) < self.batch_size:
                 break
-            yield {name: t[idx] for name, t in self.tensors.items()}
+            yield self.source.gather(idx)

@@ -1,7 +1,7 @@
 """Building feature columns from read files: side-table joins, the user's previous items, time order.
 
 Numeric scaling: every numeric feature of a log is z-scored when the data is loaded, with the training
-split's statistics (``Feature.standardize``, :func:`mtlbench.data.tensors.standardize_numeric`). The one
+split's statistics (``Feature.standardize``, :meth:`mtlbench.data.rows.ColumnRows.standardize`). The one
 exception is :func:`standardize_side_table`, for a numeric attribute of a publisher's side table (one row per
 user or per item, published as its own file, e.g. KuaiRand's user / video features): there the side table is
 the unit, each user or item counted once whatever its number of impressions, and every dataset that uses it

@@ -247,7 +247,7 @@ class STAN(MultiTaskModel):
 
     def user_preference(self, fields: Tensor) -> tuple[Tensor, Tensor]:
         """Section 3.2 on the field embeddings [B, F, D]: preference logits [B, K] and s^k [B, K, d1, d2]."""
-        u = fields[:, self.user_index]  # U_i
+        u = fields.index_select(1, self.user_index)  # U_i (index_select: its backward is one index_add_)
         u_prime = self.extractor(u)  # Eq. 6-7
         s = self.task_attention(u_prime)  # Eq. 8
         return self.preference_heads(s), s  # Eq. 9 (before the sigmoid)

@@ -229,6 +229,9 @@ class MultiTaskModule(pl.LightningModule):
             f"{what}; try a lower learning rate"
         )
 
+    def on_train_start(self) -> None:  # a run resumed mid-epoch starts training without an epoch start
+        self._t0 = time.perf_counter()
+
     def on_train_epoch_start(self) -> None:
         self._t0 = time.perf_counter()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import shutil
 import sys
 import time
 import warnings
@@ -13,6 +15,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtlbench.data.datamodule import MultiTaskDataModule
 from mtlbench.data.source import DATASET_KEYS
@@ -31,12 +34,14 @@ from mtlbench.rundir import (
     LAST_CHECKPOINT,
     LOG_DIR,
     PREDICTIONS_FILE,
+    PREEMPTED_FILE,
     RESULTS_FILE,
     write_json,
     write_parquet,
     write_text,
 )
 from mtlbench.training.module import MultiTaskModule, run_metrics
+from mtlbench.training.preemption import AtomicCheckpointIO, Preemption, checkpoint_version
 from mtlbench.version import __version__
 
 log = get_logger(__name__)
@@ -64,6 +69,7 @@ def build_datamodule(cfg: DictConfig, extra_inputs: tuple[str, ...] = ()) -> Mul
         hash_buckets=_plain(cfg.get("hash_buckets")),
         tasks=_plain(cfg.get("tasks")),
         subset=_plain(cfg.get("subset")),
+        resident=cfg.get("resident_data"),
     )
 
 
@@ -193,27 +199,74 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     return callbacks + build_analyses(cfg)
 
 
+def _config_changes(cfg: DictConfig, saved: Path) -> list[str]:
+    """The top-level keys in which ``cfg`` differs from the config a run dir was started with (``resume`` aside)."""
+    if not saved.exists():
+        return []
+    # both mappings: config.yaml is written from the run's DictConfig
+    before = cast("dict[str, Any]", OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    now = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
+    before.pop("resume", None)
+    now.pop("resume", None)
+    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+
+
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
-    """The checkpoint a ``resume=true`` run continues from; its run dir must hold the same config."""
+    """The checkpoint a run continues from: ``resume=true``, or a run dir whose run a signal stopped
+    (``checkpoints/preempted.json``: the requeued job runs the same command). The run dir must hold the same
+    config and the checkpoint must come from this mtlbench version: ``resume=true`` refuses otherwise, a
+    preempted run starts over (with a warning)."""
     last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
-    saved = run_dir / CONFIG_FILE
-    if not last.exists():
-        log.info("resume=true but %s does not exist: starting from scratch", last)
+    marker = run_dir / CHECKPOINT_DIR / PREEMPTED_FILE
+    asked = bool(cfg.get("resume"))
+    if not asked and not marker.exists():
         return None
-    if saved.exists():
-        # both mappings: config.yaml is written from the run's DictConfig
-        before = cast("dict[str, Any]", OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
-        now = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
-        before.pop("resume", None)
-        now.pop("resume", None)
-        if before != now:
-            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-            raise ConfigError(
-                f"resume=true: {run_dir} was started with a different config (differs in "
-                f"{', '.join(changed)}); use the same overrides or another run dir"
-            )
-    log.info("resuming from %s", last)
+    if not last.exists():
+        log.info("%s does not exist: starting from scratch", last)
+        return None
+    problem = None
+    changed = _config_changes(cfg, run_dir / CONFIG_FILE)
+    if changed:
+        problem = f"{run_dir} was started with a different config (differs in {', '.join(changed)})"
+    else:
+        try:
+            written = checkpoint_version(last)
+        except Exception as e:  # not a checkpoint torch can read (e.g. cut short by a pre-0.1 writer)
+            problem = f"{last} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        else:
+            if written != __version__:
+                problem = f"{last} was written by mtlbench {written or '< 0.1.0'}, this is mtlbench {__version__}"
+    if problem is not None:
+        if asked:
+            raise ConfigError(f"resume=true: {problem}; use the same overrides and version, or another run dir")
+        log.warning("not continuing the preempted run: %s; starting over", problem)
+        shutil.rmtree(run_dir / CHECKPOINT_DIR)
+        return None
+    log.info("resuming from %s%s", last, "" if asked else " (the run was stopped by a signal)")
     return str(last)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a Slurm or taskset limit, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def processes_per_node(trainer_cfg: dict[str, Any]) -> int:
+    """The training processes that share this machine's CPUs: DDP runs one per device of the node."""
+    strategy, devices = str(trainer_cfg.get("strategy", "auto")), trainer_cfg.get("devices", 1)
+    if "ddp" not in strategy:
+        return 1
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if str(trainer_cfg.get("accelerator")) in ("gpu", "cuda") and torch.cuda.is_available():
+        return torch.cuda.device_count()  # devices: -1 / "auto", every GPU of the node
+    return 1
+
+
+def default_threads(cfg: DictConfig) -> int:
+    """torch's intra-op threads when ``threads`` is unset: the usable CPUs divided by the processes sharing them,
+    so that no run oversubscribes the cores (torch's own default counts every core of the machine)."""
+    return max(1, usable_cpus() // processes_per_node(_plain(cfg.trainer) or {}))
 
 
 def environment() -> dict[str, Any]:
@@ -224,6 +277,7 @@ def environment() -> dict[str, Any]:
         "pytorch_lightning": pl.__version__,
         "numpy": np.__version__,
         "threads": torch.get_num_threads(),
+        "usable_cpus": usable_cpus(),
         "cuda": torch.cuda.is_available(),
     }
 
@@ -232,29 +286,36 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train, select on validation, test once; write results.json and predictions.parquet in ``run_dir``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = resume_checkpoint(cfg, run_dir) if cfg.get("resume") else None  # may refuse: before deleting
+    ckpt_path = resume_checkpoint(cfg, run_dir)  # may refuse: before deleting
     (run_dir / RESULTS_FILE).unlink(missing_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    torch.set_num_threads(int(cfg.threads) if cfg.get("threads") else default_threads(cfg))
     dm, module = build_components(cfg)
     assert dm.schema is not None  # build_components loaded the data
-    trainer = pl.Trainer(
-        **_plain(cfg.trainer),
-        logger=build_logger(cfg, run_dir),
-        callbacks=build_callbacks(cfg, run_dir),
-        default_root_dir=str(run_dir),
-        use_distributed_sampler=False,
-    )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    fit_seconds = time.perf_counter() - start
-    checkpoint = trainer.checkpoint_callback  # build_callbacks' ModelCheckpoint
-    best = checkpoint if isinstance(checkpoint, pl.callbacks.ModelCheckpoint) and checkpoint.best_model_path else None
-    ckpt = "best" if best is not None else None
-    trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
-    trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
+    preemption = Preemption(run_dir)  # a signal: checkpoint at the next step boundary, exit to be requeued
+    with preemption.signals():
+        trainer = pl.Trainer(
+            **_plain(cfg.trainer),
+            logger=build_logger(cfg, run_dir),
+            callbacks=[*build_callbacks(cfg, run_dir), preemption],
+            default_root_dir=str(run_dir),
+            use_distributed_sampler=False,
+            plugins=[AtomicCheckpointIO()],
+        )
+        try:
+            start = time.perf_counter()
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+            fit_seconds = time.perf_counter() - start
+            checkpoint = trainer.checkpoint_callback  # build_callbacks' ModelCheckpoint
+            best = None
+            if isinstance(checkpoint, pl.callbacks.ModelCheckpoint) and checkpoint.best_model_path:
+                best = checkpoint
+            ckpt = "best" if best is not None else None
+            trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
+            trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
+        except SIGTERMException:
+            preemption.stop(trainer)
     if not trainer.is_global_zero:
         return {}
     world = trainer.world_size
@@ -289,6 +350,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         write_predictions(run_dir / PREDICTIONS_FILE, dm, module)
     write_json(run_dir / ENVIRONMENT_FILE, results["environment"], indent=1)
     write_json(run_dir / RESULTS_FILE, results)  # last: its presence means the run completed
+    (run_dir / CHECKPOINT_DIR / PREEMPTED_FILE).unlink(missing_ok=True)
     return results
 
 

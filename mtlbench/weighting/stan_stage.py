@@ -54,12 +54,17 @@ def stage_weighted_loss(losses: Tensor, mask: Tensor, gamma: Tensor) -> Tensor:
     return task_means(losses * gamma.to(losses.dtype), mask).sum()
 
 
+def distributed() -> bool:
+    """Whether more than one process trains (torch.distributed initialised with world size > 1)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def all_gather_rows(x: Tensor) -> Tensor:
     """Rows of ``x`` from every process, rank by rank (``x`` itself without torch.distributed).
 
     Row counts may differ between processes: sizes are exchanged first and rows padded to the largest.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not distributed():
         return x
     world = dist.get_world_size()
     n = torch.tensor([len(x)], dtype=torch.int64, device=x.device)
@@ -144,20 +149,18 @@ class StanStage(WeightingStrategy):
         if self._reset_pending:
             self.reset_state()
             self._reset_pending = False
-        rows = all_gather_rows(
-            torch.cat(
-                [users.to(torch.float64).unsqueeze(1), position.to(torch.float64).unsqueeze(1), pref.to(torch.float64)],
-                1,
-            )
-        )
-        u, c, p = rows[:, 0].long(), rows[:, 1:2], rows[:, 2:]
+        u, c, p = users, position.to(torch.float64).unsqueeze(1), pref.to(torch.float64)
+        if distributed():  # the (user, c, y~) rows of every process, as one float64 table
+            rows = all_gather_rows(torch.cat([u.to(torch.float64).unsqueeze(1), c, p], 1))
+            u, c, p = rows[:, 0].long(), rows[:, 1:2], rows[:, 2:]
         self.alpha.index_add_(0, u, p * c)  # line 7
         self.beta.index_add_(0, u, (1.0 - p) * c)  # line 8
         self.count.index_add_(0, u, torch.ones_like(u))  # line 6
 
     def sample(self, users: Tensor) -> Tensor:
         """Algorithm 1, line 11: gamma ~ Beta(alpha_u, beta_u), one independent draw per sample [B, K]."""
-        return torch.distributions.Beta(self.alpha[users], self.beta[users]).sample().float()
+        # validate_args=False: alpha, beta >= 1 by construction, so the per-step argument checks are skipped
+        return torch.distributions.Beta(self.alpha[users], self.beta[users], validate_args=False).sample().float()
 
     def expected_gamma(self) -> Tensor:
         """E[gamma_u] = alpha_u / (alpha_u + beta_u) [users, K]."""
