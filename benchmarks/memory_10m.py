@@ -24,8 +24,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from peak_memory import run_child
 
 PREPARE_LIFECYCLE = """
 from mtlbench.data.cache import load_or_build
@@ -35,43 +36,10 @@ load_or_build(src, "lifecycle", {cache!r})
 """
 PREPARE_TABLE = """
 import runpy, sys
-sys.argv = ["mtlbench-data", "prepare", "ali_ccp", "path={csv}", "cache_dir={cache}", "--no-progress"]
+sys.argv = ["mtlbench-data", "prepare", "ali_ccp", "path={csv}", "tasks=[ctr,ctcvr]", "cache_dir={cache}",
+            "--no-progress"]
 runpy.run_module("mtlbench.cli.data", run_name="__main__")
 """
-# runs a snippet or a module in a child; a thread samples RssAnon; both peaks go to stderr at exit
-WRAP = """
-import atexit, runpy, sys, threading, time
-peak = [0]
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1])
-    return 0
-def sample():
-    while True:
-        peak[0] = max(peak[0], status("RssAnon:"))
-        time.sleep(0.02)
-threading.Thread(target=sample, daemon=True).start()
-def report():
-    peak[0] = max(peak[0], status("RssAnon:"))
-    print("PEAK_KB", status("VmHWM:"), peak[0], file=sys.stderr)
-atexit.register(report)
-what, sys.argv = sys.argv[1], sys.argv[1:]
-exec(what) if not what.startswith("module:") else runpy.run_module(what[7:], run_name="__main__")
-"""
-
-
-def child(what: str, args: list[str], env: dict[str, str]) -> tuple[float, float, float]:
-    """Run a snippet (or ``module:name``) in a child; return (seconds, peak RSS GB, peak anonymous GB)."""
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", WRAP, what, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"child failed: {proc.stderr[-2000:]}")
-    rss, anon = [line.split()[1:] for line in proc.stderr.splitlines() if line.startswith("PEAK_KB")][-1]
-    return seconds, int(rss) / 1024**2, int(anon) / 1024**2
 
 
 def generate_table(path: Path, rows: int) -> None:
@@ -106,8 +74,8 @@ def main() -> None:
             if not csv.exists():
                 generate_table(csv, args.rows)
             code = PREPARE_TABLE.format(csv=csv, cache=cache)
-            data = ["dataset=ali_ccp", f"dataset.path={csv}", "dataset.tasks=[ctr,ctcvr]"]
-        prep_s, prep_rss, prep_anon = child(code, [], env)
+            data = ["dataset=ali_ccp", f"dataset.path={csv}", "dataset.tasks=[ctr,ctcvr]"]  # as prepared: one entry
+        prep = run_child(code, [], env)
         cache_gb = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 1024**3
         train = [
             f"model={args.model}",
@@ -124,7 +92,7 @@ def main() -> None:
         if args.train_batches:
             train.append(f"+trainer.limit_train_batches={args.train_batches}")
         load = os.getloadavg()[0]
-        train_s, train_rss, train_anon = child("module:mtlbench.cli.train", train, env)
+        trained = run_child("module:mtlbench.cli.train", train, env)
         results = json.loads((work / "run" / "results.json").read_text())
     print(
         json.dumps(
@@ -132,12 +100,12 @@ def main() -> None:
                 "rows": args.rows,
                 "source": args.source,
                 "cache_gb": round(cache_gb, 2),
-                "prepare_seconds": round(prep_s, 1),
-                "prepare_peak_rss_gb": round(prep_rss, 2),
-                "prepare_peak_anon_gb": round(prep_anon, 2),
-                "train_seconds": round(train_s, 1),
-                "train_peak_rss_gb": round(train_rss, 2),
-                "train_peak_anon_gb": round(train_anon, 2),
+                "prepare_seconds": round(prep.seconds, 1),
+                "prepare_peak_rss_gb": round(prep.peak_rss_gb, 2),
+                "prepare_peak_anon_gb": round(prep.peak_anon_gb, 2),
+                "train_seconds": round(trained.seconds, 1),
+                "train_peak_rss_gb": round(trained.peak_rss_gb, 2),
+                "train_peak_anon_gb": round(trained.peak_anon_gb, 2),
                 "samples_per_second": round(results["train"]["samples_per_second"]),
                 "train_batches": args.train_batches,
                 "resident": args.resident,

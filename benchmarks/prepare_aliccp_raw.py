@@ -29,10 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from peak_memory import run_child
 
 USER_FIELDS = ("101", "121", "122", "124", "125", "126", "127", "128", "129")
 USER_CARD = (None, 98, 14, 3, 8, 4, 4, 3, 5)  # 101 = the user id itself
@@ -196,28 +194,13 @@ def main() -> None:
         shutil.rmtree(cache, ignore_errors=True)
         load = os.getloadavg()[0]
         start = time.perf_counter()
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "mtlbench.cli.data",
-                "prepare",
-                "ali_ccp",
-                f"path={raw}",
-                f"cache_dir={cache}",
-                "--json",
-                "--force",
-                "--no-progress",
-            ],
-            capture_output=True,
-            text=True,
-            env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        child = run_child(
+            "module:mtlbench.cli.data",
+            ["prepare", "ali_ccp", f"path={raw}", f"cache_dir={cache}", "--json", "--force", "--no-progress"],
+            dict(os.environ, PYTHONWARNINGS="ignore"),
         )
         wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            sys.exit(f"prepare failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
-        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the prepare child: the only one
+        report = json.loads(child.stdout.strip().splitlines()[-1])
         seconds = report["build_seconds"]
         print(
             json.dumps(
@@ -226,7 +209,8 @@ def main() -> None:
                     "rows": report["rows"],
                     "seconds": seconds,
                     "lines_per_second": round(a.lines / max(seconds, 1e-9)),
-                    "peak_rss_gb": round(peak_kb * 1024 / 1e9, 3),
+                    "peak_rss_gb": round(child.peak_rss_gb * 1024**3 / 1e9, 3),
+                    "peak_anon_gb": round(child.peak_anon_gb * 1024**3 / 1e9, 3),
                     "cache_gb": round(report["bytes"] / 1e9, 3),
                     "raw_gb": round(sum(f.stat().st_size for f in raw.glob("*.csv")) / 1e9, 3),
                     "prepare_wall_seconds": round(wall, 3),

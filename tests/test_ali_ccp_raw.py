@@ -382,6 +382,10 @@ def test_weights_columns_are_validated():
     with pytest.raises(DataError, match="must hold finite float32 weights of shape"):
         schema.validate({**cols, "s:weights": np.zeros((2, 2), np.float32)})
     schema.validate({**cols, "s:weights": np.zeros((2, 3), np.float32)})
+    bad = np.zeros((2, 3), np.float32)
+    bad[1, 2] = np.nan
+    with pytest.raises(DataError, match="must hold finite float32 weights; row 1 has a non-finite one"):
+        schema.validate({**cols, "s:weights": bad})
     with pytest.raises(DataError, match="has weights but is not a sequence"):
         DatasetSchema("d", [Feature("u", "categorical", 2, weights=True)], ["y"])
 

@@ -92,3 +92,31 @@ def test_non_finite_loss_stops_the_run_and_the_sweep_goes_on(tmp_path):
     results = list(sweep.rglob("results.json"))
     assert len(results) == 1  # the diverged run wrote none; the next run of the sweep still ran
     assert json.loads(results[0].read_text())["config"]["optimizer"]["lr"] == pytest.approx(1e-3)
+
+
+def test_non_finite_loss_without_a_host_sync_per_step_names_the_first_bad_step():
+    """On an accelerator the loss is not checked on the host every step (a sync per step): the first non-finite
+    step is kept on the device and the run stops at the next logging step naming it (forced here on the CPU)."""
+    import pytorch_lightning as pl
+
+    from mtlbench.errors import TrainingError
+    from mtlbench.training.run import build_components
+
+    from conftest import compose_cfg
+
+    small = ["dataset.n_rows=6000", "dataset.n_users=60", "optimizer.lr=1e30", "trainer.log_every_n_steps=3"]
+    dm, module = build_components(compose_cfg(small))
+    module.sync_each_step = False
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        log_every_n_steps=3,
+        enable_model_summary=False,
+    )
+    with pytest.raises(TrainingError, match=r"non-finite loss at step (\d+) .*found at step 2\)") as info:
+        trainer.fit(module, datamodule=dm)
+    first = int(info.value.args[0].split("step ")[1].split()[0])
+    assert 0 <= first <= 2

@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import ndcg_score, roc_auc_score
 
-from mtlbench.metrics import GAUC, NDCG, LogLoss, gauc, grouped_auc, log_loss, ndcg_at_k
+from mtlbench.metrics import GAUC, NDCG, LogLoss, build_metrics, gauc, grouped_auc, log_loss, ndcg_at_k
 
 # Each layout takes a different internal sort path: packed int64 key (small ids), the same after
 # re-indexing ids that span more than 2**30, and the generic lexsort (float64 scores).
@@ -657,8 +657,11 @@ def test_the_eval_step_feeds_every_metric_the_labelled_rows_and_their_groups():
     keep = ~torch.isnan(batch["labels"][:, 0])
     p, y = probs[keep, 0], batch["labels"][keep, 0]
     user, session, scenario = (batch[k][keep] for k in ("user", "session", "scenario"))
-    got = {name: m.compute() for name, m in module.metrics["valid"][0].items()}
-    assert list(got) == ["auc", "gauc", "ndcg@3", "sgauc", "scenario", "logloss"]
+    metric_set = module.metrics["valid"][0]
+    assert [name for name, _ in metric_set.items()] == ["auc", "gauc", "ndcg@3", "sgauc", "scenario", "logloss"]
+    values = metric_set.compute()  # the run's path: one shared row buffer for the row metrics
+    got = {k: values[k] for k in ("auc", "gauc", "ndcg@3", "sgauc", "logloss")}
+    got["scenario"] = {k: v for k, v in values.items() if "@scenario=" in k}
     assert float(got["auc"]) == pytest.approx(roc_auc_score(y.numpy(), p.numpy()), abs=1e-6)
     assert float(got["gauc"]) == pytest.approx(float(gauc(p, y, user)), abs=1e-7)
     assert float(got["ndcg@3"]) == pytest.approx(float(ndcg_at_k(p, y, user, 3)), abs=1e-7)
@@ -705,3 +708,43 @@ def test_a_run_with_metrics_auc_writes_only_auc(tmp_path):
             "purchase": ["auc"],
         }
     assert res["config"]["metrics"] == ["auc"]
+
+
+def test_shared_row_buffer_gives_each_metric_its_standalone_value_in_less_memory():
+    """A task's row metrics computed from the MetricSet's one compact buffer equal each metric updated alone."""
+    from mtlbench.training.module import MetricSet
+
+    rng = np.random.default_rng(3)
+    n = 5000
+    p = torch.from_numpy(rng.random(n).astype(np.float32))
+    y = torch.from_numpy((rng.random(n) < 0.3).astype(np.float32))
+    y[::7] = float("nan")
+    groups = {
+        "user": torch.from_numpy(rng.integers(0, 300, n)),
+        "session": torch.from_numpy(rng.integers(0, 900, n)),
+        "scenario": torch.from_numpy(rng.integers(0, 3, n)),
+    }
+    names = ["auc", "gauc", "ndcg@3", "sgauc", "scenario", "logloss"]
+    standalone = build_metrics(names, tuple(groups))
+    shared = MetricSet(build_metrics(names, tuple(groups)), tuple(groups))
+    for s in range(0, n, 1000):  # several updates, as batches
+        part = slice(s, s + 1000)
+        g = {k: v[part] for k, v in groups.items()}
+        shared.update(p[part], y[part], g)
+        for m in standalone.values():
+            m.update(p[part], y[part], g)
+    expected: dict[str, float] = {}
+    for name, m in standalone.items():
+        value = m.compute()
+        expected.update(value if isinstance(value, dict) else {name: float(value)})
+    got = shared.compute()
+    assert got == pytest.approx(expected, rel=1e-6, nan_ok=True) and set(got) == set(expected)
+    assert "auc@scenario=2" in got and "gauc@scenario=0" in got
+    rows = shared.rows
+    assert [g for g in rows.groups] == ["user", "session", "scenario"]
+    assert not rows.preds  # compute resets the buffer
+    shared.update(p, y, groups)
+    kept = int((~torch.isnan(y)).sum())
+    nbytes = sum(t.numel() * t.element_size() for name in rows._defaults for t in getattr(rows, name))
+    assert nbytes == kept * (4 + 1 + 3 * 4)  # float32 score, uint8 label, int32 ids: 17 bytes a row
+    assert shared.compute()["auc"] == pytest.approx(expected["auc"], rel=1e-6)

@@ -39,7 +39,19 @@ def aliccp_raw(tmp_path: Path) -> Path:
 def test_sfpnet_table4_on_raw_aliccp(tmp_path, aliccp_raw):
     sweep, runs, md = sweep_run(tmp_path, ["experiment=sfpnet_table4", f"dataset.path={aliccp_raw}"])
     assert sorted(runs) == sorted(
-        f"{m}_equal_seed0" for m in ["base_dnn", "shared_bottom", "mmoe", "ple", "star", "pepnet", "sfpnet"]
+        f"{m}_equal_seed0"
+        for m in [
+            "base_dnn",
+            "deepfm",
+            "shared_bottom",
+            "mmoe",
+            "ple",
+            "star",
+            "adasparse",
+            "pepnet",
+            "maria",
+            "sfpnet",
+        ]
     )
     for name, r in runs.items():
         assert list(r["metrics"]["test"]) == ["ctr"], name  # CTR only
@@ -49,6 +61,7 @@ def test_sfpnet_table4_on_raw_aliccp(tmp_path, aliccp_raw):
         assert runs[f"{model}_equal_seed0"]["config"]["model"]["per"] == "scenario"
     assert runs["sfpnet_equal_seed0"]["config"]["model"]["num_blocks"] == 2
     assert "| model | seeds | CTR AUC |" in md and "| SFPNet | 1 |" in md and "| SharedBottom | 1 |" in md
+    assert "| MARIA | 1 |" in md and "| DeepFM | 1 |" in md and "| AdaSparse | 1 |" in md
     for column in ("CTR AUC", "CTR B1", "CTR B2", "CTR B3"):
         assert column in md, column
     assert "Mann-Whitney" in md

@@ -279,11 +279,14 @@ def test_experiment_with_no_available_model_fails_in_one_line(tmp_path):
     assert len(errors) == 1 and "nope1" in errors[0] and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["stan_table2", "sfpnet_table4", "aem2tl_table", "stan_dose_response"])
+SIMULATOR_PROTOCOLS = ("stan_dose_response", "multiscenario_lifecycle", "scenariowise")
+
+
+@pytest.mark.parametrize("name", ["stan_table2", "sfpnet_table4", "aem2tl_table", *SIMULATOR_PROTOCOLS])
 def test_experiments_have_deterministic_sweep_dirs_and_a_report(name):
     cfg = compose_hydra([f"experiment={name}", "dataset=lifecycle", "dataset.n_rows=1000"])
     assert cfg.hydra.sweep.dir == f"multirun/{name}/lifecycle"
-    if name == "stan_dose_response":  # the simulator's own protocol: its grid is over dataset=lifecycle's knobs
+    if name in SIMULATOR_PROTOCOLS:  # the simulator by default (scenariowise: any dataset with scenarios)
         assert compose_hydra([f"experiment={name}"]).dataset.name == "lifecycle"
     else:
         paper = compose_hydra([f"experiment={name}", "dataset.path=x"])  # the dataset the paper used, by default

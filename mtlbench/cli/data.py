@@ -356,41 +356,15 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_entry(src: Any, name: str, cache_dir: str | None) -> tuple[Path, dict, bool]:
-    """Build, validate and write a cache entry (as ``load_or_build`` does) without reading it back.
-
-    Returns (entry folder, its meta.json, whether it already existed). Not reading the entry back keeps the
-    peak memory of ``prepare`` at the built columns plus the parsing buffers.
-    """
-    from mtlbench.data.cache import entry_path, write_entry
-
-    path = entry_path(src, name, cache_dir)
-    if (path / "meta.json").exists():
-        return path, json.loads((path / "meta.json").read_text()), True
-    start = time.perf_counter()
-    schema, columns = src.build()
-    schema.validate(columns, source=name)
-    meta = {
-        "dataset": name,
-        "settings": src.settings,
-        "rows": len(columns[schema.tasks[0]]),
-        "build_seconds": round(time.perf_counter() - start, 3),
-        "fingerprint": path.name,
-        "columns": len(columns),
-    }
-    write_entry(path, schema, columns, meta)
-    return path, meta, False
-
-
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from mtlbench.data.cache import entry_path
+    from mtlbench.data.cache import entry_path, prepare_entry
 
     cfg = compose(args.dataset, args.overrides)
     name, src, _ = dataset_source(cfg)
     if args.force:
         shutil.rmtree(entry_path(src, name, cfg.get("cache_dir")), ignore_errors=True)
     start = time.perf_counter()
-    path, meta, existed = build_entry(src, name, cfg.get("cache_dir"))
+    path, meta, existed = prepare_entry(src, name, cfg.get("cache_dir"), log=not args.json)
     seconds = time.perf_counter() - start
     schema = json.loads((path / "schema.json").read_text())
     columns = meta.get("columns") or len(schema["features"])

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mtlbench.data import spill
 from mtlbench.data.schema import DatasetSchema
 from mtlbench.data.source import DatasetSource
 from mtlbench.log import get_logger
@@ -198,43 +199,61 @@ def entry_path(source: DatasetSource, name: str, cache_dir: str | os.PathLike | 
     return root / f"{name}-{source.fingerprint()}"
 
 
-def load_or_build(
+def prepare_entry(
     source: DatasetSource, name: str, cache_dir: str | os.PathLike | None = None, log: bool = True
-) -> tuple[DatasetSchema, dict[str, np.ndarray], Path]:
-    """Return the cached dataset, building and validating it first when the cache has no intact entry.
+) -> tuple[Path, dict[str, Any], bool]:
+    """Make sure the cache holds an intact entry for ``source``: (its folder, its meta, whether it was there).
 
-    One process builds an entry at a time (a lock file beside it); the others wait and read the entry it wrote.
-    A damaged entry is reported in one warning naming it and rebuilt.
+    One process builds an entry at a time (a lock file beside it); the others wait and use the entry it wrote.
+    A damaged entry is reported in one warning naming it and rebuilt. The build runs inside
+    :func:`~mtlbench.data.spill.spilling`, so its large columns live on disk, not in memory; the entry is not
+    read back here.
     """
     path = entry_path(source, name, cache_dir)
-    opened = _open(path)
-    if not isinstance(opened, str):
-        return (*opened, path)
+    if not isinstance(_open(path), str):
+        return path, json.loads((path / META_FILE).read_text()), True
 
     def waiting() -> None:
         if log:
             logger.info("waiting for another process preparing %s", path)
 
     with exclusive(path.parent / f".{path.name}.lock", on_wait=waiting, remove=True):
-        opened = _open(path)  # built or repaired meanwhile by the process we waited for?
-        if not isinstance(opened, str):
-            return (*opened, path)
-        if opened != "missing":
-            logger.warning("cache entry %s is damaged (%s): rebuilding it", path, opened)
+        problem = _open(path)
+        if not isinstance(problem, str):  # built or repaired meanwhile by the process we waited for
+            return path, json.loads((path / META_FILE).read_text()), True
+        if problem != "missing":
+            logger.warning("cache entry %s is damaged (%s): rebuilding it", path, problem)
         start = time.perf_counter()
-        schema, columns = source.build()
-        schema.validate(columns, source=name)
-        rows = len(columns[schema.tasks[0]])
-        meta = {
-            "dataset": name,
-            "settings": source.settings,
-            "rows": rows,
-            "build_seconds": round(time.perf_counter() - start, 3),
-            "fingerprint": path.name,
-        }
-        write_entry(path, schema, columns, meta)
-        del columns  # free the built arrays before the entry is mapped back
+        scratch = path.parent / f".{path.name}.spill"
+        try:
+            with spill.spilling(scratch):  # large columns on disk while building: flat memory (data/spill.py)
+                schema, columns = source.build()
+                schema.validate(columns, source=name)
+                meta = {
+                    "dataset": name,
+                    "settings": source.settings,
+                    "rows": len(columns[schema.tasks[0]]),
+                    "columns": len(columns),
+                    "build_seconds": round(time.perf_counter() - start, 3),
+                    "fingerprint": path.name,
+                }
+                write_entry(path, schema, columns, meta)
+                del columns  # free the built arrays (and their maps) before anyone maps the entry
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     if log:
-        logger.info("prepared %s: %s rows in %.1fs -> %s", name, f"{rows:,}", meta["build_seconds"], path)
-    schema, columns = read_entry(path)
-    return schema, columns, path
+        logger.info("prepared %s: %s rows in %.1fs -> %s", name, f"{meta['rows']:,}", meta["build_seconds"], path)
+    return path, meta, False
+
+
+def load_or_build(
+    source: DatasetSource, name: str, cache_dir: str | os.PathLike | None = None, log: bool = True
+) -> tuple[DatasetSchema, dict[str, np.ndarray], Path]:
+    """Return the cached dataset (memory-mapped), building it first when the cache has no intact entry
+    (:func:`prepare_entry`)."""
+    path = entry_path(source, name, cache_dir)
+    opened = _open(path)
+    if isinstance(opened, str):
+        prepare_entry(source, name, cache_dir, log)
+        opened = read_entry(path)
+    return (*opened, path)

@@ -51,20 +51,25 @@ class BatchLoader:
         self.epoch_fn = epoch_fn or (lambda: 0)
         self.drop_last = drop_last
 
-    def _batches(self) -> list[Tensor]:
+    def _batches(self) -> Iterator[Tensor]:
         """Row indices of this process's batches for the current epoch."""
         device = self.source.device
         if not self.shuffle:
             local = torch.tensor_split(self.rows, self.world)[self.rank]
-            return list(torch.split(local.to(device), self.batch_size))
+            yield from torch.split(local.to(device), self.batch_size)
+            return
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch_fn())
-        perm = self.rows[torch.randperm(len(self.rows), generator=g)].to(device)
-        out = []
-        for glob in torch.split(perm, self.batch_size * self.world):
+        order = torch.randperm(len(self.rows), generator=g)
+        resident = device.type != "cpu"
+        if resident:  # the epoch's row numbers moved to the device once
+            order = self.rows[order].to(device)
+        step = self.batch_size * self.world
+        for start in range(0, len(order), step):
+            glob = order[start : start + step]
             share = len(glob) // self.world
             if share:
-                out.append(glob[self.rank * share : (self.rank + 1) * share])
-        return out
+                idx = glob[self.rank * share : (self.rank + 1) * share]
+                yield idx if resident else self.rows[idx]  # on the CPU, rows per batch: no second N-row copy
 
     def __len__(self) -> int:
         n = len(self.rows)

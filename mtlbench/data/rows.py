@@ -116,12 +116,12 @@ class ColumnRows:
         self._scale = (cols, mean, std)
 
     def gather(self, idx: Tensor, keys: Iterable[str] | None = None) -> dict[str, Tensor]:
-        """The batch of rows ``idx`` (int64 row numbers), or only its ``keys``."""
+        """The batch of rows ``idx`` (row numbers), or only its ``keys``; ``index`` holds them as int64."""
         want = set(self.keys() if keys is None else keys)
         rows = idx.cpu().numpy()
         out: dict[str, Tensor] = {}
         if "index" in want:
-            out["index"] = idx.clone()
+            out["index"] = idx.to(torch.int64, copy=True)
         if "categorical" in want:
             out["categorical"] = _stack(self._categorical, rows, torch.int64)
         if "numeric" in want:

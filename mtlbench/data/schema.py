@@ -17,6 +17,8 @@ FeatureKind = Literal["categorical", "numeric", "sequence"]
 TASK_ROLES = ("click", "conversion", "conversion_given_click")
 Role = Literal["user", "item", "context"]
 PAD = -1  # padding value of sequence fields
+#: rows checked at a time by DatasetSchema.validate (bounded temporaries on tables of any size)
+VALIDATE_ROWS = 1 << 20
 
 
 def weights_column(name: str) -> str:
@@ -203,35 +205,52 @@ class DatasetSchema:
         for c in self.required_columns():
             if len(columns[c]) != n:
                 raise DataError(f"dataset {self.name!r}{where}: column {c!r} has {len(columns[c])} rows, expected {n}")
+        for f in self.features:
+            if f.kind == "numeric":
+                continue
+            v = columns[f.name]
+            if f.weights:
+                w = columns[weights_column(f.name)]
+                if w.shape != v.shape or w.dtype != np.float32:
+                    raise DataError(
+                        f"dataset {self.name!r}{where}: column {weights_column(f.name)!r} must hold "
+                        f"finite float32 weights of shape {v.shape}, got {w.dtype} {w.shape}"
+                    )
+            if not np.issubdtype(np.asarray(v[:0]).dtype, np.integer):
+                raise DataError(f"dataset {self.name!r}{where}: column {f.name!r} must hold integer ids, got {v.dtype}")
+        for start in range(0, n, VALIDATE_ROWS):  # the checks are per row: a block at a time, bounded temporaries
+            self._validate_rows(columns, start, min(n, start + VALIDATE_ROWS), where)
+
+    def _validate_rows(self, columns: dict[str, np.ndarray], start: int, stop: int, where: str) -> None:
+        """The value checks of :meth:`validate` on rows ``start:stop`` (rows named from 0 of the whole table)."""
         for t in self.tasks:
-            y = np.asarray(columns[t], dtype=np.float64)
+            y = np.asarray(columns[t][start:stop], dtype=np.float64)
             bad = ~(np.isnan(y) | (y == 0) | (y == 1))
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
                 raise DataError(
                     f"dataset {self.name!r}{where}: label column {t!r} has value {float(y[row])!r} at "
-                    f"row {row}; labels must be 0, 1 or missing"
+                    f"row {start + row}; labels must be 0, 1 or missing"
                 )
         for f in self.features:
             if f.kind == "numeric":
-                bad = ~np.isfinite(np.asarray(columns[f.name], dtype=np.float64))
+                x = columns[f.name][start:stop]
+                bad = ~np.isfinite(np.asarray(x, dtype=np.float64))
                 if bad.any():
                     row = int(np.flatnonzero(bad)[0])
                     raise DataError(
                         f"dataset {self.name!r}{where}: numeric column {f.name!r} has "
-                        f"{float(columns[f.name][row])!r} at row {row}; fill missing values first"
+                        f"{float(x[row])!r} at row {start + row}; fill missing values first"
                     )
                 continue
-            v = np.asarray(columns[f.name])
+            v = np.asarray(columns[f.name][start:stop])
             if f.weights:
-                w = np.asarray(columns[weights_column(f.name)])
-                if w.shape != v.shape or w.dtype != np.float32 or not np.isfinite(w).all():
+                finite = np.isfinite(columns[weights_column(f.name)][start:stop]).reshape(len(v), -1).all(axis=1)
+                if not finite.all():
                     raise DataError(
-                        f"dataset {self.name!r}{where}: column {weights_column(f.name)!r} must hold "
-                        f"finite float32 weights of shape {v.shape}, got {w.dtype} {w.shape}"
+                        f"dataset {self.name!r}{where}: column {weights_column(f.name)!r} must hold finite float32 "
+                        f"weights; row {start + int(np.flatnonzero(~finite)[0])} has a non-finite one"
                     )
-            if not np.issubdtype(v.dtype, np.integer):
-                raise DataError(f"dataset {self.name!r}{where}: column {f.name!r} must hold integer ids, got {v.dtype}")
             vocab = self.vocab_of(f)
             low = PAD if f.kind == "sequence" else 0
             bad = (v < low) | (v >= vocab)
@@ -239,7 +258,7 @@ class DatasetSchema:
                 row = int(np.flatnonzero(bad.reshape(len(v), -1).any(axis=1))[0])
                 raise DataError(
                     f"dataset {self.name!r}{where}: column {f.name!r} has id "
-                    f"{v[row].tolist()} at row {row}, outside the declared vocabulary "
+                    f"{v[row].tolist()} at row {start + row}, outside the declared vocabulary "
                     f"[0, {vocab})"
                 )
 

@@ -73,7 +73,22 @@ def make_splits(
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Row indices per split; ``auto`` as :func:`resolve_method` resolves it."""
+    """Row indices per split (int32 when the table has fewer than 2^31 rows: 4 bytes a row, the same rows);
+    ``auto`` as :func:`resolve_method` resolves it."""
+    n = len(columns[schema.tasks[0]])
+    parts = _split_rows(schema, columns, method, ratios, seed)
+    if n < 2**31:
+        return {k: v.astype(np.int32) for k, v in parts.items()}
+    return parts
+
+
+def _split_rows(
+    schema: DatasetSchema,
+    columns: dict[str, np.ndarray],
+    method: str,
+    ratios: tuple[float, float, float],
+    seed: int,
+) -> dict[str, np.ndarray]:
     ratios = _checked_ratios(ratios)
     n = len(columns[schema.tasks[0]])
     method = resolve_method(schema, method)

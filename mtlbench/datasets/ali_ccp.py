@@ -216,7 +216,7 @@ class AliCCP(DatasetSource):
             out[c] = concat([raw.numeric(c) for raw in raws])
             release_memory()
             features.append(Feature(c, "numeric"))
-        out["split_part"] = np.concatenate([np.full(raw.num_rows, split_part_of(raw.path), np.int8) for raw in raws])
+        out["split_part"] = concat([np.full(raw.num_rows, split_part_of(raw.path), np.int8) for raw in raws])
         schema = DatasetSchema(
             name="ali_ccp",
             features=features,

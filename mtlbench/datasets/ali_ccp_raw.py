@@ -27,7 +27,10 @@ in this layout (both splits are required); any other path keeps the processed-CS
   joined to their common-features row; a field may come from either file (the skeleton's entry wins when both
   have it). Besides its output columns a build holds the common-features rows (one per request), the
   vocabularies and about 45 bytes per skeleton row (raw ids, key, labels) until every file is read, since ids
-  follow the sorted order of all raw ids; the output columns are then filled block by block.
+  follow the sorted order of all raw ids; the output columns are then filled block by block. While a cache
+  entry is built, the output columns and those per-row bytes are disk-backed (:mod:`mtlbench.data.spill`), so
+  anonymous memory holds the blocks in flight, the common-features rows and the vocabularies, whatever the
+  number of skeleton rows.
 - Single-valued fields are categorical features named by their field id: ``101`` and ``121``-``129`` role
   user, ``205``/``206``/``207``/``210``/``216`` role item, the crosses ``508``/``509``/``702``/``853``, the
   scenario ``301`` and any other field id found role context. A field listed several times in one row
@@ -83,6 +86,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from mtlbench.data import spill
 from mtlbench.data.schema import PAD, DatasetSchema, Feature, Role, weights_column
 from mtlbench.datasets.csv_reading import POOL, release_memory
 from mtlbench.datasets.funnel import funnel_labels, funnel_roles
@@ -371,6 +375,14 @@ class Parsed:
     kept: np.ndarray | None = None  # skeleton, once joined: the rows kept (not a conversion without click)
     scenario: np.ndarray | None = None  # skeleton, once joined: each row's scenario (int8, -1: dropped row)
 
+    def stowed(self) -> Parsed:
+        """The block with its per-row arrays on disk while a cache entry is built (:func:`mtlbench.data.spill.stow`):
+        a build holds every skeleton row until all files are read, and this keeps that off anonymous memory."""
+        singles = {f: spill.stow(v) for f, v in self.singles.items()}
+        seqs = {f: (spill.stow(i), spill.stow(w)) for f, (i, w) in self.seqs.items()}
+        rows = [None if a is None else spill.stow(a) for a in (self.key_of_row, self.click, self.conversion)]
+        return Parsed(self.rows, singles, seqs, self.keys, *rows)
+
     def head(self, n: int) -> Parsed:
         """The first ``n`` rows (fields without an entry there are left out)."""
         singles = {f: v[:n] for f, v in self.singles.items() if (v[:n] >= 0).any()}
@@ -381,8 +393,13 @@ class Parsed:
 
 
 def _narrow(ids: np.ndarray) -> np.ndarray:
-    """Raw ids (>= -1) as int32 when they fit: half the memory of the rows held until every file is read."""
-    return ids.astype(np.int32) if not len(ids) or int(ids.max()) < 2**31 else ids
+    """Raw ids (>= -1) as int32 when they fit: half the memory of the rows held until every file is read (on disk
+    while a cache entry is built, :mod:`mtlbench.data.spill`)."""
+    if ids.dtype == np.int32 or (len(ids) and int(ids.max()) >= 2**31):
+        return ids
+    out = spill.empty(ids.shape, np.int32)
+    out[...] = ids
+    return out
 
 
 # -- one block of lines -> per-row raw ids, vectorised over its bytes ------------------------------------------
@@ -1019,7 +1036,7 @@ class Side:
             self.scenario_ids.check(scenario[at], lambda i: self.rows + int(at[i]) + 1, self.name)
         self.rows += p.rows
         if not self.skeleton:
-            self.blocks.append(p)
+            self.blocks.append(p.stowed())
             return
         self.pending.append(p)
         if sum(b.rows for b in self.pending) >= MERGE_ROWS:
@@ -1027,7 +1044,7 @@ class Side:
 
     def flush(self) -> None:
         if self.pending:
-            self.blocks.append(_concat(self.pending, self.max_len))
+            self.blocks.append(_concat(self.pending, self.max_len).stowed())
             self.pending = []
 
 
@@ -1038,13 +1055,14 @@ def _concat(blocks: list[Parsed], max_len: int) -> Parsed:
     singles = {}
     for f in {f for b in blocks for f in b.singles}:
         parts = [b.singles.get(f) for b in blocks]
-        singles[f] = _narrow(np.concatenate([np.full(b.rows, -1) if p is None else p for p, b in zip(parts, blocks)]))
+        filled = [np.full(b.rows, -1) if p is None else p for p, b in zip(parts, blocks)]
+        singles[f] = _narrow(spill.concatenate(filled))
     seqs = {}
     for f in {f for b in blocks for f in b.seqs}:
         got = [b.seqs.get(f) for b in blocks]
         ids = [np.full((b.rows, max_len), PAD) if g is None else g[0] for g, b in zip(got, blocks)]
         weights = [np.zeros((b.rows, max_len), np.float32) if g is None else g[1] for g, b in zip(got, blocks)]
-        seqs[f] = (_narrow(np.concatenate(ids)), np.concatenate(weights))
+        seqs[f] = (_narrow(spill.concatenate(ids)), spill.concatenate(weights))
     keys = pa.concat_arrays([b.keys for b in blocks])
     key_of_row = click = conversion = None
     if blocks[0].key_of_row is not None:  # a skeleton's: indices into the keys, labels
@@ -1223,7 +1241,7 @@ def join_rows(skeleton: Side, common: CommonTable) -> None:
                 f"{skeleton.name}: line {row0 + r + 1}: common_feature_index {b.keys[b.key_of_row[r]].as_py()!r} has "
                 f"no row in {common.name}"
             )
-        b.crow, b.keys, b.key_of_row = rows.astype(np.int32), None, None
+        b.crow, b.keys, b.key_of_row = spill.stow(rows.astype(np.int32)), None, None
         row0 += b.rows
 
 
@@ -1452,7 +1470,7 @@ def _assemble(
     shapes.update({t: ((n,), np.float32) for t in tasks})
     # allocated on the threads: mapping fresh memory in is the slow part of filling the columns
     out = dict(_in_order(ctx.pool, lambda f: _allocate(*shapes[f]), list(shapes), len(shapes)))
-    part = out["split_part"] = np.full(n, 2, dtype=np.int8)  # the official test file's rows; train, valid:
+    part = out["split_part"] = spill.full(n, 2, np.int8)  # the official test file's rows; train, valid:
     part[:n_train] = 0
     n_valid = max(1, round(float(s["valid_fraction"]) * n_train)) if n_train > 1 else 0
     part[np.random.default_rng(int(s["split_seed"])).permutation(n_train)[:n_valid]] = 1
@@ -1478,7 +1496,7 @@ def _drop_orphans(skeletons: list[Side], where: Callable[[int], str]) -> list[in
         for b in skeleton.blocks:
             assert b.click is not None and b.conversion is not None
             orphan = (b.conversion == 1) & (b.click == 0)
-            b.kept = ~orphan
+            b.kept = spill.stow(~orphan)
             if orphan.any():
                 first = row0 + int(np.flatnonzero(orphan)[0]) if first < 0 else first
                 dropped += int(orphan.sum())
@@ -1543,11 +1561,14 @@ def _fill(
 
 
 def _allocate(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """An uninitialised array; a large one in memory the kernel maps in at once (``MAP_POPULATE``): the first
+    """An uninitialised array: on disk while a cache entry is built (:mod:`mtlbench.data.spill`); otherwise a
+    large one in memory the kernel maps in at once (``MAP_POPULATE``): the first
     touch of fresh memory is the slow part of filling the columns on a virtual machine, and populating it is
     about twice as fast as faulting it in page by page (1 GB here: 2.6 s against 5.3 s)."""
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
     populate = getattr(mmap, "MAP_POPULATE", 0)
+    if spill.active():  # a cache entry is being built: the columns go to disk (flat memory)
+        return spill.empty(shape, dtype)
     if size < POPULATE_BYTES or not populate:
         return np.empty(shape, dtype=dtype)
     memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
@@ -1582,7 +1603,7 @@ def _scenarios(
                     f"{where(row0 + r)}: the row has no field {SCENARIO_FIELD} (the scenario), neither in the "
                     "skeleton nor in its common features"
                 )
-            b.scenario = ids.index(raw)
+            b.scenario = spill.stow(ids.index(raw))
             row0 += b.rows
 
 

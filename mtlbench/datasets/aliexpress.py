@@ -29,6 +29,7 @@ import pyarrow as pa
 from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
 from mtlbench.datasets.csv_reading import Layout, check_header, first_line, read_csv
+from mtlbench.datasets.features import concat
 from mtlbench.datasets.files import find_files, require_path
 from mtlbench.datasets.funnel import check_funnel_settings, funnel_labels, funnel_roles, split_part_of
 from mtlbench.datasets.raw_file import Kind
@@ -130,7 +131,7 @@ class AliExpress(DatasetSource):
             )
             for t in self.tasks:
                 labels[t].append(got[t])
-        out = {t: np.concatenate(v) for t, v in labels.items()}
+        out = {t: concat(v) for t, v in labels.items()}
         names = sorted({c for _, c in files})
         multi = len(names) > 1
         features = []
@@ -143,13 +144,13 @@ class AliExpress(DatasetSource):
             out[c] = enc.ids
             features.append(Feature(c, "categorical", enc.size, "context"))
         for c in NUMERICAL:
-            out[c] = np.concatenate([raw.numeric(c) for raw in raws])
+            out[c] = concat([raw.numeric(c) for raw in raws])
             features.append(Feature(c, "numeric"))
         # session: one search request of one country
         sid = encode([raw.pop("search_id") for raw in raws]).ids.astype(np.int64)
-        ci = np.concatenate([np.full(raw.num_rows, names.index(c)) for raw, (_, c) in zip(raws, files)])
+        ci = concat([np.full(raw.num_rows, names.index(c)) for raw, (_, c) in zip(raws, files)])
         out["search_session"] = np.unique(ci * (int(sid.max()) + 1) + sid, return_inverse=True)[1].reshape(-1)
-        out["split_part"] = np.concatenate([np.full(raw.num_rows, split_part_of(raw.path), np.int8) for raw in raws])
+        out["split_part"] = concat([np.full(raw.num_rows, split_part_of(raw.path), np.int8) for raw in raws])
         schema = DatasetSchema(
             name="aliexpress",
             features=features,

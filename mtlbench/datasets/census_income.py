@@ -27,6 +27,7 @@ import numpy as np
 from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
 from mtlbench.datasets.csv_reading import Layout, read_csv
+from mtlbench.datasets.features import concat
 from mtlbench.datasets.files import find_files, require_path
 from mtlbench.datasets.raw_file import Kind
 from mtlbench.datasets.vocabulary import decode_values, encode
@@ -141,14 +142,14 @@ class CensusIncome(DatasetSource):
 
         columns: dict[str, np.ndarray] = {}
         for t in self.tasks:
-            columns[t] = np.concatenate([self._label(raw, t) for raw, _ in raws])
+            columns[t] = concat([self._label(raw, t) for raw, _ in raws])
         features = []
         for c in cat_cols:
             enc = encode([raw.pop(c) for raw, _ in raws], s["min_count"], strip=True)
             columns[c] = enc.ids
             features.append(Feature(c, "categorical", enc.size, "context"))
         for c in NUMERIC:
-            x = np.concatenate([raw.numeric(c) for raw, _ in raws])
+            x = concat([raw.numeric(c) for raw, _ in raws])
             log = s["log_money"] and c in MONEY
             columns[c] = (np.log1p(np.maximum(x, 0.0, dtype=np.float64)) if log else x).astype(np.float32)
             features.append(Feature(c, "numeric", standardize=True))
@@ -193,4 +194,4 @@ class CensusIncome(DatasetSource):
                 out.append(1 + half)
             else:
                 out.append(np.zeros(n, dtype=np.int64))
-        return np.concatenate(out)
+        return concat(out)

@@ -3,7 +3,8 @@
 Every real dataset reads its text files through :func:`read_csv`. pyarrow's streaming CSV reader parses the
 file block by block (multi-threaded; never a Python loop over rows) under a progress bar on stderr, and each
 block is converted at once into preallocated numpy outputs (sized by a fast line count) and dropped: memory
-holds the final columns plus one block, never the whole parsed table. Categorical columns are parsed as
+holds the final columns plus one block, never the whole parsed table (and while a cache entry is built the
+columns are on disk, :mod:`mtlbench.data.spill`, so memory holds one block). Categorical columns are parsed as
 dictionary blocks and get ids as they stream by (:class:`~mtlbench.datasets.vocabulary.CategoryBuilder`).
 
 Before parsing, the first line is checked: an empty file, a missing or misspelt column, a duplicated header
@@ -34,7 +35,7 @@ import pyarrow.csv as pacsv
 
 from mtlbench.datasets.files import check_file, is_gzip, open_binary
 from mtlbench.datasets.progress import ProgressBar
-from mtlbench.datasets.raw_file import Kind, RawFile
+from mtlbench.datasets.raw_file import Kind, NumberSink, RawFile
 from mtlbench.datasets.vocabulary import Categories, CategoryBuilder, dictionary_indices
 from mtlbench.errors import DataError
 
@@ -142,25 +143,6 @@ def check_header(path: Path, line: str, layout: Layout, wanted: Sequence[str]) -
     return fields
 
 
-class _NumberSink:
-    """Float or int values block by block into a preallocated array; nulls -> NaN (float) or a mask (int)."""
-
-    def __init__(self, capacity: int, dtype: Any) -> None:
-        self.values = np.empty(capacity, dtype=dtype)
-        self.nulls: np.ndarray | None = None
-
-    def add(self, chunk: pa.Array, offset: int) -> None:
-        if chunk.null_count and self.values.dtype.kind != "f":
-            if self.nulls is None:
-                self.nulls = np.zeros(len(self.values), dtype=bool)
-            self.nulls[offset : offset + len(chunk)] = chunk.is_null().to_numpy(zero_copy_only=False)
-            chunk = chunk.fill_null(0)
-        self.values[offset : offset + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
-
-    def finish(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-        return self.values[:n], (self.nulls[:n] if self.nulls is not None else None)
-
-
 @contextmanager
 def _stream(path: Path, layout: Layout) -> Iterator[tuple[Any, Any, int]]:
     """(arrow input stream, raw file whose position drives the progress bar, raw size in bytes)."""
@@ -240,7 +222,7 @@ def read_csv(
     if max_rows is not None:
         capacity = min(capacity, int(max_rows))
     sinks = {
-        c: CategoryBuilder(capacity) if k == "cat" else _NumberSink(capacity, np.int64 if k == "int" else np.float32)
+        c: CategoryBuilder(capacity) if k == "cat" else NumberSink(capacity, np.int64 if k == "int" else np.float32)
         for c, k in columns.items()
     }
     cats = [c for c, k in columns.items() if k == "cat"] if layout.header else []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtlbench.data import spill
 from mtlbench.data.schema import DatasetSchema, Feature, Role
 from mtlbench.data.source import DatasetSource
 from mtlbench.datasets.csv_reading import Layout, read_csv
@@ -61,9 +62,10 @@ class Douban(DatasetSource):
         raw.check_known("domain", DOMAINS.__contains__, f"a Douban domain ({', '.join(DOMAINS)})")
         time_bin = raw.integer("time_bin")
         order = time_order(time_bin)
-        user = encode([raw.integer("user_id")[order]], s["min_count"])
-        item = encode([raw.integer("item_id")[order]], s["min_count"])
-        out: dict[str, np.ndarray] = {"rating": raw.label("rating")[order], "user_id": user.ids, "item_id": item.ids}
+        user = encode([spill.take(raw.integer("user_id"), order)], s["min_count"])
+        item = encode([spill.take(raw.integer("item_id"), order)], s["min_count"])
+        rating = spill.take(raw.label("rating"), order)
+        out: dict[str, np.ndarray] = {"rating": rating, "user_id": user.ids, "item_id": item.ids}
         features = [
             Feature("user_id", "categorical", user.size, "user"),
             Feature("item_id", "categorical", item.size, "item"),
@@ -76,9 +78,9 @@ class Douban(DatasetSource):
             ("join_year", join_year, "user"),
         ):
             enc = encode([col], s["min_count"], strip=True)
-            out[name] = enc.ids[order]
+            out[name] = spill.take(enc.ids, order)
             features.append(Feature(name, "categorical", enc.size, role))
-        out["time_bin"] = time_bin[order]
+        out["time_bin"] = spill.take(time_bin, order)
         schema = DatasetSchema(
             name="douban",
             features=features,

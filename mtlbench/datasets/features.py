@@ -14,10 +14,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mtlbench.data import spill
 from mtlbench.data.order import Timeline
 from mtlbench.data.schema import PAD
 from mtlbench.datasets.raw_file import RawFile
 from mtlbench.errors import DataError
+
+#: rows of :func:`recent_items` built at a time
+HISTORY_ROWS = 1 << 18
 
 
 def join_rows(keys: np.ndarray, table_keys: np.ndarray, log: RawFile, column: str, table: RawFile) -> np.ndarray:
@@ -45,12 +49,18 @@ def recent_items(user: np.ndarray, item: np.ndarray, length: int) -> np.ndarray:
     """[N, length] the user's previous items, most recent first, PAD (-1) where there are fewer.
 
     Rows must be in time order; "previous" means earlier rows of the same user (the current row excluded).
+    Built ``HISTORY_ROWS`` rows at a time into :func:`~mtlbench.data.spill.empty` (on disk while a cache entry is
+    built), so its temporaries stay bounded whatever the row count.
     """
     timeline = Timeline(user)  # no time: the rows' order is their time order
+    ordered, rank = item[timeline.order], timeline.rank
     lag = np.arange(1, length + 1)
-    prev = np.arange(len(timeline))[:, None] - lag
-    hist = np.where(timeline.rank[:, None] >= lag, item[timeline.order][np.maximum(prev, 0)], PAD)
-    return timeline.to_rows(hist).astype(np.int64)
+    out = spill.empty((len(timeline), length), np.int64)
+    for start in range(0, len(timeline), HISTORY_ROWS):
+        pos = np.arange(start, min(len(timeline), start + HISTORY_ROWS))  # positions in the timeline
+        prev = pos[:, None] - lag
+        out[timeline.order[pos]] = np.where(rank[pos, None] >= lag, ordered[np.maximum(prev, 0)], PAD)
+    return out
 
 
 def time_order(*keys: np.ndarray) -> np.ndarray:
@@ -71,5 +81,5 @@ def standardize_side_table(x: np.ndarray, log: bool = False) -> np.ndarray:
 
 
 def concat(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """np.concatenate without the copy when there is one array."""
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    """np.concatenate without the copy when there is one array (on disk while a cache entry is built)."""
+    return spill.concatenate(arrays)

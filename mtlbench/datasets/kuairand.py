@@ -36,10 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mtlbench.data import spill
 from mtlbench.data.schema import DatasetSchema, Feature, Role
 from mtlbench.data.source import DatasetSource
 from mtlbench.datasets.csv_reading import Layout, read_csv
-from mtlbench.datasets.features import join_rows, recent_items, standardize_side_table, time_order
+from mtlbench.datasets.features import concat, join_rows, recent_items, standardize_side_table, time_order
 from mtlbench.datasets.files import find_files, require_path
 from mtlbench.datasets.raw_file import Kind, RawFile
 from mtlbench.datasets.vocabulary import decode_values, encode, map_categories
@@ -198,11 +199,11 @@ class KuaiRand(DatasetSource):
         raws = [read_csv(f, wanted, Layout(","), max_rows=s["max_rows"]) for f in self.log_files()]
         for r in raws:
             r.check_known("tab", is_tab, f"KuaiRand's tab (scenario), an integer in [0, {TABS.stop - 1}]")
-        user_raw = np.concatenate([r.integer("user_id") for r in raws])
-        video_raw = np.concatenate([r.integer("video_id") for r in raws])
-        time_ms = np.concatenate([r.integer("time_ms") for r in raws])
-        labels = {t: np.concatenate([r.label(t) for r in raws]) for t in self.tasks}
-        is_rand = np.concatenate([r.integer("is_rand", allow_missing=True, fill=0) for r in raws])
+        user_raw = concat([r.integer("user_id") for r in raws])
+        video_raw = concat([r.integer("video_id") for r in raws])
+        time_ms = concat([r.integer("time_ms") for r in raws])
+        labels = {t: concat([r.label(t) for r in raws]) for t in self.tasks}
+        is_rand = concat([r.integer("is_rand", allow_missing=True, fill=0) for r in raws])
         is_rand = is_rand.astype(np.int8)
         tab = encode([r.pop("tab") for r in raws], strip=True)
         log = _Concat(raws)
@@ -219,11 +220,11 @@ class KuaiRand(DatasetSource):
         v_row = log.join(video_raw, videos, "video_id")
 
         order = time_order(time_ms, user_raw)
-        user = encode([user_raw[order]], s["min_count"])
-        video = encode([video_raw[order]], s["min_count"])
-        u_row, v_row = u_row[order], v_row[order]
-        out: dict[str, np.ndarray] = {t: labels[t][order] for t in self.tasks}
-        out["user_id"], out["video_id"], out["tab"] = user.ids, video.ids, tab.ids[order]
+        user = encode([spill.take(user_raw, order)], s["min_count"])
+        video = encode([spill.take(video_raw, order)], s["min_count"])
+        u_row, v_row = spill.take(u_row, order), spill.take(v_row, order)
+        out: dict[str, np.ndarray] = {t: spill.take(labels.pop(t), order) for t in self.tasks}
+        out["user_id"], out["video_id"], out["tab"] = user.ids, video.ids, spill.take(tab.ids, order)
         features = [Feature("user_id", "categorical", user.size, "user"), Feature("tab", "categorical", tab.size)]
         features += _gather(out, users, u_row, "user")
         features.append(Feature("video_id", "categorical", video.size, "item"))
@@ -233,8 +234,8 @@ class KuaiRand(DatasetSource):
             features.append(
                 Feature("hist_videos", "sequence", role="user", max_len=int(s["hist_len"]), embedding="video_id")
             )
-        out["time_ms"] = time_ms[order]
-        out["is_rand"] = is_rand[order]
+        out["time_ms"] = spill.take(time_ms, order)
+        out["is_rand"] = spill.take(is_rand, order)
         analysis = ["is_rand"]
         if s["rule_stage"] is not None:
             out[s["rule_stage"]] = users["stage"][u_row]

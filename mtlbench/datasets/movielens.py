@@ -30,6 +30,7 @@ from types import MappingProxyType
 import numpy as np
 import pyarrow as pa
 
+from mtlbench.data import spill
 from mtlbench.data.schema import PAD, DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
 from mtlbench.datasets.csv_reading import Layout, read_csv
@@ -184,8 +185,8 @@ class MovieLens(DatasetSource):
         i_row = join_rows(item_raw, items["item_id"], ratings, "item_id", items["file"])
 
         order = time_order(timestamp, user_raw)
-        user_raw, item_raw, rating, timestamp = (a[order] for a in (user_raw, item_raw, rating, timestamp))
-        u_row, i_row = u_row[order], i_row[order]
+        user_raw, item_raw, rating, timestamp = (spill.take(a, order) for a in (user_raw, item_raw, rating, timestamp))
+        u_row, i_row = spill.take(u_row, order), spill.take(i_row, order)
         columns: dict[str, np.ndarray] = {}
         for t in self.tasks:
             columns[t] = (rating >= int(self.thresholds[t])).astype(np.float32)

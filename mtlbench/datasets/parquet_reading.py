@@ -21,40 +21,58 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mtlbench.datasets.files import check_file
-from mtlbench.datasets.raw_file import Kind, RawFile
-from mtlbench.datasets.vocabulary import Categories
+from mtlbench.datasets.raw_file import Kind, NumberSink, RawFile
+from mtlbench.datasets.vocabulary import CategoryBuilder
 from mtlbench.errors import DataError
 
 #: arrow type each number kind is converted to (categories are kept as their values)
 TARGET: dict[str, pa.DataType] = {"int": pa.int64(), "float": pa.float32(), "label": pa.float32()}
+#: rows per record batch read
+BATCH_ROWS = 1 << 18
 
 
 def read_parquet(path: str | os.PathLike, columns: Mapping[str, Kind]) -> RawFile:
-    """Read the named ``columns`` of a Parquet file; ``columns`` maps names to kinds as for ``read_csv``."""
+    """Read the named ``columns`` of a Parquet file; ``columns`` maps names to kinds as for ``read_csv``.
+
+    Record batches stream into preallocated outputs (the row count is in the file's metadata), as
+    :func:`~mtlbench.datasets.csv_reading.read_csv` does: memory holds the outputs (on disk while a cache
+    entry is built, :mod:`mtlbench.data.spill`) plus one batch, never the whole table.
+    """
     path = Path(path).expanduser()
     check_file(path)
     try:
-        names = pq.read_schema(path).names
+        file = pq.ParquetFile(path)
+        names = file.schema_arrow.names
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{path}: cannot be read as Parquet ({str(e).strip().splitlines()[0]})") from None
     _check_columns(path, names, list(columns))
-    table = pq.read_table(path, columns=list(columns))
-    if table.num_rows == 0:
+    n = file.metadata.num_rows
+    if n == 0:
         raise DataError(f"{path}: the file has no rows")
+    sinks = {
+        c: CategoryBuilder(n) if k == "cat" else NumberSink(n, np.int64 if k == "int" else np.float32)
+        for c, k in columns.items()
+    }
+    offset = 0
+    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=list(columns)):
+        for name, kind in columns.items():
+            col = batch.column(name)
+            if kind == "cat":
+                if not pa.types.is_dictionary(col.type):
+                    col = pc.dictionary_encode(col.cast(pa.string()))
+                sinks[name].add(col, offset)
+            else:
+                sinks[name].add(_cast(path, name, col, kind, offset), offset)
+        offset += batch.num_rows
     out: dict[str, Any] = {}
     nulls: dict[str, np.ndarray] = {}
-    for name, kind in columns.items():
-        col = table.column(name).combine_chunks()
-        if kind == "cat":
-            out[name] = Categories.of(col)
-            continue
-        values = _cast(path, name, col, kind)
-        if kind == "int":  # as read_csv: nulls in a mask, NaN in a float column
-            if values.null_count:
-                nulls[name] = values.is_null().to_numpy(zero_copy_only=False)
-            out[name] = values.fill_null(0).to_numpy(zero_copy_only=False, writable=True)
+    for c, sink in sinks.items():
+        if isinstance(sink, CategoryBuilder):
+            out[c] = sink.finish(n)
         else:
-            out[name] = values.fill_null(np.nan).to_numpy(zero_copy_only=False, writable=True)
+            out[c], mask = sink.finish(n)
+            if mask is not None:
+                nulls[c] = mask
     return RawFile(path, out, 0, nulls, unit="row")
 
 
@@ -71,8 +89,9 @@ def _check_columns(path: Path, names: list[str], wanted: list[str]) -> None:
         raise DataError(f"{path}: missing column {missing[0]!r}{hint}; the file has: {shown}")
 
 
-def _cast(path: Path, name: str, col: pa.Array, kind: str) -> pa.Array:
-    """The column as its kind's arrow type; the first value that does not convert fails naming its row."""
+def _cast(path: Path, name: str, col: pa.Array, kind: str, offset: int = 0) -> pa.Array:
+    """The column as its kind's arrow type; the first value that does not convert fails naming its row
+    (``offset``: the file row of the column's first value)."""
     if pa.types.is_dictionary(col.type):
         col = col.dictionary_decode()
     target = TARGET[kind]
@@ -90,4 +109,6 @@ def _cast(path: Path, name: str, col: pa.Array, kind: str) -> pa.Array:
             hi = mid
     value = col[lo].as_py()
     what = "an integer" if kind == "int" else "a number"
-    raise DataError(f"{path}: row {lo}: column {name!r} has {value!r}, expected {what} (the column is {col.type})")
+    raise DataError(
+        f"{path}: row {offset + lo}: column {name!r} has {value!r}, expected {what} (the column is {col.type})"
+    )

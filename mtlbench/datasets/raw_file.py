@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 
+from mtlbench.data import spill
 from mtlbench.datasets.vocabulary import decode_values
 from mtlbench.errors import DataError
 
@@ -113,6 +115,26 @@ class RawFile:
             row = int(np.flatnonzero(bad)[0])
             value = texts[ids[row]] if ids[row] >= 0 else ""
             raise DataError(f"{self.at(row)}: column {column!r} has {value!r}; expected {expected}")
+
+
+class NumberSink:
+    """Float or int values block by block into a preallocated array (on disk while a cache entry is built);
+    nulls -> NaN (float) or a mask (int)."""
+
+    def __init__(self, capacity: int, dtype: Any) -> None:
+        self.values = spill.empty(capacity, dtype)
+        self.nulls: np.ndarray | None = None
+
+    def add(self, chunk: pa.Array, offset: int) -> None:
+        if chunk.null_count and self.values.dtype.kind != "f":
+            if self.nulls is None:
+                self.nulls = spill.full(len(self.values), False, bool)
+            self.nulls[offset : offset + len(chunk)] = chunk.is_null().to_numpy(zero_copy_only=False)
+            chunk = chunk.fill_null(0)
+        self.values[offset : offset + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+
+    def finish(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.values[:n], (self.nulls[:n] if self.nulls is not None else None)
 
 
 def _fmt(v: float) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mtlbench.data import spill
 from mtlbench.errors import ConfigError
 
 
@@ -64,7 +65,7 @@ class CategoryBuilder:
     """
 
     def __init__(self, capacity: int) -> None:
-        self.ids = np.empty(capacity, dtype=np.int32)
+        self.ids = spill.empty(capacity, np.int32)
         self.mode = "int"
         self.sorted_keys: np.ndarray = np.empty(0, dtype=np.int64)
         self.sorted_ids = np.empty(0, dtype=np.int32)
@@ -216,7 +217,7 @@ def encode(parts: Sequence[Any], min_count: int = 1, strip: bool = False) -> Enc
     if len(cols) == 1:
         ids = cols[0].ids  # no copy of a single part
     else:
-        ids = np.concatenate([c.ids for c in cols]) if cols else np.zeros(0, np.int32)
+        ids = spill.concatenate([c.ids for c in cols]) if cols else np.zeros(0, np.int32)
     if other_used:
         values.append(None)
     return Encoded(ids, values, max(1, n_keep + int(other_used)))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtlbench.data import spill
 from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.data.source import DatasetSource
 from mtlbench.datasets.csv_reading import Layout, read_csv
@@ -94,11 +95,11 @@ class WeChat(DatasetSource):
         f_row = join_rows(feed_raw, feeds.integer("feedid"), log, "feedid", feeds)
 
         order = time_order(day)  # stable: file order within a day
-        user = encode([user_raw[order]], s["min_count"])
-        feed = encode([feed_raw[order]], s["min_count"])
-        f_row = f_row[order]
-        out: dict[str, np.ndarray] = {t: labels[t][order] for t in self.tasks}
-        out["userid"], out["device"], out["feedid"] = user.ids, device.ids[order], feed.ids
+        user = encode([spill.take(user_raw, order)], s["min_count"])
+        feed = encode([spill.take(feed_raw, order)], s["min_count"])
+        f_row = spill.take(f_row, order)
+        out: dict[str, np.ndarray] = {t: spill.take(labels.pop(t), order) for t in self.tasks}
+        out["userid"], out["device"], out["feedid"] = user.ids, spill.take(device.ids, order), feed.ids
         features = [
             Feature("userid", "categorical", user.size, "user"),
             Feature("device", "categorical", device.size, "user"),
@@ -124,7 +125,7 @@ class WeChat(DatasetSource):
             features.append(
                 Feature("hist_feeds", "sequence", role="user", max_len=int(s["hist_len"]), embedding="feedid")
             )
-        out["date_"] = day[order]
+        out["date_"] = spill.take(day, order)
         part = np.zeros(len(order), dtype=np.int8)
         part[np.isin(out["date_"], s["valid_days"])] = 1
         part[np.isin(out["date_"], s["test_days"])] = 2

@@ -7,12 +7,14 @@ from mtlbench.metrics.base import (
     ANALYSIS_GROUPS,
     GROUP_KEYS,
     RecMetric,
+    RowMetric,
     analysis_group_columns,
     available_groups,
     batch_groups,
     group_labels,
 )
 from mtlbench.metrics.classes import AUC, GAUC, NDCG, SGAUC, GroupedMetric, LogLoss
+from mtlbench.metrics.eval_rows import EvalRows
 from mtlbench.metrics.functional import gauc, grouped_auc, log_loss, ndcg_at_k
 from mtlbench.metrics.resolve import (
     DEFAULT_METRICS,
@@ -29,6 +31,7 @@ __all__ = [
     "ANALYSIS_GROUPS",
     "AUC",
     "DEFAULT_METRICS",
+    "EvalRows",
     "GAUC",
     "GROUP_KEYS",
     "NDCG",
@@ -37,6 +40,7 @@ __all__ = [
     "LogLoss",
     "PerGroupMetrics",
     "RecMetric",
+    "RowMetric",
     "ScenarioMetrics",
     "StageMetrics",
     "analysis_group_columns",

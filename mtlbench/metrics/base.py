@@ -10,7 +10,7 @@ groups it cannot do without in ``groups``; a run skips a metric whose groups its
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
 from torch import Tensor
@@ -21,6 +21,7 @@ __all__ = [
     "GROUP_KEYS",
     "GROUP_SOURCES",
     "RecMetric",
+    "RowMetric",
     "analysis_group_columns",
     "available_groups",
     "batch_groups",
@@ -124,3 +125,21 @@ class RecMetric(Metric):
     def set_group_labels(self, labels: Mapping[str, Sequence[str]]) -> None:
         """The dataset's names of group ids by group name (:func:`group_labels`), given once after construction;
         metrics whose results keys name groups use them (the per-stage metrics), others ignore them."""
+
+
+class RowMetric(RecMetric):
+    """A metric of all the evaluated rows of a task at once (AUC, GAUC, NDCG, the per-group breakdowns).
+
+    Standing alone, its ``update`` buffers the rows it needs and ``compute`` calls :meth:`compute_rows` on them.
+    In a run, a task's metrics share one buffer instead (:class:`~mtlbench.metrics.eval_rows.EvalRows`: the
+    rows are kept once, compactly, for all of them, rather than once per metric) and the run calls
+    :meth:`compute_rows` with the gathered rows; both ways give the same values.
+    """
+
+    def row_groups(self, offered: Collection[str]) -> tuple[str, ...]:
+        """The group ids :meth:`compute_rows` reads, of the groups the rows ``offered``."""
+        return tuple(g for g in self.groups if g in offered)
+
+    def compute_rows(self, preds: Tensor, target: Tensor, groups: Mapping[str, Tensor]) -> Any:
+        """The metric's value (or ``{key: value}``) of these rows: probabilities, 0/1 float targets, int64 ids."""
+        raise NotImplementedError

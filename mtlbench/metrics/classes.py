@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torchmetrics.utilities import dim_zero_cat
 
-from mtlbench.metrics.base import RecMetric, group_ids
+from mtlbench.metrics.base import RecMetric, RowMetric, group_ids
 from mtlbench.metrics.functional import _flatten_and_filter, _log_loss_sum, gauc, grouped_auc, ndcg_at_k
 from mtlbench.registry import register_metric
 
@@ -45,7 +45,7 @@ class LogLoss(RecMetric):
         return (self.sum_loss / self.count).float()
 
 
-class GroupedMetric(RecMetric):
+class GroupedMetric(RowMetric):
     """Base class for per-group ranking metrics (one group per ``self.groups[0]``: per user by default).
 
     A group's rows may be spread over batches and processes, so every (pred, target, group) row is
@@ -87,6 +87,10 @@ class GroupedMetric(RecMetric):
         if isinstance(self.preds, list) and not self.preds:
             return torch.tensor(float("nan"), device=self.device)
         preds, target, group = (dim_zero_cat(x) for x in (self.preds, self.target, self.group))
+        return self._compute_grouped(preds, target, group)
+
+    def compute_rows(self, preds: Tensor, target: Tensor, groups: Mapping[str, Tensor]) -> Tensor:
+        group = group_ids(groups, self.groups[0]) if self.groups else torch.zeros_like(target, dtype=torch.long)
         return self._compute_grouped(preds, target, group)
 
 

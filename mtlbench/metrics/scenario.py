@@ -6,14 +6,14 @@ the stage metric (:mod:`mtlbench.metrics.stage`) are two settings of it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 from torchmetrics.utilities import dim_zero_cat
 
-from mtlbench.metrics.base import RecMetric, group_ids
+from mtlbench.metrics.base import RowMetric, group_ids
 from mtlbench.metrics.functional import grouped_auc
 from mtlbench.registry import register_metric
 
@@ -39,7 +39,7 @@ def per_group_gauc(preds: Tensor, target: Tensor, user: Tensor, group: Tensor) -
 per_scenario_gauc = per_group_gauc
 
 
-class PerGroupMetrics(RecMetric):
+class PerGroupMetrics(RowMetric):
     """``auc@<key>=g`` and (with users) ``gauc@<key>=g`` for every group g of the rows (group ``group``).
 
     ``g`` is the group's id, or its name where the dataset names the ids (``set_group_labels``) and the class
@@ -85,14 +85,26 @@ class PerGroupMetrics(RecMetric):
         return self.labels[gid] if self.named and 0 <= gid < len(self.labels) else str(gid)
 
     def compute(self) -> dict[str, float]:
-        p, y, g = (dim_zero_cat(x) for x in (self.preds, self.target, self.ids))
+        if isinstance(self.preds, list) and not self.preds:
+            return {}
+        groups = {self.group: dim_zero_cat(self.ids)}
+        if self.with_users or (self.with_users is None and len(self.user) > 0):  # a list, or gathered: a tensor
+            groups["user"] = dim_zero_cat(self.user)
+        return self.compute_rows(dim_zero_cat(self.preds), dim_zero_cat(self.target), groups)
+
+    def row_groups(self, offered: Collection[str]) -> tuple[str, ...]:
+        users = self.with_users or (self.with_users is None and "user" in offered)
+        return (self.group, "user") if users else (self.group,)
+
+    def compute_rows(self, preds: Tensor, target: Tensor, groups: Mapping[str, Tensor]) -> dict[str, float]:
+        g = group_ids(groups, self.group)
         out: dict[str, float] = {}
         ids = torch.unique(g)
-        auc, _, valid = grouped_auc(p, y, g)
+        auc, _, valid = grouped_auc(preds, target, g)
         for gid, a, v in zip(ids.tolist(), auc.tolist(), valid.tolist()):
             out[f"auc@{self.key}={self._name(gid)}"] = a if v else float("nan")
-        if self.with_users or (self.with_users is None and len(self.user) > 0):  # a list, or gathered: a tensor
-            ids, gauc = per_group_gauc(p, y, dim_zero_cat(self.user), g)
+        if "user" in groups and (self.with_users or self.with_users is None):
+            ids, gauc = per_group_gauc(preds, target, groups["user"], g)
             out.update({f"gauc@{self.key}={self._name(gid)}": v for gid, v in zip(ids.tolist(), gauc.tolist())})
         return out
 

@@ -18,6 +18,8 @@ from mtlbench.errors import ConfigError, TrainingError
 from mtlbench.metrics import (
     ANALYSIS_GROUPS,
     DEFAULT_METRICS,
+    EvalRows,
+    RowMetric,
     available_groups,
     batch_groups,
     build_metrics,
@@ -53,18 +55,60 @@ class RowCollector(Metric):
         return dim_zero_cat(self.index), dim_zero_cat(self.scores)
 
 
-class MetricSet(nn.ModuleList):
-    """The metrics of one task, in config order, with their names (names may hold any character)."""
+class MetricSet(nn.Module):
+    """The metrics of one task, in config order, with their names (names may hold any character).
 
-    def __init__(self, metrics: dict[str, Metric]) -> None:
-        super().__init__(metrics.values())
+    The row metrics (:class:`~mtlbench.metrics.RowMetric`: AUC, GAUC, NDCG, the per-group breakdowns) share one
+    compact buffer of the rows (:class:`~mtlbench.metrics.EvalRows`) instead of each keeping its own copy, so a
+    split of tens of millions of rows is evaluated exactly in bounded memory; other metrics (log loss, plugins'
+    metrics) update and compute themselves.
+    """
+
+    def __init__(self, metrics: dict[str, Metric], groups: Sequence[str] = ()) -> None:
+        super().__init__()
         self.names = list(metrics)
+        self.metrics = nn.ModuleList(metrics.values())
+        needed = {g for m in metrics.values() if isinstance(m, RowMetric) for g in m.row_groups(groups)}
+        self.rows = EvalRows([g for g in groups if g in needed])
+        self.shared = [isinstance(m, RowMetric) for m in metrics.values()]
 
     def __iter__(self) -> Iterator[Metric]:
-        return cast("Iterator[Metric]", super().__iter__())  # holds the Metrics of __init__ only
+        return cast("Iterator[Metric]", iter(self.metrics))  # holds the Metrics of __init__ only
 
     def items(self) -> Iterator[tuple[str, Metric]]:
         return zip(self.names, self)
+
+    def update(self, preds: Tensor, target: Tensor, groups: Mapping[str, Tensor]) -> None:
+        """One task's evaluated rows: probabilities, 0/1 targets, group ids by group name."""
+        if any(self.shared):
+            self.rows.update(preds, target, groups)
+        for m, shared in zip(self, self.shared):
+            if not shared:
+                m.update(preds, target, groups)
+
+    def compute(self) -> dict[str, float]:
+        """Every metric's value (a ``dict_output`` metric's keys as they are), then reset. Every process calls it:
+        the states of all processes are gathered."""
+        rows = self.rows.compute() if any(self.shared) else None
+        values: dict[str, float] = {}
+        for (name, m), shared in zip(self.items(), self.shared):
+            if shared:
+                value = cast(RowMetric, m).compute_rows(*rows) if rows is not None else _empty(m)
+            else:
+                value = m.compute()
+            values.update(value if isinstance(value, dict) else {name: float(value)})
+        self.reset()
+        return values
+
+    def reset(self) -> None:
+        self.rows.reset()
+        for m in self:
+            m.reset()
+
+
+def _empty(metric: Metric) -> Any:
+    """A row metric's value when the split has no labelled rows: NaN, or no keys for a ``dict_output`` metric."""
+    return {} if getattr(metric, "dict_output", False) else float("nan")
 
 
 def run_metrics(metrics: Sequence[str] = DEFAULT_METRICS, ndcg_k: Sequence[int] = (1, 5)) -> list[str]:
@@ -91,7 +135,7 @@ def task_metrics(
         set_labels = getattr(m, "set_group_labels", None)
         if labels and callable(set_labels):
             set_labels(labels)  # e.g. the stage names of auc@stage=<name>
-    return MetricSet(built)
+    return MetricSet(built, groups)
 
 
 class MultiTaskModule(pl.LightningModule):
@@ -169,6 +213,10 @@ class MultiTaskModule(pl.LightningModule):
         self.summaries: dict[str, Any] = {}
         self.train_samples = 0
         self.train_seconds = 0.0
+        #: check the loss on the host every step (None: on the CPU, where it costs nothing, and under DDP); otherwise
+        #: the first non-finite step is kept on the device and checked at logging steps and at the epoch's end
+        self.sync_each_step: bool | None = None
+        self._bad_step: Tensor | None = None
         self._t0: float | None = None
 
     # -- training ----------------------------------------------------------------------------------
@@ -190,11 +238,18 @@ class MultiTaskModule(pl.LightningModule):
             losses = losses * self._global_count_scale(mask)
         weighted = self.weighting(losses, mask, batch, out)
         loss = weighted.loss + sum(out.aux_losses.values(), torch.zeros((), device=losses.device))
-        bad = not bool(torch.isfinite(loss))
-        if distributed:  # every process takes the same decision: none is left waiting in the all-reduce
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if bad:
-            self._raise_non_finite(losses, mask, out)
+        each_step = self.sync_each_step
+        if each_step if each_step is not None else (loss.device.type == "cpu" or distributed):
+            bad = not bool(torch.isfinite(loss))  # a host sync: free on the CPU, and DDP decides together anyway
+            if distributed:  # every process takes the same decision: none is left waiting in the all-reduce
+                bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+            if bad:
+                self._raise_non_finite(losses, mask, out)
+        else:  # on one accelerator, no host sync per step: the first bad step is kept on the device
+            first = self._first_bad(loss.device)
+            self._bad_step = torch.where(
+                ~torch.isfinite(loss) & (first < 0), torch.full_like(first, self.global_step), first
+            )
         self.train_samples += len(labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
         # Lightning writes step metrics when (steps so far + 1) is a multiple of log_every_n_steps
@@ -209,7 +264,22 @@ class MultiTaskModule(pl.LightningModule):
                     self.log(f"train/weight_{t}", v, batch_size=len(labels))
             for name, v in out.aux_losses.items():
                 self.log(f"train/aux_{name}", v.detach(), batch_size=len(labels))
+            self._check_bad_step()
         return loss
+
+    def _first_bad(self, device: torch.device) -> Tensor:
+        """The first step whose loss was not finite (-1: none), kept on ``device``."""
+        if self._bad_step is None or self._bad_step.device != device:
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        return self._bad_step
+
+    def _check_bad_step(self) -> None:
+        """Raise if an accelerator step had a non-finite loss (checked at logging steps and at epoch end)."""
+        if self._bad_step is not None and int(self._bad_step) >= 0:
+            raise TrainingError(
+                f"non-finite loss at step {int(self._bad_step)} (epoch {self.current_epoch}; found at step "
+                f"{self.global_step}); try a lower learning rate"
+            )
 
     def _global_count_scale(self, mask: Tensor) -> Tensor:
         """Per-task factor that turns this process's mean over its labelled rows into its share of the
@@ -245,6 +315,7 @@ class MultiTaskModule(pl.LightningModule):
             self._t0 = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
+        self._check_bad_step()
         if self._t0 is not None:
             self.train_seconds += time.perf_counter() - self._t0
             self._t0 = None
@@ -274,9 +345,7 @@ class MultiTaskModule(pl.LightningModule):
         for k in range(len(self.tasks)):
             keep = ~torch.isnan(labels[:, k])
             p, y = probs[keep, k], labels[keep, k]
-            g = {name: ids[keep] for name, ids in groups.items()}
-            for m in self._metric_sets(split)[k]:
-                m.update(p, y, g)
+            self._metric_sets(split)[k].update(p, y, {name: ids[keep] for name, ids in groups.items()})
         if split == "test":
             self.rows.update(batch["index"], probs)
 
@@ -301,11 +370,7 @@ class MultiTaskModule(pl.LightningModule):
     def _finish(self, split: str) -> None:
         values: dict[str, dict[str, float]] = {}
         for k, t in enumerate(self.tasks):
-            values[t] = {}
-            for name, m in self._metric_sets(split)[k].items():
-                value = m.compute()  # every rank calls it: it gathers the states of all processes
-                m.reset()
-                values[t].update(value if isinstance(value, dict) else {name: float(value)})
+            values[t] = self._metric_sets(split)[k].compute()  # every rank calls it: it gathers all processes' states
             for name, v in values[t].items():  # identical on every process (metrics are gathered)
                 self.log(f"{split}/{t}/{name}", v, sync_dist=True)
         mean = sum(values[t][self.monitor_metric] for t in self.tasks) / len(self.tasks)
@@ -317,8 +382,7 @@ class MultiTaskModule(pl.LightningModule):
             self._finish("valid")
         else:
             for task_metric_set in self._metric_sets("valid"):
-                for m in task_metric_set:
-                    m.reset()
+                task_metric_set.reset()
 
     def on_test_epoch_end(self) -> None:
         self._finish("test")
