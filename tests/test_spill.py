@@ -54,7 +54,7 @@ def test_small_arrays_stay_in_memory_and_helpers_match_numpy(tmp_path, monkeypat
         out = spill.concatenate(parts)
         np.testing.assert_array_equal(out, np.concatenate(parts))
         assert out.dtype == np.int32 and not out.flags.owndata  # a view of a map
-        np.testing.assert_array_equal(spill.keep(parts[0]), parts[0])
+        np.testing.assert_array_equal(spill.stow(parts[0]), parts[0])
         np.testing.assert_array_equal(spill.full((2, 3), 7, np.int8), np.full((2, 3), 7, np.int8))
         assert spill.concatenate(parts[:1]) is parts[0]  # one array: no copy
     assert not spill.active()

@@ -32,7 +32,7 @@ import numpy as np
 
 #: arrays smaller than this stay in memory (a map per small array would cost more than it saves)
 MIN_BYTES = 8 << 20
-#: rows copied at a time by :func:`concatenate` and :func:`keep`
+#: rows copied at a time by :func:`take`
 COPY_ROWS = 1 << 20
 #: size of one shared window of :func:`stow` (pieces larger than a quarter of it get their own map)
 WINDOW_BYTES = 256 << 20
@@ -110,16 +110,6 @@ def full(shape: int | tuple[int, ...], value: Any, dtype: Any) -> np.ndarray:
     """:func:`empty` filled with ``value``."""
     out = empty(shape, dtype)
     out[...] = value
-    return out
-
-
-def keep(array: np.ndarray) -> np.ndarray:
-    """``array`` moved to disk inside :func:`spilling` when it is large (a copy; drop the original), else itself."""
-    if not active() or array.nbytes < MIN_BYTES:
-        return array
-    out = empty(array.shape, array.dtype)
-    for s in range(0, len(array), COPY_ROWS):
-        out[s : s + COPY_ROWS] = array[s : s + COPY_ROWS]
     return out
 
 
