@@ -13,6 +13,7 @@ from mtlbench.registry import (
     register_derived,
     register_metric,
     register_model,
+    register_plugin_configs,
     register_weighting,
 )
 from mtlbench.version import __version__
@@ -50,5 +51,6 @@ __all__ = [
     "register_derived",
     "register_metric",
     "register_model",
+    "register_plugin_configs",
     "register_weighting",
 ]

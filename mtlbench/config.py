@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import ListConfig, OmegaConf
 
 from mtlbench.errors import ConfigError
 from mtlbench.log import get_logger
-from mtlbench.registry import MODELS
+from mtlbench.registry import MODELS, plugin_config, plugin_config_folders
 
 log = get_logger(__name__)
 
@@ -32,6 +35,8 @@ class OptimizerConfig:
 class CallbacksConfig:
     early_stopping_patience: int | None = 2
     save_last: bool = True  # last.ckpt after every epoch, so `resume=true` can continue a killed run
+    # last.ckpt every N training steps too (mid-epoch; the resumed epoch skips the batches already trained); None: off
+    checkpoint_every_n_steps: int | None = 500
 
 
 @dataclass
@@ -64,6 +69,7 @@ class RunConfig:
     predictions: bool = True
     resume: bool = False
     print_summary: bool = True
+    verbose: bool = False  # Lightning's banners, tips and progress bars, and warnings a run cannot act on
 
 
 # -- experiments: sweep over the models that exist ----------------------------------------------------------
@@ -87,7 +93,7 @@ def model_available(name: str) -> bool:
     a config that inherits the model's own and changes what the protocol states.
     """
     config = resources.files("mtlbench.configs").joinpath("model", *f"{name}.yaml".split("/"))
-    return name.rsplit("/", 1)[-1] in MODELS and config.is_file()
+    return name.rsplit("/", 1)[-1] in MODELS and (config.is_file() or plugin_config("model", name) is not None)
 
 
 def available_models(*wanted: Any) -> str:
@@ -117,8 +123,30 @@ def metric_direction(name: str) -> str:
     return "maximize" if higher_is_better(str(name)) else "minimize"
 
 
+# -- plugin config folders: options of mtlbench's groups --------------------------------------------------
+MTLBENCH_CONFIGS = "pkg://mtlbench.configs"
+
+
+class PluginConfigs(SearchPathPlugin):
+    """Hydra search path plugin: the config folders of installed plugins, after mtlbench's own.
+
+    Registered with Hydra by :func:`register_configs`; it acts only on a search path that holds mtlbench's
+    configs (another Hydra app in the same process is left alone), loads the ``mtlbench.plugins`` entry points
+    (whose functions call :func:`mtlbench.registry.register_plugin_configs`) and appends their folders, so
+    ``mtlbench model=<plugin model>`` composes with nothing passed by the user.
+    """
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        if not any(e.path == MTLBENCH_CONFIGS for e in search_path.get_path()):
+            return
+        for folder in plugin_config_folders():
+            search_path.append("mtlbench-plugin", f"file://{folder}")
+
+
 def register_configs() -> None:
-    """The run schema and the resolvers the configs use (``available_models``, ``metric_direction``)."""
+    """The run schema, the plugins' config folders and the resolvers the configs use (``available_models``,
+    ``metric_direction``)."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    Plugins.instance().register(PluginConfigs)
     OmegaConf.register_new_resolver("available_models", available_models, replace=True)
     OmegaConf.register_new_resolver("metric_direction", metric_direction, replace=True)

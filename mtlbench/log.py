@@ -8,8 +8,22 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 FORMAT = "[mtlbench] %(message)s"
+#: Lightning's loggers (``lightning.*``: the same in the unified ``lightning`` package); their INFO records are the
+#: accelerator banners ("GPU available: ..."), the 💡 tips advertising Lightning's services and the "Restoring
+#: states from the checkpoint" lines of every validate/test with the selected checkpoint
+LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
+#: warnings a user cannot act on, hidden unless ``verbose``: (regex matching the start of the message, category)
+QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # Lightning's own use of a torch API that torch deprecated (pytorch_lightning/utilities/_pytree.py)
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # fewer training batches than trainer.log_every_n_steps: the CSV log then has the epoch rows only
+    (r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning),
+)
 
 
 def rank() -> int:
@@ -45,3 +59,22 @@ def to_stderr(level: int = logging.INFO) -> None:
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(level)
+
+
+@contextmanager
+def quiet(verbose: bool = False) -> Iterator[None]:
+    """Within the block, unless ``verbose``: Lightning's INFO messages (:data:`LIGHTNING_LOGGERS`) and the warnings
+    of :data:`QUIET_WARNINGS` are not shown. Levels and warning filters are restored on exit."""
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        if not verbose:
+            for logger in loggers:
+                logger.setLevel(logging.WARNING)
+            for message, category in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)

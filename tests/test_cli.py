@@ -82,9 +82,9 @@ def test_multirun_sweeps_models_and_prints_a_table(tmp_path):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["model=nosuch"], ["model/nosuch", "mmoe"]),
-        (["weighting=nosuch"], ["weighting/nosuch"]),
-        (["dataset=nosuch"], ["dataset/nosuch"]),
+        (["model=nosuch"], ["no option 'nosuch' in group model", "mmoe"]),
+        (["weighting=nosuch"], ["no option 'nosuch' in group weighting"]),
+        (["dataset=nosuch"], ["no option 'nosuch' in group dataset"]),
         (["learning_rate=0.1"], ["learning_rate"]),
         (["seed=abc"], ["seed", "abc"]),
         (["model.num_expert=3"], ["num_expert"]),

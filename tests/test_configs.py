@@ -29,10 +29,16 @@ def test_every_config_composes(group: str, option: str):
     if group in ("dataset", "model", "weighting", "logger") and "/" not in option:
         assert cfg[group].name == option
     if "/" in option:  # a protocol's variant of a registered component (sfpnet_table4/mmoe: mmoe per scenario;
-        # stan_dose_response/stan_equal: STAN with the equal weighting, keeping STAN's name)
+        # stan_dose_response/stan_equal: STAN with the equal weighting, keeping STAN's name; small/lifecycle: the
+        # simulator at 1,500 users)
         import mtlbench
 
-        assert cfg[group].name in {"model": mtlbench.list_models, "weighting": mtlbench.list_weightings}[group]()
+        registered = {
+            "model": mtlbench.list_models,
+            "weighting": mtlbench.list_weightings,
+            "dataset": mtlbench.list_datasets,
+        }
+        assert cfg[group].name in registered[group]()
 
 
 def test_unknown_top_level_key_is_rejected():

@@ -193,6 +193,14 @@ def test_train_loader_shards_are_disjoint_equal_and_reshuffled_each_epoch():
     assert not torch.equal(other, shards[0])
 
 
+def test_training_order_is_the_int64_permutation_held_in_int32():
+    """The loader draws its permutation in int32 (half the memory at 50M rows): the same order as int64."""
+    rows = torch.arange(3, 903)
+    got = torch.cat([b["x"] for b in _loader(rows, 1, 0, True, epoch=2)])
+    g = torch.Generator().manual_seed(5 * 1_000_003 + 2)
+    assert torch.equal(got, rows[torch.randperm(len(rows), generator=g)] * 10)
+
+
 def test_column_split_uses_the_datasets_own_assignment():
     s, c = Counting(n=30).build()
     c["part"] = np.arange(30) % 3

@@ -27,6 +27,7 @@ from mtlbench.datasets.vocabulary import encode
 from mtlbench.datasets.wechat import WeChat
 from mtlbench.errors import ConfigError, DataError
 from mtlbench.registry import DATASETS
+from mtlbench.testing import check_dataset, check_dataset_settings, compose
 
 from conftest import FAST, run_cli, shared_data
 
@@ -549,18 +550,27 @@ def test_settings_are_the_config_as_plain_data(tmp_path):
     from omegaconf import OmegaConf
 
     from mtlbench.data.source import DATASET_KEYS
-    from mtlbench.factory import create_dataset
 
     for yaml in sorted((Path(__file__).resolve().parents[1] / "configs" / "dataset").glob("*.yaml")):
-        cfg = OmegaConf.to_container(OmegaConf.load(yaml))
+        cfg = OmegaConf.to_container(compose([f"dataset={yaml.stem}"]).dataset, throw_on_missing=False)  # defaults
         settings = {k: v for k, v in cfg.items() if k not in DATASET_KEYS}
         settings.update({k: str(tmp_path) for k in ("path",) if k in settings})
         settings.update({k: ["y"] for k in ("tasks",) if settings.get(k) == "???"})
-        assert create_dataset(cfg["name"], **settings).settings == settings, yaml.name
+        assert check_dataset_settings(cfg["name"], **settings).settings == settings, yaml.name  # every key
     wechat = WeChat(path=str(FIXTURES / "wechat")).settings  # the constructor's tuple defaults
     assert wechat["tasks"] == ["like", "click_avatar", "forward"] and wechat["valid_days"] == [13]
     assert MovieLens(path=str(tmp_path), task_thresholds=None).settings["task_thresholds"] == {"like": 4, "love": 5}
     assert AliExpress(path=str(tmp_path), countries=[]).settings["countries"] is None
+
+
+@pytest.mark.parametrize("name", ["kuairand", "wechat", "movielens"])
+def test_dataset_contract_on_fixtures(tmp_path, name):
+    """The dataset contract (mtlbench.testing.check_dataset) on small files in each publisher's layout: settings,
+    validated columns, 0/1 labels with both classes, the same columns from a second build, batches MMoE trains on,
+    and the dataset's config."""
+    path = write_ml100k_random(tmp_path / "ml") if name == "movielens" else FIXTURES / name
+    schema, cols = check_dataset(name, path=str(path))
+    assert schema.name == name and all(len(cols[t]) == len(cols[schema.tasks[0]]) for t in schema.tasks)
 
 
 def test_every_real_dataset_is_registered_and_rejects_unknown_settings():

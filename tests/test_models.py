@@ -1,106 +1,36 @@
 """Every registered model honours the contract; shared layers compute what they claim."""
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import mtlbench
-from mtlbench.data.derived import compute_derived
-from mtlbench.data.rows import build_tensors
-from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.errors import ConfigError
-from mtlbench.models import as_output
 from mtlbench.models.backbones import MMoEBackbone, PLEBackbone, SlotModel
 from mtlbench.models.layers import MLP, ExpertGroup, FeatureEmbedding
-from mtlbench.registry import MODELS
-from mtlbench.training.optim import build_optimizer, use_sparse_embeddings
-
-
-def toy(n=64):
-    rng = np.random.default_rng(0)
-    features = [
-        Feature("user", "categorical", 20, "user"),
-        Feature("item", "categorical", 30, "item"),
-        Feature("scenario", "categorical", 3),
-        Feature("price", "numeric"),
-        Feature("hist", "sequence", max_len=4, embedding="item", role="user"),
-    ]
-    schema = DatasetSchema(
-        "toy",
-        features,
-        tasks=["click", "buy"],
-        user_field="user",
-        item_field="item",
-        scenario_field="scenario",
-        task_roles={"click": "click", "conversion": "buy"},
-    )
-    cols = {
-        "user": rng.integers(0, 20, n),
-        "item": rng.integers(0, 30, n),
-        "scenario": rng.integers(0, 3, n),
-        "price": rng.random(n).astype(np.float32),
-        "hist": rng.integers(-1, 30, (n, 4)),
-        "click": rng.integers(0, 2, n).astype(np.float32),
-        "buy": rng.integers(0, 2, n).astype(np.float32),
-    }
-    schema.validate(cols)
-    return schema, build_tensors(schema, cols)
-
-
-def with_inputs(model_cls, schema, batch, n=64):
-    """Add the derived per-row inputs a model asks for (computed over the toy table)."""
-    for name in getattr(model_cls, "required_inputs", ()):
-        cols = {f.name: batch["categorical"][:, i].numpy() for i, f in enumerate(schema.categorical)}
-        cols.update({t: batch["labels"][:, k].numpy() for k, t in enumerate(schema.tasks)})
-        cols["time"] = np.arange(n)
-        schema.time_field = "time"
-        batch[name] = torch.from_numpy(np.ascontiguousarray(compute_derived(name, schema, cols, np.arange(n))))
-    return batch
+from mtlbench.testing import check_deterministic, check_forward_backward, check_sparse_embeddings
+from mtlbench.testing import toy_data as toy
 
 
 @pytest.mark.parametrize("name", mtlbench.list_models())
 def test_model_contract_forward_backward(name):
     """Every registered model, built-in or plugin: logits per task in order, gradients everywhere."""
-    schema, batch = toy()
-    batch = with_inputs(MODELS.get(name), schema, batch)
-    model = mtlbench.create_model(name, schema, embedding_dim=4)
-    out = as_output(model(batch))
-    assert list(out.logits) == ["click", "buy"]
-    assert all(v.shape == (64,) for v in out.logits.values())
-    loss = sum(
-        nn.functional.binary_cross_entropy_with_logits(out.logits[t], batch["labels"][:, k])
-        for k, t in enumerate(schema.tasks)
-    )
-    loss = loss + sum(out.aux_losses.values(), torch.zeros(()))
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None for g in grads), "every parameter should receive a gradient"
+    net, out = check_forward_backward(name, embedding_dim=4)
+    assert list(out.logits) == ["click", "buy"] and all(p.grad is not None for p in net.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("name", mtlbench.list_models())
 def test_model_trains_with_sparse_embeddings(name):
     """optimizer.sparse_embeddings: every model's tables get row-sparse gradients and the lazy Adam step
-    changes exactly the looked-up rows of the feature table."""
-    schema, batch = toy()
-    batch = with_inputs(MODELS.get(name), schema, batch)
-    torch.manual_seed(0)
-    model = mtlbench.create_model(name, schema, embedding_dim=4)
-    assert use_sparse_embeddings(model) >= 1
-    opt = build_optimizer(model.parameters(), {"name": "adam", "sparse_embeddings": True})
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    out = as_output(model(batch))
-    loss = sum(
-        nn.functional.binary_cross_entropy_with_logits(out.logits[t], batch["labels"][:, k])
-        for k, t in enumerate(schema.tasks)
-    )
-    (loss + sum(out.aux_losses.values(), torch.zeros(()))).backward()
-    tables = [n for n, m in model.named_modules() if isinstance(m, FeatureEmbedding)]
-    assert all(model.get_submodule(t).table.weight.grad.is_sparse for t in tables)
-    opt.step()
-    for t in tables:
-        changed = (model.get_submodule(t).table.weight != before[f"{t}.table.weight"]).any(1)
-        assert changed.any() and not changed.all()  # 53 rows; the toy batch's 64 draws miss some user ids
+    changes looked-up rows of the feature table only."""
+    net = check_sparse_embeddings(name, embedding_dim=4)
+    assert all(m.sparse for m in net.modules() if isinstance(m, nn.Embedding))
+
+
+@pytest.mark.parametrize("name", mtlbench.list_models())
+def test_model_is_deterministic_given_the_seed(name):
+    """Same seed, same parameters and logits (train-mode sampling included): the README's CPU promise."""
+    check_deterministic(name, embedding_dim=4)
 
 
 def test_unknown_model_setting_is_a_config_error():

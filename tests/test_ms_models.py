@@ -9,8 +9,6 @@ import torch
 from torch import nn
 
 import mtlbench
-from mtlbench.data.rows import build_tensors
-from mtlbench.data.schema import DatasetSchema, Feature
 from mtlbench.errors import ConfigError
 from mtlbench.models.layers import FeatureEmbedding
 from mtlbench.models.pepnet import GateNU
@@ -22,41 +20,12 @@ from mtlbench.models.sfpnet import (
     distribution_pooling,
 )
 from mtlbench.models.star import PartitionedNorm, StarLinear
+from mtlbench.testing import check_forward_backward
+from mtlbench.testing import toy_data as toy  # also the fixture of test_ms_zoo_a / test_ms_zoo_b
 
 from conftest import TINY, compose_cfg, run_cli
 
 MS_MODELS = ["star", "pepnet", "sfpnet", "base_dnn"]
-
-
-def toy(n=64, tasks=("click", "buy"), scenario=True, sequence=True, seed=0):
-    """A tiny multi-scenario table: user, item, scenario, a numeric field and an item-id history."""
-    rng = np.random.default_rng(seed)
-    feats = [
-        Feature("user", "categorical", 20, "user"),
-        Feature("item", "categorical", 30, "item"),
-        Feature("price", "numeric"),
-    ]
-    cols = {"user": rng.integers(0, 20, n), "item": rng.integers(0, 30, n), "price": rng.random(n).astype(np.float32)}
-    if scenario:
-        feats.append(Feature("scenario", "categorical", 3))
-        cols["scenario"] = rng.integers(0, 3, n)
-    if sequence:
-        feats.append(Feature("hist", "sequence", max_len=4, embedding="item", role="user"))
-        hist = rng.integers(0, 30, (n, 4))
-        hist[np.arange(4)[None, :] >= rng.integers(0, 5, n)[:, None]] = -1  # 0-4 real items, then PAD
-        cols["hist"] = hist
-    for t in tasks:
-        cols[t] = rng.integers(0, 2, n).astype(np.float32)
-    schema = DatasetSchema(
-        "toy",
-        feats,
-        tasks=list(tasks),
-        user_field="user",
-        item_field="item",
-        scenario_field="scenario" if scenario else None,
-    )
-    schema.validate(cols)
-    return schema, build_tensors(schema, cols)
 
 
 def bce(out, batch, schema):
@@ -70,16 +39,9 @@ def bce(out, batch, schema):
 @pytest.mark.parametrize("name", MS_MODELS)
 @pytest.mark.parametrize("tasks", [("click",), ("click", "buy", "fav")])
 def test_forward_backward_shapes(name, tasks):
-    torch.manual_seed(0)
-    schema, batch = toy(32, tasks)
-    model = mtlbench.create_model(name, schema, embedding_dim=4)
-    out = model(batch)
-    assert list(out) == list(tasks) and all(v.shape == (32,) and torch.isfinite(v).all() for v in out.values())
-    bce(out, batch, schema).backward()
-    assert all(p.grad is not None for p in model.parameters())
-    model.eval()
-    with torch.no_grad():
-        assert all(torch.isfinite(v).all() for v in model(batch).values())
+    """One finite [B] logit per task, single- and multi-task; a gradient on every parameter; finite in eval."""
+    model, out = check_forward_backward(name, toy(32, tasks), embedding_dim=4)
+    assert list(out.logits) == list(tasks) and all(p.grad is not None for p in model.parameters())
 
 
 @pytest.mark.parametrize("name", MS_MODELS)

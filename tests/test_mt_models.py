@@ -17,6 +17,7 @@ from mtlbench.errors import ConfigError
 from mtlbench.models.aem2tl import PersonalizedTower, ScenarioCGC
 from mtlbench.models.aitm import AIT, label_constraint
 from mtlbench.models.esmm import ctcvr_logit
+from mtlbench.testing import check_forward_backward
 
 from conftest import TINY, run_cli
 
@@ -59,27 +60,17 @@ def tiny(n=48, scenario=True):
     return schema, build_tensors(schema, cols)
 
 
-def bce_all(out, batch):
-    return sum(F.binary_cross_entropy_with_logits(out.logits[t], batch["labels"][:, k]) for k, t in enumerate(TASKS))
-
-
 # -- forward / backward -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["aitm", "esmm", "aem2tl"])
 def test_forward_backward_shapes(name):
-    schema, batch = tiny()
-    model = mtlbench.create_model(
-        name, schema, embedding_dim=4, **({"chain": ["click", "purchase"]} if name == "aitm" else {})
-    )
-    out = model(batch)
-    assert list(out.logits) == TASKS and all(v.shape == (48,) for v in out.logits.values())
+    settings = {"chain": ["click", "purchase"]} if name == "aitm" else {}
+    model, out = check_forward_backward(name, tiny(), embedding_dim=4, **settings)  # shapes, gradients everywhere
     if name == "aitm":
         assert set(out.aux_losses) == {"label_constraint"} and out.aux_losses["label_constraint"].dim() == 0
     else:
         assert out.extras["cvr"].shape == (48,) and ((out.extras["cvr"] > 0) & (out.extras["cvr"] < 1)).all()
-    (bce_all(out, batch) + sum(out.aux_losses.values(), torch.zeros(()))).backward()
-    assert all(p.grad is not None for p in model.parameters())
     assert model.shared_parameters(), "gradient-based weightings need shared parameters"
 
 

@@ -307,7 +307,7 @@ def test_metaheac_critics_are_mixed_per_task_over_per_task_expert_mixes():
     schema, batch = tiny()
     model = mtlbench.create_model(
         "metaheac", schema, embedding_dim=4, num_experts=3, num_critics=2, expert=[8], tower=[4]
-    )
+    ).eval()  # f_θ: evaluation never adapts
     out = model(batch)
     x = model.embedding.flat(batch)
     mean = model.embedding.fields(batch).mean(1)
@@ -326,6 +326,67 @@ def test_metaheac_critics_are_mixed_per_task_over_per_task_expert_mixes():
     assert torch.allclose(out.logits["click"], out.logits["long_view"])
     w, logits = torch.tensor([0.2, 0.8]), torch.tensor([30.0, -2.0])
     assert torch.isclose(torch.sigmoid(mixture_logit(w, logits)), (w * torch.sigmoid(logits)).sum())
+
+
+def heac_params(model):
+    return dict(model.named_parameters())
+
+
+def test_metaheac_meta_training_is_the_maml_local_update_and_its_second_order_gradient():
+    """Query logits of task t come from θ'_t = θ − α ∇_θ L_t(f_θ; S_t) (the local update), support logits carry
+    no gradient, and the gradient of the query loss is (I − α ∇²L_t^S(θ)) ∇L_t^Q(θ'_t) (MAML's global update)."""
+    torch.manual_seed(0)
+    schema, batch = tiny(32)
+    batch["labels"][3, 0] = float("nan")  # a support row without task click's label: not in click's S
+    batch["labels"][20, 2] = float("nan")  # a query row without purchase's label: not in purchase's Q
+    alpha = 0.5  # large enough that the local update and its Hessian term show
+    settings = {"embedding_dim": 4, "num_experts": 2, "num_critics": 2, "expert": [6], "tower": [3]}
+    model = mtlbench.create_model("metaheac", schema, inner_lr=alpha, support_share=0.25, **settings).double()
+    batch["numeric"] = batch["numeric"].double()
+    labels = batch["labels"].double()
+    out = model.train()(batch)
+    s, q = slice(0, 8), slice(8, 32)  # 25% of 32 rows: the support set
+    plain = model.eval()(batch)
+    model.train()
+    params = heac_params(model)
+    for k, t in enumerate(TASKS):
+        # support rows: f_θ, detached (no parameter gets a gradient from them)
+        assert torch.allclose(out.logits[t][s], plain.logits[t][s])
+        from_support = torch.autograd.grad(out.logits[t][s].sum(), list(params.values()), retain_graph=True)
+        assert all((g == 0).all() for g in from_support)
+        # query rows: f at θ'_t from the local update on the labelled support rows, computed here by hand
+        ys = labels[s, k]
+        keep = ~torch.isnan(ys)
+        support = torch.nn.functional.binary_cross_entropy_with_logits(plain.logits[t][s][keep], ys[keep])
+        names = list(params)
+        grads = torch.autograd.grad(support, [params[n] for n in names], create_graph=True, allow_unused=True)
+        adapted = mtlbench.create_model("metaheac", schema, meta=False, **settings).double().eval()
+        with torch.no_grad():
+            for n, g in zip(names, grads):
+                adapted.get_parameter(n).copy_(params[n] - alpha * (g if g is not None else 0.0))
+        moved = adapted(batch).logits[t][q]
+        assert torch.allclose(out.logits[t][q], moved, atol=1e-10)
+        assert not torch.allclose(moved, plain.logits[t][q], atol=1e-3)  # the local update changed the query logits
+        # the query loss's gradient w.r.t. θ: (I − α H_S) ∇L_Q(θ'), H_S v by double backward (MAML's global update)
+        yq = labels[q, k]
+        kq = ~torch.isnan(yq)
+        query = torch.nn.functional.binary_cross_entropy_with_logits(out.logits[t][q][kq], yq[kq])
+        meta_grad = torch.autograd.grad(query, [params[n] for n in names], retain_graph=True, allow_unused=True)
+        adapted.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(adapted(batch).logits[t][q][kq], yq[kq]).backward()
+        v = [adapted.get_parameter(n).grad for n in names]
+        v = [torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, v)]
+        dot = sum((g * vi).sum() for g, vi in zip(grads, v) if g is not None)
+        hv = torch.autograd.grad(dot, [params[n] for n in names], retain_graph=True, allow_unused=True)
+        want = [vi - alpha * (h if h is not None else 0.0) for vi, h in zip(v, hv)]
+        got = [torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, meta_grad)]
+        assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(got, want))
+        first_order = max((a - vi).abs().max().item() for a, vi in zip(got, v))
+        assert first_order > 1e-6  # the Hessian term is there: the check above can fail without it
+    # meta: false trains on every row with f_θ; evaluation is f_θ either way
+    e2e = mtlbench.create_model("metaheac", schema, meta=False, **settings).double()
+    e2e.load_state_dict(model.state_dict())
+    assert all(torch.allclose(e2e.train()(batch).logits[t], plain.logits[t]) for t in TASKS)
 
 
 # -- end to end -------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The example plugin in plugins/ installs as its own package and runs through the mtlbench CLI."""
+"""The example plugin in plugins/ installs as its own package, passes its own contract tests (mtlbench.testing) and
+runs through the mtlbench CLI, its configs found through its one register_plugin_configs call."""
 
 import json
 import os
@@ -120,3 +121,43 @@ def test_plugin_model_dataset_weighting_and_metric_train_together_from_the_cli(p
     err = [line for line in missing.stderr.splitlines() if line.startswith("mtlbench: error:")]
     assert len(err) == 1 and "unknown metric 'hit_rate'" in err[0], missing.stderr[-2000:]
     assert not (tmp_path / "missing" / "results.json").exists()
+
+
+def test_plugin_own_tests_run_mtlbench_contract_checks(plugin_path, tmp_path):
+    """The plugin's tests/ (mtlbench.testing on its model, weighting and dataset) pass, as its author runs them."""
+    tests = REPO / "plugins" / "mtlbench-example" / "tests"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+        cwd=tmp_path,
+        env=env_with(plugin_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("4 passed"), proc.stdout[-2000:]  # every plugin test ran
+
+
+def test_plugin_configs_are_options_of_mtlbench_groups(plugin_path, tmp_path):
+    """register_plugin_configs(__name__): the plugin's folder is on Hydra's search path after mtlbench's own, with
+    nothing passed by the user; `--help` lists its options and experiments can sweep its model."""
+    code = (
+        "from mtlbench.registry import plugin_config_folders; from mtlbench.config import model_available; "
+        "from mtlbench.testing import compose; "
+        "print([p.relative_to(p.parents[1]).as_posix() for p in plugin_config_folders()]); "
+        "print(model_available('example_gated'), model_available('nosuch')); "
+        "cfg = compose(['model=example_gated', 'weighting=example_loss_scale', 'dataset=example_toy']); "
+        "print(cfg.model.bottom, cfg.weighting.momentum, cfg.dataset.split.method)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env_with(plugin_path), capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.stdout.splitlines() == ["['mtlbench_example/configs']", "True False", "[64] 0.9 random"], proc.stderr
+    helped = subprocess.run(
+        [sys.executable, "-m", "mtlbench.cli.train", "--help"],
+        env=env_with(plugin_path),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert helped.returncode == 0 and "example_gated" in helped.stdout, helped.stderr[-2000:]

@@ -20,6 +20,7 @@ from scipy import stats as sps
 
 from mtlbench.report import stats
 from mtlbench.report.collect import find_runs, group_runs
+from mtlbench.report.html import to_html
 from mtlbench.report.tables import ReportSettings, build, to_csv, to_latex, to_markdown
 from mtlbench.report.write import write_report
 
@@ -278,7 +279,8 @@ def test_markdown_has_mean_std_relaimpr_bold_second_and_marks(three_models):
     mark = "\\*\\*" if p_ndcg < 0.01 else "\\*" if p_ndcg < 0.05 else ""
     assert rows["ple"][3] == f"**0.6000 ± 0.0200**{mark}" and mark
     sig = md.split("### Significance", 1)[1]
-    assert f"| click AUC | mmoe | ple | paired t-test | 3 | {p_auc:.4f} |" in sig
+    diff = np.mean(AUCS["mmoe"]) - np.mean(AUCS["ple"])
+    assert f"| click AUC | mmoe | ple | {diff:+.4f} | paired t-test | 3 | {p_auc:.4f} |" in sig
     # per-scenario table and incomplete runs
     scen = table_rows(md, "Per scenario: AUC")
     assert scen["mmoe"][1].startswith(f"**{mmoe_auc - 0.1:.4f}")
@@ -334,11 +336,106 @@ def test_a_model_with_one_of_its_weightings_is_named_and_chosen(tmp_path):
 def test_two_seeds_say_no_test_was_run(tmp_path):
     for model, v in (("single_task", 0.7), ("mmoe", 0.8)):
         for seed in (0, 1):
-            make_run(tmp_path, model, seed, {"click": {"auc": v + seed / 100}})
+            make_run(tmp_path, model, seed, {"click": {"auc": v + seed / 100}, "buy": {"auc": v}})
     board = build([tmp_path], ReportSettings(metrics=["auc"]))
     md = to_markdown(board)
-    assert "no test: 2 paired seed(s), needs 3" in md and "\\*" not in md.split("## lifecycle")[1]
+    sig = md.split("### Significance", 1)[1]
+    # one line for the untested columns, no table of "no test" rows
+    assert "Not tested (fewer than 3 seeds): click AUC, buy AUC, click #0" not in sig  # no scenario metrics here
+    assert "Not tested (fewer than 3 seeds): click AUC, buy AUC." in sig
+    assert "| column |" not in sig and "no test:" not in md and "\\*" not in md.split("## lifecycle")[1]
+    assert "no significance test: fewer than 3 seeds per model" in md.split("## lifecycle")[0]
     assert read_csv(to_csv(board))[0]["p_value"] == ""
+
+
+def test_significance_lists_tested_columns_and_one_line_for_the_rest(tmp_path):
+    for model, v in (("single_task", 0.70), ("mmoe", 0.75)):
+        for seed in range(3):
+            test = {"click": {"auc": v + seed / 100 + (0.002 * seed if model == "mmoe" else 0.0)}}
+            if seed < 2:
+                test["buy"] = {"auc": v}  # buy only in two seeds: no test
+            make_run(tmp_path, model, seed, test)
+    board = build([tmp_path], ReportSettings(metrics=["auc"], scenario_metrics=[]))
+    md = to_markdown(board)
+    sig = md.split("### Significance\n", 1)[1]
+    rows = [line for line in sig.splitlines() if line.startswith("| click") or line.startswith("| buy")]
+    p = sps.ttest_rel([0.75, 0.762, 0.774], [0.70, 0.71, 0.72]).pvalue
+    p_text = f"{p:.2g}" if p < 1e-3 else f"{p:.4f}"
+    assert rows == [f"| click AUC | mmoe | single_task | +0.0520 | paired t-test | 3 | {p_text} | \\*\\* |"]
+    assert "Not tested (fewer than 3 seeds): buy AUC." in sig
+    page = to_html(board)
+    assert page.count("<tr><td>click AUC</td>") == 1 and "<tr><td>buy AUC</td>" not in page
+    assert "Not tested (fewer than 3 seeds): buy AUC." in page
+
+
+def test_caption_names_relaimpr_only_when_the_tables_show_it(three_models, tmp_path):
+    settings = ReportSettings(metrics=["auc"], scenario_metrics=[], base="nosuch_model")
+    board = build([three_models], settings)
+    md = to_markdown(board)
+    assert "| RelaImpr |" not in md  # no column ...
+    assert "RelaImpr against" not in md and "Eq. 15" not in md  # ... and the caption does not name one
+    assert "no RelaImpr column: the base 'nosuch_model' has no runs here" in md
+    assert "RelaImpr against" not in to_latex(board) and "& RelaImpr" not in to_latex(board)
+    assert "RelaImpr against" not in to_html(board)
+    shown = to_markdown(build([three_models], ReportSettings(metrics=["auc"], scenario_metrics=[])))
+    assert "RelaImpr against single_task: STAN Eq. 15" in shown and "| RelaImpr |" in shown
+    # the base in one section of two: the caption says where
+    make_run(three_models / "other", "mmoe", 0, {"click": {"auc": 0.7}}, data_cfg={"n_rows": 5000})
+    two = to_markdown(build([three_models], ReportSettings(metrics=["auc"], scenario_metrics=[])))
+    assert "RelaImpr against single_task (in the 1 section(s) where it ran)" in two
+
+
+def test_candidate_is_named_as_candidate_not_best(three_models):
+    settings = ReportSettings(metrics=["auc", "logloss"], scenario_metrics=[], candidate="ple")
+    board = build([three_models], settings)
+    md = to_markdown(board)
+    sig = md.split("### Significance\n", 1)[1]
+    assert "| column | candidate | best other model | difference |" in sig and "| best |" not in sig
+    assert "significance of ple (the candidate) against the best other model per column" in md
+    assert "the best model against the best baseline" not in md
+    # click AUC: ple (0.7367) against mmoe (0.7533): the candidate is the worse one
+    p = sps.ttest_rel(AUCS["ple"], AUCS["mmoe"]).pvalue
+    diff = np.mean(AUCS["ple"]) - np.mean(AUCS["mmoe"])
+    assert f"| click AUC | ple | mmoe | {diff:+.4f} | paired t-test | 3 | {p:.4f} |" in sig
+    # logloss (lower is better): ple is above mmoe by 0.06 in every seed: significant, and the candidate is worse
+    logloss = next(line for line in sig.splitlines() if line.startswith("| click LogLoss |"))
+    assert logloss.startswith("| click LogLoss | ple | mmoe | +0.0600 | paired t-test | 3 |")
+    assert logloss.endswith("| \\*\\* (worse) |")
+    page = to_html(board)
+    assert "<th>candidate</th><th>best other model</th>" in page
+    assert "the candidate" in to_latex(board)
+    plain = to_markdown(build([three_models], ReportSettings(metrics=["auc"], scenario_metrics=[])))
+    assert "| column | best | best baseline | difference |" in plain
+
+
+def test_bar_chart_starts_at_chance_with_a_legend(tmp_path):
+    import re
+
+    from mtlbench.report import svg
+
+    bars = [svg.Bar("a", 0.710, 0.001, 2, 3), svg.Bar("b", 0.715, 0.001, 1, 3), svg.Bar("c", None, 0.0, None, 0)]
+    chart = svg.bar_chart("click AUC", "auc", bars)
+    bottom, top, step, note = svg.axis("auc", bars)
+    assert bottom == 0.5 and top >= 0.716 and "starts at 0.5" in note
+    heights = [float(h) for h in re.findall(r'<rect class="bar" [^>]*height="([0-9.]+)"', chart)]
+    assert len(heights) == 2  # no bar for a missing value
+    # bar height proportional to AUC - 0.5: a 0.005 difference is 2.4% of the bar, not the whole axis
+    assert heights[1] / heights[0] == pytest.approx((0.715 - 0.5) / (0.710 - 0.5), rel=0.01)
+    for text in ("best", "second", "other models", "± std over seeds", "starts at 0.5"):
+        assert text in chart, text
+    ticks = [float(t) for t in re.findall(r'text-anchor="end">([0-9.]+)</text>', chart)]
+    assert ticks[0] == 0.5 and ticks[-1] == pytest.approx(top)
+    ndcg = svg.axis("ndcg@5", [svg.Bar("a", 0.31, 0.01, 1, 3)])
+    assert ndcg[0] == 0.0 and "starts at 0" in ndcg[3]
+    assert svg.bar_chart("click AUC", "auc", bars) == chart  # the same text every time
+
+
+def test_report_does_not_echo_by_default(three_models, tmp_path, capsys):
+    board = write_report([three_models], tmp_path / "r", ReportSettings(metrics=["auc"]), html=False)
+    assert capsys.readouterr().out == ""
+    assert [p.name for p in board.files] == ["leaderboard.md", "leaderboard.csv", "leaderboard.tex"]
+    write_report([three_models], tmp_path / "r", ReportSettings(metrics=["auc"]), html=False, echo=True)
+    assert "### Overall" in capsys.readouterr().out
 
 
 def test_latex_marks_best_and_second(three_models):
@@ -369,8 +466,9 @@ def test_html_is_self_contained_with_plots_and_run_images(three_models, tmp_path
     out = tmp_path / "report"
     write_report([three_models], out, ReportSettings(metrics=["auc", "ndcg@5"]))
     page = (out / "leaderboard.html").read_text()
-    assert page.count('class="leaderboard"') == 2  # overall and per-scenario tables
-    assert page.count('<figure class="bars">') == 2  # one bar chart per task
+    assert page.count('class="leaderboard sortable"') == 2  # overall and per-scenario tables
+    assert page.count('<figure class="bars"') == 2  # one bar chart per task (inline SVG, a panel per metric)
+    assert page.count('<svg xmlns="http://www.w3.org/2000/svg" class="bar-chart"') == 3  # click AUC, NDCG@5; buy AUC
     assert page.count('<figure class="curves">') == 1
     assert page.count('<figure class="run-image">') == 1 and "stage_tsne.png" in page
     assert 'src="http' not in page and "href=" not in page  # nothing outside the page
@@ -397,7 +495,7 @@ def test_bad_settings_are_one_clear_error(tmp_path):
         build([tmp_path], ReportSettings(tasks=["nosuch"]))
 
 
-def test_cli_writes_all_files_and_fails_in_one_line(three_models, tmp_path):
+def test_cli_writes_all_files_and_fails_in_one_line(three_models, tmp_path, capsys):
     out = tmp_path / "out"
     cmd = [
         sys.executable,
@@ -420,7 +518,15 @@ def test_cli_writes_all_files_and_fails_in_one_line(three_models, tmp_path):
         assert (out / name).stat().st_size > 0, name
     md = (out / "leaderboard.md").read_text()
     assert "| MLP_Single | 3 |" in md and "Mann-Whitney U test" in md
-    assert "9 complete run(s), 1 incomplete" in proc.stderr
+    assert "9 complete run(s), 1 incomplete" in proc.stderr and proc.stdout == ""  # --quiet
+    # default: the paths written, not the report; --echo adds the Markdown
+    from mtlbench.cli.report import main
+
+    assert main(cmd[3:-1]) == 0
+    assert capsys.readouterr().out.splitlines() == [str(out / f"leaderboard.{k}") for k in ("md", "csv", "tex", "html")]
+    assert main([*cmd[3:-1], "--echo", "--no-html"]) == 0
+    echoed = capsys.readouterr().out
+    assert "| MLP_Single | 3 |" in echoed and str(out / "leaderboard.md") in echoed
     bad = subprocess.run(
         [sys.executable, "-m", "mtlbench.cli.report", str(tmp_path / "nope"), "--out", str(out)],
         capture_output=True,

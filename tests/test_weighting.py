@@ -1,9 +1,24 @@
+"""Every registered weighting honours the contract; equal and fixed by hand."""
+
 import pytest
 import torch
 
+import mtlbench
 from mtlbench.errors import ConfigError
 from mtlbench.factory import create_weighting
 from mtlbench.models import ModelOutput
+from mtlbench.testing import check_weighting
+
+#: weightings that read a model's own outputs (STAN's preferences), and that model
+NEEDS_MODEL = {"stan_stage": "stan", "stan_wo_beta": "stan"}
+
+
+@pytest.mark.parametrize("name", mtlbench.list_weightings())
+def test_weighting_contract(name):
+    """Every registered weighting, built-in or plugin: a finite scalar loss from the [B, K] loss matrix (with
+    missing labels) that reaches the model, finite task weights, epoch hooks, its state dict reloads."""
+    strategy = check_weighting(name, model=NEEDS_MODEL.get(name, "mmoe"), model_settings={"embedding_dim": 4})
+    assert strategy.tasks == ["click", "buy"]
 
 
 def matrix():

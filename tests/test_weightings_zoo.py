@@ -11,6 +11,7 @@ from torch import nn
 from mtlbench.errors import ConfigError
 from mtlbench.factory import create_weighting
 from mtlbench.models import ModelOutput
+from mtlbench.testing import check_config
 from mtlbench.weighting.aligned_mtl import alignment
 from mtlbench.weighting.cagrad import cagrad_direction
 from mtlbench.weighting.famo import FAMO
@@ -75,10 +76,8 @@ G3 = np.array([[1.0, 0.0, 0.5, 0.0, 0.2], [-0.8, 1.0, 0.0, 0.3, 0.0], [0.1, -0.6
 
 @pytest.mark.parametrize("name", ZOO)
 def test_every_zoo_weighting_is_registered_and_its_config_composes(name):
-    cfg = compose_cfg([f"weighting={name}"])
-    settings = {k: v for k, v in cfg.weighting.items() if k != "name"}
-    assert cfg.weighting.name == name
-    create_weighting(name, ["a", "b"], **settings)
+    settings = check_config("weighting", name)  # composes, names a registered weighting, its settings build it
+    assert settings == {k: v for k, v in compose_cfg([f"weighting={name}"]).weighting.items() if k != "name"}
 
 
 @pytest.mark.parametrize(
@@ -190,6 +189,23 @@ def test_aligned_mtl_handles_a_rank_deficient_gram_matrix():
     assert torch.isfinite(aligned).all()
     nonzero = eig[eig > 1e-9]
     assert len(nonzero) == 2 and (nonzero.max() / nonzero.min()).item() == pytest.approx(1.0, abs=1e-8)
+
+
+def test_aligned_mtl_drops_directions_below_float32_precision_as_the_authors_code():
+    """Two gradients at a relative angle of 1e-5: λ_min/λ_max ≈ 2.5e-11 is below K·eps(float32), so the Gram
+    matrix has numerical rank 1 (authors' ProcrustesSolver) and the update is not shrunk to √λ_min."""
+    g1, other = torch.tensor(G3[0]), torch.tensor(G3[1])
+    ortho = other - (other @ g1) / (g1 @ g1) * g1  # a unit direction orthogonal to g1
+    g = torch.stack([g1, g1 + 1e-5 * g1.norm() * ortho / ortho.norm()])
+    lam = torch.linalg.eigvalsh(g @ g.T)
+    assert lam.min() / lam.max() < 2 * torch.finfo(torch.float32).eps  # below the float32 rank tolerance
+    assert lam.min() / lam.max() > 1e3 * torch.finfo(torch.float64).eps  # ... and well above float64's
+    b = alignment(g @ g.T)
+    aligned = b.T @ g
+    # rank 1: both aligned gradients are the projection on the top eigenvector, scaled to σ = √λ_max
+    u = torch.linalg.eigh(g @ g.T).eigenvectors[:, -1]
+    assert torch.allclose(b, u.outer(u), atol=1e-10)
+    assert aligned.sum(0).norm().item() == pytest.approx((g.T @ u).norm().item() * abs(u.sum().item()), rel=1e-6)
 
 
 # -- DB-MTL -------------------------------------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 Every ``results.json`` under the given directories is a complete run; a run directory without one is
 listed as incomplete and never counted. Runs that differ only in their seed form one row. With ``--gap-metrics``,
-the candidate - base gap per data cell also goes to gap.csv and gap_<metric>.png.
+the candidate - base gap per data cell also goes to gap.csv and gap_<metric>.png. It prints the paths written
+(``--echo`` also prints the Markdown).
+
+``mtlbench-report leaderboards [--root leaderboards] [--check]`` regenerates the committed leaderboard pages
+(:mod:`mtlbench.report.leaderboards`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import sys
 from mtlbench.errors import MtlbenchError
 from mtlbench.report import stats
 from mtlbench.report.collect import IGNORED_KEYS
-from mtlbench.report.tables import ReportSettings, to_markdown
+from mtlbench.report.tables import ReportSettings
 from mtlbench.report.write import write_report
 
 
@@ -128,11 +132,48 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=0.95, help="level of the gap's intervals (default: 0.95)")
     p.add_argument("--title", default="Leaderboard")
     p.add_argument("--no-html", action="store_true", help="skip leaderboard.html (and its plots)")
-    p.add_argument("--quiet", action="store_true", help="do not print the Markdown table")
+    p.add_argument("--echo", action="store_true", help="also print the Markdown report to stdout")
+    p.add_argument("--quiet", action="store_true", help="print only the one-line summary (not the paths written)")
     return p
 
 
+def leaderboards_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mtlbench-report leaderboards",
+        description="Regenerate every leaderboard page (README.md, leaderboard.csv) under ROOT from its page.yaml and "
+        "runs/*/results.json, and ROOT/index.html across the pages.",
+    )
+    p.add_argument("--root", default="leaderboards", help="the leaderboards folder (default: leaderboards)")
+    p.add_argument(
+        "--check", action="store_true", help="write nothing; list the generated files that differ and exit 1 if any"
+    )
+    return p
+
+
+def leaderboards_main(argv: list[str]) -> int:
+    """``mtlbench-report leaderboards``: regenerate (or ``--check``) the pages under ``--root``."""
+    from mtlbench.report import leaderboards
+
+    args = leaderboards_parser().parse_args(argv)
+    try:
+        if args.check:
+            stale = leaderboards.check(args.root)
+            for line in stale:
+                print(line)
+            print(f"{len(stale)} generated file(s) differ under {args.root}", file=sys.stderr)
+            return 1 if stale else 0
+        for path in leaderboards.regenerate(args.root):
+            print(path)
+    except MtlbenchError as e:
+        print(f"mtlbench-report leaderboards: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["leaderboards"] and "--out" not in argv:  # the subcommand (a run directory needs --out)
+        return leaderboards_main(argv[1:])
     args = parser().parse_args(argv)
     try:
         settings = ReportSettings(
@@ -157,14 +198,14 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap_seed=args.bootstrap_seed,
             confidence=args.confidence,
         )
-        board = write_report(args.dirs, args.out, settings, html=not args.no_html)
+        board = write_report(args.dirs, args.out, settings, html=not args.no_html, echo=args.echo)
     except MtlbenchError as e:
         print(f"mtlbench-report: error: {e}", file=sys.stderr)
         return 2
     if not args.quiet:
-        print(to_markdown(board))
-    n = sum(len(g.runs) for s in board.sections for g in s.section.groups)
-    print(f"{n} complete run(s), {len(board.incomplete)} incomplete; written to {args.out}", file=sys.stderr)
+        for path in board.files:
+            print(path)
+    print(f"{board.runs} complete run(s), {len(board.incomplete)} incomplete; written to {args.out}", file=sys.stderr)
     return 0
 
 

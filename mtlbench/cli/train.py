@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,7 +27,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mtlbench.cli import errors
+from mtlbench.cli import checks, errors
+from mtlbench.cli import help as app_help
+from mtlbench.cli.resume import resume_argv
 from mtlbench.config import register_configs
 from mtlbench.log import rank
 from mtlbench.registry import load_plugins
@@ -38,6 +41,8 @@ SKIP_IGNORED = (
     "print_summary",
     "resume",
     "skip_complete",
+    "verbose",
+    "callbacks.checkpoint_every_n_steps",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
 )
@@ -120,6 +125,7 @@ def _job(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
             clear_stale(run_dir)
         ok = False
         no_space: OSError | None = None
+        start = time.perf_counter()
         try:
             results = train(cfg, run_dir)
             if results:
@@ -137,13 +143,25 @@ def _job(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
             tracking.finish(exit_code=0 if ok else 1)
         if no_space is not None:
             raise no_space  # one line naming the file (outside the handler: no chained messages)
+        if results:
+            _print_run(results, run_dir, time.perf_counter() - start, table=bool(cfg.print_summary) and not multirun)
     if results:
-        if cfg.print_summary and not multirun:
-            from mtlbench.report.summary import format_run
-
-            print(format_run(results))
         return results["metrics"]["valid"] and _valid_objective(results, cfg.monitor)
     return None
+
+
+def _print_run(results: dict[str, Any], run_dir: Path, seconds: float, table: bool) -> None:
+    """A finished run on stdout: its metrics table (a single run with ``print_summary``), then one line with its
+    headline test metric per task, wall time and run directory."""
+    from mtlbench.report.summary import format_run, run_line
+
+    if table:
+        print(format_run(results))
+    try:
+        shown = run_dir.resolve().relative_to(Path.cwd().resolve())  # as the user would type it
+    except ValueError:
+        shown = run_dir
+    print(run_line(results, shown, seconds), flush=True)
 
 
 def _valid_objective(results: dict, metric: str) -> float:
@@ -153,9 +171,21 @@ def _valid_objective(results: dict, metric: str) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+#: flags that only print Hydra's or our help
+HELP_FLAGS = frozenset({"--help", "-h", "--hydra-help"})
+
+
 def main() -> None:
-    load_plugins()
+    """The ``mtlbench`` command: check the command line (one line and exit 2 on a mistake), then run Hydra."""
     errors.install()
+    app_help.install()
+    sys.argv = resume_argv(sys.argv)  # resume=true / resume=<dir>: the run dir, before Hydra makes a new one
+    argv = sys.argv[1:]
+    command_line = errors.report(lambda: checks.safely(checks.check_command_line, argv, load_plugins))
+    if HELP_FLAGS.isdisjoint(argv):  # the help lists config folders: it needs no components (no torch import)
+        load_plugins()
+    if command_line is not None:
+        errors.report(lambda: checks.safely(checks.check_added_settings, command_line))
     _app()
 
 

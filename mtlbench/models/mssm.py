@@ -8,7 +8,8 @@ Two levels of learned sparse sharing:
 - **Cell-level sparse sharing module (CSSM).** Every layer holds K task-specific cells and S shared cells;
   the input of a cell c at layer l+1 is ``Σ_{c'} z^l_{c c'} h^l_{c'}``, a sparse, learned combination of all
   cells of layer l (coding variables z select which cells are routed to which). Task t's tower reads its
-  own cell of the last layer. At layer 0 task cell t reads x_t and the shared cells read all fields.
+  own cell of the last layer. At layer 0 task cell t reads x_t and the shared cells read all fields (ours:
+  the paper gives masks to the tasks; whether shared cells get a field mask too it leaves open).
 
 Masks and coding variables are hard-concrete gates (the L0 relaxation, see ``hard_concrete.py``): exact
 zeros are reachable, the gates are differentiable in their parameters, and their expected L0 norms are
@@ -17,8 +18,10 @@ penalised (aux losses ``field_l0`` and ``cell_l0``) to make them sparse.
 Paper's: the two modules, task-specific plus shared cells, sparse coding variables between cells of
 consecutive layers, field masks per task. Ours (the short paper leaves them open): the hard-concrete
 relaxation for both masks (shared with SNR), gates initialised near open (0.9), each numeric feature is
-its own field, a cell is one Linear+activation layer, the penalty weights ``field_l0_weight`` /
-``cell_l0_weight``. No public implementation was available to compare with.
+its own field, a cell is one Linear+activation layer, the shared cells' unmasked input, the penalty weights
+``field_l0_weight`` / ``cell_l0_weight``. No public implementation was available to compare with, and the
+paper's full text was not reachable when this was last checked (the abstract states the two modules, the
+per-task field selection and the coding variables that route cells to tasks, which is what is built here).
 """
 
 from __future__ import annotations

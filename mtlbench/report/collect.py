@@ -36,6 +36,8 @@ IGNORED_KEYS: tuple[str, ...] = (
     "resume",
     "skip_complete",
     "callbacks.save_last",
+    "callbacks.checkpoint_every_n_steps",
+    "verbose",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",

@@ -192,15 +192,33 @@ def metric_label(metric: str) -> str:
     return {"auc": "AUC", "gauc": "GAUC"}.get(base, base)
 
 
+def has_bootstrap(gap: Gap) -> bool:
+    """True when some cell has the user bootstrap (resamples > 0 and the runs' predictions were found)."""
+    return any(c.boot is not None for c in gap.cells)
+
+
 def legend(gap: Gap) -> str:
+    """The gap table's caption; the user bootstrap is named only when a cell has it."""
     pct = f"{gap.confidence:.0%}"
+    boot = (
+        f"{pct} interval over test users: paired bootstrap (users resampled with replacement, "
+        f"B = {gap.resamples}, the same draws for every seed, per-seed differences averaged; AUC and GAUC); "
+        if has_bootstrap(gap)
+        else ""
+    )
     return (
         f"{gap.candidate} - {gap.base} on the {gap.split} split per data cell and task: mean over seeds of the "
-        f"paired differences; {pct} interval over test users: paired bootstrap (users resampled with replacement, "
-        f"B = {gap.resamples}, the same draws for every seed, per-seed differences averaged; AUC and GAUC); "
-        f"{pct} interval over seeds: paired t; p: paired t-test over seeds "
+        f"paired differences; {boot}{pct} interval over seeds: paired t; p: paired t-test over seeds "
         f"(* p < 0.05, ** p < 0.01; none with fewer than {stats.MIN_SEEDS_FOR_TEST} seeds)."
     )
+
+
+def header(gap: Gap) -> list[str]:
+    """Column names of the gap table (the bootstrap column only when a cell has it)."""
+    pct = f"{gap.confidence:.0%}"
+    boot = [f"{pct} CI users (bootstrap)"] if has_bootstrap(gap) else []
+    title = f"{gap.candidate} - {gap.base}"
+    return [*(axis_name(a) for a in gap.axes), "task", "metric", "seeds", title, *boot, f"{pct} CI seeds (t)", "p"]
 
 
 def _boot_text(c: GapCell) -> str:
@@ -214,26 +232,17 @@ def to_markdown(gap: Gap) -> list[str]:
     pct = f"{gap.confidence:.0%}"
     out = [f"## Gap: {title}", "", legend(gap), ""]
     if gap.cells:
-        head = [*axes, "task", "metric", "seeds", title, f"{pct} CI users (bootstrap)", f"{pct} CI seeds (t)", "p"]
-        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(axes) + "---|---|---:|---:|---:|---:|---:|"]
+        boot = has_bootstrap(gap)
+        out += [
+            "| " + " | ".join(header(gap)) + " |",
+            "|" + "---|" * len(axes) + "---|---|---:|---:|" + "---:|" * (3 if boot else 2),
+        ]
         for c in gap.cells:
             mark = c.diff.test.mark.replace("*", "\\*")
-            out.append(
-                "| "
-                + " | ".join(
-                    [
-                        *c.coords,
-                        c.task_label,
-                        metric_label(c.metric),
-                        str(c.diff.test.n),
-                        fmt_diff(c.diff.mean) + mark,
-                        _boot_text(c),
-                        fmt_interval(c.diff.low, c.diff.high),
-                        _fmt_p(c.diff.test.p),
-                    ]
-                )
-                + " |"
-            )
+            cells = [*c.coords, c.task_label, metric_label(c.metric), str(c.diff.test.n), fmt_diff(c.diff.mean) + mark]
+            cells += [_boot_text(c)] if boot else []
+            cells += [fmt_interval(c.diff.low, c.diff.high), _fmt_p(c.diff.test.p)]
+            out.append("| " + " | ".join(cells) + " |")
         out.append("")
     if gap.stages:
         stages = list(dict.fromkeys(c.metric for c in gap.stages))

@@ -13,7 +13,7 @@ import io
 
 import numpy as np
 
-from mtlbench.report.gap import Gap, GapCell, axis_name, fmt_diff, metric_label
+from mtlbench.report.gap import Gap, GapCell, axis_name, fmt_diff, has_bootstrap, metric_label
 
 
 def _layout(gap: Gap) -> tuple[list[str], list[str], str, str]:
@@ -83,11 +83,15 @@ def gap_heatmap(gap: Gap, metric: str = "auc") -> bytes | None:
     bar.set_label(f"{gap.candidate} - {gap.base} {metric_label(metric)} (mean over seeds)", fontsize=8)
     fig.suptitle(f"{gap.candidate} - {gap.base}: {metric_label(metric)} ({gap.split})", fontsize=10)
     pct = f"{gap.confidence:.0%}"
+    users = (
+        f"users: {pct} paired bootstrap over test users (B = {gap.resamples}, seeds pooled); "
+        if has_bootstrap(gap)
+        else ""
+    )
     fig.text(
         0.01,
         -0.02,
-        f"Cell: mean over seeds (* p < 0.05, ** p < 0.01: paired t-test); users: {pct} paired bootstrap over test "
-        f"users (B = {gap.resamples}, seeds pooled); seeds: {pct} paired t interval.",
+        f"Cell: mean over seeds (* p < 0.05, ** p < 0.01: paired t-test); {users}seeds: {pct} paired t interval.",
         fontsize=7,
         ha="left",
         va="top",
@@ -101,9 +105,14 @@ def gap_heatmap(gap: Gap, metric: str = "auc") -> bytes | None:
 def caption(gap: Gap, metric: str = "auc") -> str:
     """The figure's legend: what the colour and the three numbers of a cell are."""
     pct = f"{gap.confidence:.0%}"
+    users = (
+        f"'users': the {pct} paired-bootstrap interval over test users (B = {gap.resamples}, seeds pooled), "
+        if has_bootstrap(gap)
+        else ""
+    )
     return (
         f"{gap.candidate} - {gap.base} {metric_label(metric)} per data cell ({gap.split} split). Colour: the mean "
         f"difference over seeds, symmetric scale around 0 (blue: {gap.candidate} higher). In each cell: the mean "
-        f"(* p < 0.05, ** p < 0.01, paired t-test over seeds), 'users': the {pct} paired-bootstrap interval over "
-        f"test users (B = {gap.resamples}, seeds pooled), 'seeds': the {pct} paired t interval over seeds."
+        f"(* p < 0.05, ** p < 0.01, paired t-test over seeds), {users}'seeds': the {pct} paired t interval over "
+        "seeds."
     )

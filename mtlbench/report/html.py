@@ -1,10 +1,11 @@
-"""A self-contained ``leaderboard.html``: the tables plus plots embedded as base64 PNGs.
+"""A self-contained ``leaderboard.html``: the tables plus plots embedded in the page.
 
-Plots (matplotlib, Agg backend): a bar chart per task with mean ± std error bars for every metric of the
-overall table; validation curves per model (mean over seeds per epoch) read from each run's CSV log
-``<run>/logs/metrics.csv``; and the images the runs saved themselves (e.g. STAN's stage t-SNE), from the
-first seed of every group; with a gap (candidate - base per data cell), its tables and heat-maps
-(:mod:`mtlbench.report.heatmap`). No file outside the page is referenced.
+Plots: a bar chart per task with mean ± std error bars for every metric of the overall table, as inline SVG
+(:mod:`mtlbench.report.svg`: the y-axis from 0.5 for AUC-type metrics, else 0, and a legend); validation curves per
+model (mean over seeds per epoch, matplotlib PNG) read from each run's CSV log ``<run>/logs/metrics.csv``; and the
+images the runs saved themselves (e.g. STAN's stage t-SNE), from the first seed of every group; with a gap
+(candidate - base per data cell), its tables and heat-maps (:mod:`mtlbench.report.heatmap`). No file outside the page
+is referenced.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ import base64
 import csv
 import html
 import io
+import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from mtlbench.report import gap as gaps
-from mtlbench.report import stats
+from mtlbench.report import stats, svg
 from mtlbench.report.collect import Group
 from mtlbench.report.heatmap import caption, gap_heatmap
 from mtlbench.report.tables import (
     Cell,
+    Comparison,
     Leaderboard,
     SectionBoard,
     Table,
@@ -34,7 +37,12 @@ from mtlbench.report.tables import (
     fmt_value,
     legend,
     metric_name,
+    significance_header,
+    split_comparisons,
+    tested_label,
+    untested_line,
 )
+from mtlbench.report.tables import fmt_diff as fmt_signed
 from mtlbench.rundir import CHECKPOINT_DIR, LOG_DIR, WANDB_DIR
 
 IMAGE_TYPES = {
@@ -58,6 +66,8 @@ td.best { font-weight: bold; } td.second { text-decoration: underline; }
 sup.sig { color: #b00; } p.legend { color: #555; max-width: 70em; }
 figure { display: inline-block; margin: 1em 1em 1em 0; vertical-align: top; }
 figcaption { font-size: .85em; color: #555; } img.plot { max-width: 100%; border: 1px solid #eee; }
+table.sortable th { cursor: pointer; } th[aria-sort="ascending"]::after { content: " \\25B2"; }
+th[aria-sort="descending"]::after { content: " \\25BC"; } svg.bar-chart { margin-right: .5em; }
 """
 
 
@@ -78,39 +88,35 @@ def _figure(b64: str, alt: str, caption: str, kind: str, mime: str = "image/png"
 
 
 def bar_charts(sb: SectionBoard) -> list[str]:
-    """One figure per task: a panel per metric, one bar per model with its std as error bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """One figure per task of the overall table: an inline SVG panel per metric, one bar per model (mean) with its
+    std as error bar, the y-axis from 0.5 (AUC-type) or 0, and a legend (:mod:`mtlbench.report.svg`)."""
     if not sb.tables:
         return []
     table = sb.tables[0]
     tasks = list(dict.fromkeys(c.task for c in table.columns))
     figures = []
     for task in tasks:
-        cols = [(i, c) for i, c in enumerate(table.columns) if c.task == task]
-        fig, axes = plt.subplots(1, len(cols), figsize=(2.2 + 1.1 * len(table.rows) * len(cols), 3.6), squeeze=False)
-        for ax, (i, col) in zip(axes[0], cols):
-            cells: list[Cell] = [r.cells[i] for r in table.rows]
-            means = np.array([c.mean if not c.empty else np.nan for c in cells])
-            errs = np.array([c.std if not c.empty else 0.0 for c in cells])
-            x = np.arange(len(cells))
-            colors = ["#c44e52" if c.rank == 1 else "#dd8452" if c.rank == 2 else "#4c72b0" for c in cells]
-            ax.bar(x, means, yerr=errs, capsize=4, color=colors)
-            finite = means[np.isfinite(means)]
-            if len(finite):
-                lo = float(np.min(finite - errs[np.isfinite(means)]))
-                hi = float(np.max(finite + errs[np.isfinite(means)]))
-                pad = max((hi - lo) * 0.3, 1e-3)
-                ax.set_ylim(max(lo - pad, 0.0), hi + pad)
-            ax.set_xticks(x, [r.label for r in table.rows], rotation=35, ha="right", fontsize=8)
-            ax.set_title(col.header, fontsize=10)
-            ax.grid(axis="y", alpha=0.3)
-        fig.suptitle(f"{sb.section.title}: {task} (mean ± std over seeds)", fontsize=10)
-        fig.tight_layout()
-        figures.append(_figure(_png(fig), f"bar chart {task}", f"{task}: mean ± std over seeds", "bars"))
+        panels = []
+        for i, col in enumerate(table.columns):
+            if col.task != task:
+                continue
+            bars = [
+                svg.Bar(
+                    r.label,
+                    None if r.cells[i].empty else r.cells[i].mean,
+                    r.cells[i].std,
+                    r.cells[i].rank,
+                    r.cells[i].n,
+                )
+                for r in table.rows
+            ]
+            desc = f"bar chart {col.header} ({sb.section.title})"
+            panels.append(svg.bar_chart(col.header, col.metric, bars, stats.higher_is_better(col.metric), desc))
+        figures.append(
+            f'<figure class="bars" data-task="{html.escape(task)}">{"".join(panels)}'
+            f"<figcaption>{html.escape(sb.section.title)}: {html.escape(task)}, mean ± std over seeds per model"
+            "</figcaption></figure>"
+        )
     return figures
 
 
@@ -204,14 +210,25 @@ def run_images(group: Group) -> list[str]:
     return figures
 
 
+def _sort_key(v: float | int | None) -> str:
+    """The ``data-sort`` attribute of a numeric cell (stable text; none for a missing value)."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return f' data-sort="{v:.6f}"' if isinstance(v, float) else f' data-sort="{v}"'
+
+
 def _td(cell: Cell, seeds: int) -> str:
     cls = "num best" if cell.rank == 1 else "num second" if cell.rank == 2 else "num"
     mark = f'<sup class="sig">{cell.mark}</sup>' if cell.mark else ""
     title = f' title="p = {fmt_p(cell.p)}"' if cell.p is not None else ""
-    return f'<td class="{cls}"{title}>{html.escape(fmt_value(cell, seeds))}{mark}</td>'
+    sort = "" if cell.empty else _sort_key(cell.mean)
+    return f'<td class="{cls}"{title}{sort}>{html.escape(fmt_value(cell, seeds))}{mark}</td>'
 
 
-def html_table(sb: SectionBoard, table: Table, with_extra: bool) -> str:
+def html_table(
+    sb: SectionBoard, table: Table, with_extra: bool, css_class: str = "leaderboard", table_id: str | None = None
+) -> str:
+    """One table of a section; numeric cells carry ``data-sort`` (their value) for :data:`SORT_JS`."""
     e = html.escape
     head = ["<th>model</th>", "<th>seeds</th>"]
     for col in table.columns:
@@ -223,48 +240,115 @@ def html_table(sb: SectionBoard, table: Table, with_extra: bool) -> str:
     rows = []
     for row in table.rows:
         seeds = len(row.group.runs)
-        tds = [f"<td>{e(row.label)}</td>", f'<td class="num">{seeds}</td>']
+        tds = [f"<td>{e(row.label)}</td>", f'<td class="num"{_sort_key(seeds)}>{seeds}</td>']
         for cell in row.cells:
             tds.append(_td(cell, seeds))
             if table.show_relaimpr:
-                tds.append(f'<td class="num">{e(fmt_relaimpr(cell, row.label == sb.base_label))}</td>')
+                is_base = row.label == sb.base_label
+                sort = "" if is_base else _sort_key(cell.relaimpr)
+                tds.append(f'<td class="num"{sort}>{e(fmt_relaimpr(cell, is_base))}</td>')
         if with_extra:
             tds += [
-                f'<td class="num">{fmt_speed(sb.speed[row.label])}</td>',
-                f'<td class="num">{fmt_params(sb.params[row.label])}</td>',
+                f'<td class="num"{_sort_key(sb.speed[row.label])}>{fmt_speed(sb.speed[row.label])}</td>',
+                f'<td class="num"{_sort_key(sb.params[row.label])}>{fmt_params(sb.params[row.label])}</td>',
             ]
         rows.append(f'<tr data-model="{e(row.group.model)}">' + "".join(tds) + "</tr>")
+    ident = f' id="{e(table_id)}"' if table_id else ""
     return (
-        f'<div class="scroll"><table class="leaderboard" data-section="{e(sb.section.title)}" '
+        f'<div class="scroll"><table class="{css_class}"{ident} data-section="{e(sb.section.title)}" '
         f'data-table="{e(table.title)}"><thead><tr>{"".join(head)}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 
-def gap_html(gap: gaps.Gap) -> list[str]:
-    """The gap section: its table, a heat-map per metric and the per-stage breakdown."""
+#: plain JavaScript that sorts every ``table.sortable`` by a click on a column header (numbers by ``data-sort``,
+#: else by text; missing values last; a second click reverses); ``#sort=<table id>:<column>:<asc|desc>`` in the
+#: address sorts on load. No library, no network. Sets ``data-sortable`` on <body> to the number of tables.
+SORT_JS = """
+(function () {
+  "use strict";
+  function key(cell) {
+    if (!cell) { return null; }
+    var v = cell.getAttribute("data-sort");
+    if (v !== null) { var x = parseFloat(v); return isNaN(x) ? null : x; }
+    var t = cell.textContent.trim();
+    return (t === "" || t === "-" || t === "n/a") ? null : t.toLowerCase();
+  }
+  function compare(a, b, ascending) {
+    if (a.k === null || b.k === null) {
+      return a.k === b.k ? a.i - b.i : (a.k === null ? 1 : -1);
+    }
+    var na = typeof a.k === "number", nb = typeof b.k === "number";
+    var c = na && nb ? a.k - b.k : na ? -1 : nb ? 1 : (a.k < b.k ? -1 : a.k > b.k ? 1 : 0);
+    if (!ascending) { c = -c; }
+    return c !== 0 ? c : a.i - b.i;
+  }
+  function sortTable(table, column, ascending) {
+    var body = table.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows).map(function (row, i) {
+      return {row: row, i: i, k: key(row.cells[column])};
+    });
+    rows.sort(function (a, b) { return compare(a, b, ascending); });
+    rows.forEach(function (r) { body.appendChild(r.row); });
+    var heads = table.tHead.rows[0].cells;
+    for (var j = 0; j < heads.length; j++) { heads[j].removeAttribute("aria-sort"); }
+    heads[column].setAttribute("aria-sort", ascending ? "ascending" : "descending");
+  }
+  var tables = document.querySelectorAll("table.sortable");
+  Array.prototype.forEach.call(tables, function (table) {
+    var heads = table.tHead.rows[0].cells;
+    Array.prototype.forEach.call(heads, function (th, column) {
+      th.setAttribute("title", "sort");
+      th.addEventListener("click", function () {
+        var state = th.getAttribute("aria-sort");
+        var first = table.tBodies[0].rows.length ? key(table.tBodies[0].rows[0].cells[column]) : null;
+        var ascending = state ? state === "descending" : typeof first !== "number";
+        sortTable(table, column, ascending);
+      });
+    });
+  });
+  var m = /^#sort=([^:]+):(\\d+):(asc|desc)$/.exec(window.location.hash);
+  if (m) {
+    var t = document.getElementById(decodeURIComponent(m[1]));
+    if (t && t.tHead && Number(m[2]) < t.tHead.rows[0].cells.length) { sortTable(t, Number(m[2]), m[3] === "asc"); }
+  }
+  document.body.setAttribute("data-sortable", String(tables.length));
+})();
+"""
+
+
+def gap_html(gap: gaps.Gap, heatmaps: bool = True, table_class: str = "gap") -> list[str]:
+    """The gap section: its table, a heat-map per metric (``heatmaps``) and the per-stage breakdown."""
     e = html.escape
     title = f"{gap.candidate} - {gap.base}"
     pct = f"{gap.confidence:.0%}"
     out = [f"<h2>Gap: {e(title)}</h2>", f'<p class="legend">{e(gaps.legend(gap))}</p>']
     axes = [gaps.axis_name(a) for a in gap.axes]
     if gap.cells:
-        head = [*axes, "task", "metric", "seeds", title, f"{pct} CI users (bootstrap)", f"{pct} CI seeds (t)", "p"]
+        with_boot = gaps.has_bootstrap(gap)
         rows = []
         for c in gap.cells:
             boot = gaps.fmt_interval(c.boot.low, c.boot.high) if c.boot is not None else "-"
             mark = f'<sup class="sig">{c.diff.test.mark}</sup>' if c.diff.test.mark else ""
             tds = [*(f"<td>{e(v)}</td>" for v in (*c.coords, c.task_label, gaps.metric_label(c.metric)))]
-            tds += [f'<td class="num">{c.diff.test.n}</td>', f'<td class="num">{gaps.fmt_diff(c.diff.mean)}{mark}</td>']
-            tds += [f'<td class="num">{e(v)}</td>' for v in (boot, gaps.fmt_interval(c.diff.low, c.diff.high))]
+            tds += [
+                f'<td class="num">{c.diff.test.n}</td>',
+                f'<td class="num" data-sort="{c.diff.mean:.6f}">{gaps.fmt_diff(c.diff.mean)}{mark}</td>',
+            ]
+            intervals = (
+                (boot, gaps.fmt_interval(c.diff.low, c.diff.high))
+                if with_boot
+                else (gaps.fmt_interval(c.diff.low, c.diff.high),)
+            )
+            tds += [f'<td class="num">{e(v)}</td>' for v in intervals]
             tds.append(f'<td class="num">{fmt_p(c.diff.test.p)}</td>')
             rows.append("<tr>" + "".join(tds) + "</tr>")
         out.append(
-            '<div class="scroll"><table class="gap"><thead><tr>'
-            + "".join(f"<th>{e(h)}</th>" for h in head)
+            f'<div class="scroll"><table class="{table_class}"><thead><tr>'
+            + "".join(f"<th>{e(h)}</th>" for h in gaps.header(gap))
             + f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
         )
-        for metric in dict.fromkeys(c.metric for c in gap.cells):
+        for metric in dict.fromkeys(c.metric for c in gap.cells) if heatmaps else ():
             png = gap_heatmap(gap, metric)
             if png is not None:
                 b64 = base64.b64encode(png).decode("ascii")
@@ -299,10 +383,30 @@ def gap_html(gap: gaps.Gap) -> list[str]:
     return out
 
 
+def significance_html(comps: list[Comparison], board: Leaderboard, table_class: str = "significance") -> list[str]:
+    """The significance block: a row per tested column, one line for the columns without a test."""
+    e = html.escape
+    tested, untested = split_comparisons(comps)
+    out = ["<h3>Significance</h3>"] if comps else []
+    if tested:
+        rows = "".join(
+            f"<tr><td>{e(c.column.header)}</td><td>{e(tested_label(c, board.settings))}</td><td>{e(c.baseline)}</td>"
+            f'<td class="num" data-sort="{c.diff:.6f}">{fmt_signed(c.diff)}</td>'
+            f"<td>{e(stats.TESTS[c.result.test])}</td><td class='num'>{c.result.n}</td>"
+            f"<td class='num'>{fmt_p(c.result.p)}</td><td>{e(c.verdict)}</td></tr>"
+            for c in tested
+        )
+        head = "".join(f"<th>{e(h)}</th>" for h in significance_header(board.settings))
+        out.append(f"<table class='{table_class}'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+    if untested:
+        out.append(f'<p class="untested">{e(untested_line(untested))}</p>')
+    return out
+
+
 def to_html(board: Leaderboard) -> str:
     e = html.escape
     s = board.settings
-    body = [f"<h1>{e(s.title)}</h1>", f'<p class="legend">{e(legend(s, "html"))}</p>']
+    body = [f"<h1>{e(s.title)}</h1>", f'<p class="legend">{e(legend(board, "html"))}</p>']
     if not board.sections:
         body.append("<p>(no complete runs)</p>")
     curve_metric = s.metrics[0] if s.metrics else "auc"
@@ -310,20 +414,8 @@ def to_html(board: Leaderboard) -> str:
         body.append(f"<h2>{e(sb.section.title)}</h2>")
         for table in sb.tables:
             body.append(f"<h3>{e(table.title)}</h3>")
-            body.append(html_table(sb, table, table is sb.tables[0]))
-        comps = [c for t in sb.tables for c in t.comparisons]
-        if comps:
-            rows = "".join(
-                f"<tr><td>{e(c.column.header)}</td><td>{e(c.best)}</td><td>{e(c.baseline)}</td>"
-                f"<td>{e(stats.TESTS[c.result.test])}</td><td class='num'>{c.result.n}</td>"
-                f"<td class='num'>{fmt_p(c.result.p)}</td><td>{e(c.result.mark or c.result.note)}</td></tr>"
-                for c in comps
-            )
-            head = "".join(f"<th>{h}</th>" for h in ("column", "best", "best baseline", "test", "seeds", "p-value", ""))
-            body.append(
-                f"<h3>Significance</h3><table class='significance'><thead><tr>{head}</tr></thead>"
-                f"<tbody>{rows}</tbody></table>"
-            )
+            body.append(html_table(sb, table, table is sb.tables[0], "leaderboard sortable"))
+        body += significance_html([c for t in sb.tables for c in t.comparisons], board, "significance sortable")
         body.append("<h3>Plots</h3>")
         body += bar_charts(sb)
         body += validation_curves(sb, curve_metric)
@@ -345,5 +437,7 @@ def to_html(board: Leaderboard) -> str:
         )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{e(s.title)}</title><style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+        f"<title>{e(s.title)}</title><style>{CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + f"\n<script>{SORT_JS}</script>\n</body></html>\n"
     )

@@ -137,12 +137,23 @@ class Row:
 
 @dataclass
 class Comparison:
-    """The significance test of one column."""
+    """The significance test of one column: ``best`` (the tested model: the configured candidate, or the best model
+    of the column; ``role`` says which) against ``baseline`` (the best of the other models)."""
 
     column: Column
     best: str
     baseline: str
     result: stats.TestResult
+    role: str = "best"  # "candidate" or "best"
+    diff: float = math.nan  # mean of the tested model - mean of the baseline
+    better: bool = True  # the tested model is better than the baseline in the metric's direction
+
+    @property
+    def verdict(self) -> str:
+        """The mark of the test (``*``, ``**``), saying so when the tested model is the worse one, or the note."""
+        if not self.result.mark:
+            return self.result.note
+        return self.result.mark if self.better else f"{self.result.mark} (worse)"
 
 
 @dataclass
@@ -171,6 +182,12 @@ class Leaderboard:
     incomplete: list[Path]
     missing_models: list[str] = field(default_factory=list)
     gap: Gap | None = None
+    files: list[Path] = field(default_factory=list)  # the files write_report wrote, in order
+
+    @property
+    def runs(self) -> int:
+        """Complete runs counted in the tables."""
+        return sum(len(g.runs) for s in self.sections for g in s.section.groups)
 
 
 # -- building ------------------------------------------------------------------------------------------
@@ -366,11 +383,12 @@ def _compare(
     others = [i for i in scored if i != best]
     baseline = max(others, key=lambda i: sign * cells[i].mean)
     result = stats.significance(values[best], values[baseline], settings.test)
-    better = sign * (cells[best].mean - cells[baseline].mean) > 0
+    diff = cells[best].mean - cells[baseline].mean
     cells[best].p = result.p
-    if better:
+    if sign * diff > 0:
         cells[best].mark = result.mark
-    return Comparison(col, groups[best].label, groups[baseline].label, result)
+    role = "candidate" if chosen is not None and groups[best] is chosen else "best"
+    return Comparison(col, groups[best].label, groups[baseline].label, result, role, diff, sign * diff > 0)
 
 
 # -- formatting ----------------------------------------------------------------------------------------
@@ -403,29 +421,85 @@ def fmt_params(v: int | None) -> str:
     return "n/a" if v is None else f"{v:,}"
 
 
-def legend(settings: ReportSettings, markup: str = "md") -> str:
+def candidate_label(settings: ReportSettings) -> str | None:
+    """The candidate's display name (its ``model_labels`` entry, else the setting as written)."""
+    if not settings.candidate:
+        return None
+    return settings.model_labels.get(settings.candidate, settings.candidate)
+
+
+def tested_what(settings: ReportSettings) -> str:
+    """Who is tested against whom in the significance table (candidate vs best)."""
+    cand = candidate_label(settings)
+    if cand:
+        return f"{cand} (the candidate) against the best other model per column"
+    return "the best model against the best baseline (the best of the other models) per column"
+
+
+def legend(board: Leaderboard, markup: str = "md") -> str:
+    """The caption of the tables: says what they show and nothing else (RelaImpr only where a column has it, the
+    significance marks only where a column was tested)."""
+    settings = board.settings
     test = stats.TESTS[settings.test]
     best, second = ("**best**", "<u>second</u>") if markup == "md" else ("best in bold", "second underlined")
     star = "\\*" if markup == "md" else "*"
-    parts = [
-        f"Split: {settings.split}; cells are mean ± std over seeds (sample std)",
-        f"{best}, {second} per column",
-        f"significance of the best model against the best baseline per column: {test} over seeds, "
-        f"{star} p < 0.05, {star}{star} p < 0.01 "
-        f"(no test with fewer than {stats.MIN_SEEDS_FOR_TEST} seeds)",
-    ]
+    parts = [f"Split: {settings.split}; cells are mean ± std over seeds (sample std)", f"{best}, {second} per column"]
     if settings.base:
-        parts.insert(
-            2,
-            f"RelaImpr against {settings.model_labels.get(settings.base, settings.base)}: "
-            "STAN Eq. 15 for AUC-type metrics (relative to 0.5), Eq. 16 for NDCG",
+        base = settings.model_labels.get(settings.base, settings.base)
+        with_base = [
+            sb for sb in board.sections if sb.base_label is not None and any(t.show_relaimpr for t in sb.tables)
+        ]
+        if with_base:
+            where = (
+                "" if len(with_base) == len(board.sections) else f" (in the {len(with_base)} section(s) where it ran)"
+            )
+            parts.append(
+                f"RelaImpr against {base}{where}: STAN Eq. 15 for AUC-type metrics (relative to 0.5), Eq. 16 for NDCG"
+            )
+        elif board.sections:
+            parts.append(f"no RelaImpr column: the base {base!r} has no runs here")
+    comps = [c for sb in board.sections for t in sb.tables for c in t.comparisons]
+    if any(c.result.p is not None for c in comps):
+        parts.append(
+            f"significance of {tested_what(settings)}: {test} over seeds, {star} p < 0.05, {star}{star} p < 0.01"
         )
+    elif comps:
+        parts.append(f"no significance test: fewer than {stats.MIN_SEEDS_FOR_TEST} seeds per model")
     return "; ".join(parts) + "."
+
+
+def split_comparisons(comps: Sequence[Comparison]) -> tuple[list[Comparison], list[Comparison]]:
+    """The tested columns and those not tested (fewer than :data:`stats.MIN_SEEDS_FOR_TEST` seeds)."""
+    return [c for c in comps if c.result.p is not None], [c for c in comps if c.result.p is None]
+
+
+def untested_line(untested: Sequence[Comparison]) -> str:
+    """One line for every column without a test."""
+    cols = ", ".join(c.column.header for c in untested)
+    return f"Not tested (fewer than {stats.MIN_SEEDS_FOR_TEST} seeds): {cols}."
+
+
+def significance_header(settings: ReportSettings) -> list[str]:
+    """Column names of the significance table: candidate vs best other model, or best vs best baseline."""
+    if settings.candidate:
+        return ["column", "candidate", "best other model", "difference", "test", "seeds", "p-value", ""]
+    return ["column", "best", "best baseline", "difference", "test", "seeds", "p-value", ""]
+
+
+def tested_label(c: Comparison, settings: ReportSettings) -> str:
+    """The tested model's cell: with a candidate set, a column where it has no value tests the best instead."""
+    if settings.candidate and c.role != "candidate":
+        return f"{c.best} (best; the candidate has no value)"
+    return c.best
+
+
+def fmt_diff(v: float) -> str:
+    return "n/a" if not math.isfinite(v) else f"{v:+.4f}"
 
 
 def to_markdown(board: Leaderboard) -> str:
     s = board.settings
-    out = [f"# {s.title}", "", legend(s), ""]
+    out = [f"# {s.title}", "", legend(board), ""]
     if not board.sections:
         out += ["(no complete runs)", ""]
     for sb in board.sections:
@@ -434,21 +508,23 @@ def to_markdown(board: Leaderboard) -> str:
             out += [f"### {table.title}", ""]
             out += _md_table(sb, table, with_extra=table is sb.tables[0])
             out.append("")
-        comps = [(t, c) for t in sb.tables for c in t.comparisons]
-        if comps:
+        tested, untested = split_comparisons([c for t in sb.tables for c in t.comparisons])
+        if tested or untested:
+            out += ["### Significance", ""]
+        if tested:
             out += [
-                "### Significance",
-                "",
-                "| column | best | best baseline | test | seeds | p-value | |",
-                "|---|---|---|---|---:|---:|---|",
+                "| " + " | ".join(significance_header(s)) + " |",
+                "|---|---|---|---:|---|---:|---:|---|",
             ]
-            for _, c in comps:
+            for c in tested:
                 r = c.result
                 out.append(
-                    f"| {c.column.header} | {c.best} | {c.baseline} | {stats.TESTS[r.test]} | {r.n} | "
-                    f"{fmt_p(r.p)} | {_md_escape(r.mark) or r.note} |"
+                    f"| {c.column.header} | {tested_label(c, s)} | {c.baseline} | {fmt_diff(c.diff)} | "
+                    f"{stats.TESTS[r.test]} | {r.n} | {fmt_p(r.p)} | {_md_escape(c.verdict)} |"
                 )
             out.append("")
+        if untested:
+            out += [untested_line(untested), ""]
     if board.gap is not None:
         out += gap_markdown(board.gap)
     if board.missing_models:
@@ -528,7 +604,8 @@ CSV_FIELDS = [
 ]
 
 
-def to_csv(board: Leaderboard) -> str:
+def to_csv(board: Leaderboard, digits: int | None = None) -> str:
+    """The long CSV; ``digits`` rounds the floats to that many significant digits (default: exact ``repr``)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     w.writeheader()
@@ -553,26 +630,26 @@ def to_csv(board: Leaderboard) -> str:
                             "metric": col.metric,
                             "seeds": " ".join(map(str, g.seeds)),
                             "n": cell.n,
-                            "mean": _num(cell.mean),
-                            "std": _num(cell.std),
-                            "relaimpr_pct": _num(cell.relaimpr),
+                            "mean": _num(cell.mean, digits),
+                            "std": _num(cell.std, digits),
+                            "relaimpr_pct": _num(cell.relaimpr, digits),
                             "rank": cell.rank or "",
                             "test": tested.result.test if tested else "",
                             "compared_with": tested.baseline if tested else "",
-                            "p_value": _num(tested.result.p) if tested else "",
+                            "p_value": _num(tested.result.p, digits) if tested else "",
                             "mark": cell.mark,
                             "note": tested.result.note if tested else "",
                             "params": sb.params[row.label] if sb.params[row.label] is not None else "",
-                            "train_samples_per_second": _num(sb.speed[row.label]),
+                            "train_samples_per_second": _num(sb.speed[row.label], digits),
                         }
                     )
     return buf.getvalue()
 
 
-def _num(v: float | None) -> str:
+def _num(v: float | None, digits: int | None = None) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return ""
-    return repr(float(v))
+    return repr(float(v)) if digits is None else f"{float(v):.{digits}g}"
 
 
 _TEX_ESCAPES = {
@@ -613,7 +690,7 @@ def _tex_cell(c: Cell, seeds: int) -> str:
 def to_latex(board: Leaderboard) -> str:
     """One booktabs table per section and table (needs ``\\usepackage{booktabs}``)."""
     s = board.settings
-    out = [f"% {s.title}: generated by mtlbench-report. Needs \\usepackage{{booktabs}}.", f"% {legend(s, 'tex')}"]
+    out = [f"% {s.title}: generated by mtlbench-report. Needs \\usepackage{{booktabs}}.", f"% {legend(board, 'tex')}"]
     for sb in board.sections:
         for table in sb.tables:
             extra = table is sb.tables[0]
@@ -627,10 +704,17 @@ def to_latex(board: Leaderboard) -> str:
                 head += ["Samples/s", "Params"]
             caption = (
                 f"{tex_escape(s.title)}: {tex_escape(sb.section.title)}, {tex_escape(table.title)} "
-                f"({s.split}). Mean $\\pm$ std over seeds; best in bold, second underlined; "
-                f"$^{{*}}$ p $<$ 0.05, $^{{**}}$ p $<$ 0.01 ({stats.TESTS[s.test]} of the best model "
-                f"against the best baseline)."
+                f"({s.split}). Mean $\\pm$ std over seeds; best in bold, second underlined"
             )
+            if table.show_relaimpr:
+                base = s.model_labels.get(s.base or "", s.base or "")
+                caption += f"; RelaImpr against {tex_escape(base)} (STAN Eq. 15-16)"
+            if any(c.result.p is not None for c in table.comparisons):
+                caption += (
+                    f"; $^{{*}}$ p $<$ 0.05, $^{{**}}$ p $<$ 0.01 ({stats.TESTS[s.test]} of "
+                    f"{tex_escape(tested_what(s))})"
+                )
+            caption += "."
             out += [
                 "",
                 "\\begin{table}[t]",

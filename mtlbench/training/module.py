@@ -9,6 +9,7 @@ from typing import Any, cast
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
@@ -299,6 +300,14 @@ class MultiTaskModule(pl.LightningModule):
             f"{what}; try a lower learning rate"
         )
 
+    # Training speed (results.json ``train``): ``train_samples`` and ``train_seconds`` count the batches this process
+    # trained and the time it spent on them, from the start of each epoch (or of a resumed fit) to its end, without
+    # the validation inside fit. A resumed run's figures cover what it trained after resuming, never the batches of
+    # the checkpoint it continued from.
+    def _fitting(self) -> bool:
+        """In ``trainer.fit`` (its validation included: ``trainer.training`` is False while it validates)."""
+        return self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+
     def on_train_start(self) -> None:  # a run resumed mid-epoch starts training without an epoch start
         self._t0 = time.perf_counter()
 
@@ -306,12 +315,12 @@ class MultiTaskModule(pl.LightningModule):
         self._t0 = time.perf_counter()
 
     def on_validation_start(self) -> None:  # validation time doesn't count as training time
-        if self._t0 is not None and self.trainer.training:
+        if self._t0 is not None and self._fitting():
             self.train_seconds += time.perf_counter() - self._t0
             self._t0 = None
 
     def on_validation_end(self) -> None:
-        if self.trainer.training:
+        if self._fitting():
             self._t0 = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:

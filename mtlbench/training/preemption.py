@@ -237,7 +237,10 @@ class Preemption(pl.Callback):
         original = dm.train_dataloader
 
         def position() -> tuple[int, int]:
-            return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            # processed, not completed: at ModelCheckpoint's every-N-steps save (on_train_batch_end) Lightning has not
+            # yet counted that batch completed; at a signal's and the epoch's saves the two are equal
+            current = trainer.fit_loop.epoch_loop.batch_progress.current  # a _ProcessedTracker (typed as its base)
+            return trainer.current_epoch, int(getattr(current, "processed"))  # noqa: B009
 
         dm.train_dataloader = _Wrapped(lambda: ResumableLoader(original(), position))
 

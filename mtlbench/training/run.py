@@ -21,7 +21,7 @@ from mtlbench.data.datamodule import MultiTaskDataModule
 from mtlbench.data.source import DATASET_KEYS
 from mtlbench.errors import ConfigError
 from mtlbench.factory import check_settings, create_model, create_weighting
-from mtlbench.log import get_logger
+from mtlbench.log import get_logger, quiet
 from mtlbench.metrics import available_groups, higher_is_better
 from mtlbench.metrics.base import GROUP_SOURCES
 from mtlbench.metrics.resolve import metric_class
@@ -40,6 +40,7 @@ from mtlbench.rundir import (
     write_parquet,
     write_text,
 )
+from mtlbench.training.console import progress_bar
 from mtlbench.training.module import MultiTaskModule, run_metrics
 from mtlbench.training.preemption import AtomicCheckpointIO, Preemption, checkpoint_version
 from mtlbench.version import __version__
@@ -179,19 +180,36 @@ def build_analyses(cfg: DictConfig) -> list[pl.Callback]:
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
+    """Checkpoints (``best.ckpt`` on the monitored validation metric; ``last.ckpt`` after every epoch and, with
+    ``callbacks.checkpoint_every_n_steps``, every N training steps), early stopping, the after-test analysis."""
     c = _plain(cfg.callbacks)
     monitor = f"valid/{cfg.monitor}_mean"
     mode = "max" if higher_is_better(cfg.monitor) else "min"  # the metric class's higher_is_better
+    save_last = bool(c.get("save_last", False))
     callbacks: list[pl.Callback] = [
-        pl.callbacks.ModelCheckpoint(
+        pl.callbacks.ModelCheckpoint(  # first: the trainer's checkpoint_callback (best.ckpt)
             dirpath=str(run_dir / CHECKPOINT_DIR),
             monitor=monitor,
             mode=mode,
             save_top_k=1,
-            save_last=bool(c.get("save_last", False)),
+            save_last=save_last,
             filename="best",
+            enable_version_counter=False,  # one last.ckpt, whichever callback writes it
         ),
     ]
+    every = c.get("checkpoint_every_n_steps")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ConfigError(f"callbacks.checkpoint_every_n_steps must be a positive number of steps or null, got {every}")
+    if every and save_last:  # last.ckpt mid-epoch too: the training loader's position is in it (preemption.py)
+        callbacks.append(
+            pl.callbacks.ModelCheckpoint(
+                dirpath=str(run_dir / CHECKPOINT_DIR),
+                every_n_train_steps=int(every),
+                save_top_k=0,
+                save_last=True,
+                enable_version_counter=False,
+            )
+        )
     if c.get("early_stopping_patience") is not None:
         callbacks.append(
             pl.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=int(c["early_stopping_patience"]))
@@ -199,16 +217,42 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     return callbacks + build_analyses(cfg)
 
 
+#: config keys a continued run may change: what it prints and how it gets to its end, never its results
+RESUME_FREE = (
+    "resume",
+    "verbose",
+    "print_summary",
+    "skip_complete",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "callbacks.checkpoint_every_n_steps",
+)
+
+
+def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys (unset values left out: a key added later with a null default is absent)."""
+    if not isinstance(cfg, dict):
+        return {} if cfg is None else {prefix: cfg}
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The dotted keys in which two resolved configs differ, the keys of :data:`RESUME_FREE` aside."""
+    a, b = _flat(before), _flat(now)
+    return sorted(k for k in set(a) | set(b) if k not in RESUME_FREE and a.get(k) != b.get(k))
+
+
 def _config_changes(cfg: DictConfig, saved: Path) -> list[str]:
-    """The top-level keys in which ``cfg`` differs from the config a run dir was started with (``resume`` aside)."""
+    """The keys in which ``cfg`` differs from the config a run dir was started with (:func:`config_changes`)."""
     if not saved.exists():
         return []
     # both mappings: config.yaml is written from the run's DictConfig
     before = cast("dict[str, Any]", OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
     now = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
-    before.pop("resume", None)
-    now.pop("resume", None)
-    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    return config_changes(before, now)
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -283,8 +327,15 @@ def environment() -> dict[str, Any]:
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Train, select on validation, test once; write results.json and predictions.parquet in ``run_dir``."""
-    run_dir = Path(run_dir)
+    """Train, select on validation, test once; write results.json and predictions.parquet in ``run_dir``.
+
+    Unless ``verbose``, Lightning's banners and tips and the warnings of :data:`mtlbench.log.QUIET_WARNINGS` are
+    not shown and the progress bar is one transient line (:mod:`mtlbench.training.console`)."""
+    with quiet(bool(cfg.get("verbose", False))):
+        return _train(cfg, Path(run_dir))
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resume_checkpoint(cfg, run_dir)  # may refuse: before deleting
     (run_dir / RESULTS_FILE).unlink(missing_ok=True)
@@ -295,10 +346,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     assert dm.schema is not None  # build_components loaded the data
     preemption = Preemption(run_dir)  # a signal: checkpoint at the next step boundary, exit to be requeued
     with preemption.signals():
+        trainer_settings = _plain(cfg.trainer)
         trainer = pl.Trainer(
-            **_plain(cfg.trainer),
+            **trainer_settings,
             logger=build_logger(cfg, run_dir),
-            callbacks=[*build_callbacks(cfg, run_dir), preemption],
+            callbacks=[
+                *build_callbacks(cfg, run_dir),
+                *progress_bar(trainer_settings, bool(cfg.get("verbose", False))),
+                preemption,
+            ],
             default_root_dir=str(run_dir),
             use_distributed_sampler=False,
             plugins=[AtomicCheckpointIO()],
@@ -311,7 +367,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             best = None
             if isinstance(checkpoint, pl.callbacks.ModelCheckpoint) and checkpoint.best_model_path:
                 best = checkpoint
-            ckpt = "best" if best is not None else None
+            # the path rather than "best": Lightning warns about "best" with several ModelCheckpoints (every N steps)
+            ckpt = best.best_model_path if best is not None else None
             trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
             trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
         except SIGTERMException:

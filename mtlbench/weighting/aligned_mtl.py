@@ -11,7 +11,9 @@ condition number is 1. σ = σ_min = √λ_min, the smallest singular value (the
 "rmse" are the other scales of the authors' code, offered as ``scale``). The update is Ĝ ω with task
 weights ω (uniform ω = 1: the paper's setting), i.e. Σ_k α_k g_k with α = B ω. Eigenvalues below
 λ_max · K · eps (numerical rank) are dropped, as the authors' code does, so σ_min is the smallest
-non-zero singular value.
+non-zero singular value; eps is float32's (the authors' ``torch.finfo().eps``, the precision the gradients
+are computed in), also when the decomposition runs in float64: a direction whose eigenvalue is below float32
+noise is not a component to scale every other one down to.
 
 Our choices: ``prescale`` (default false) divides each g_k by its norm before the alignment, an optional
 pre-scaling of the task gradients so that the Gram matrix measures directions only (ours; it changes the
@@ -40,7 +42,7 @@ def alignment(gram: Tensor, scale: str = "min") -> Tensor:
     """B = σ V Λ^{-1/2} Vᵀ [K, K] from the Gram matrix GᵀG (the alignment), rank-deficient directions dropped."""
     m = gram.double()
     lam, v = torch.linalg.eigh(m)
-    tol = lam.max().clamp_min(0) * m.shape[-1] * torch.finfo(torch.float64).eps
+    tol = lam.max().clamp_min(0) * m.shape[-1] * torch.finfo(torch.float32).eps  # numerical rank (authors' code)
     keep = lam > tol
     if not bool(keep.any()):
         return torch.zeros_like(m)

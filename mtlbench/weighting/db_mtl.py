@@ -11,8 +11,9 @@ The paper's two steps (its Algorithm 1), at iteration k on the shared parameters
 
   so every task's EMA gradient is rescaled to the largest norm among them.
 
-Task-specific parameters get ∇ log ℓ_t (the paper's Algorithm 1). Defaults β = 0.9, σ = 0 (β_k = β; the
-settings of LibMTL, the authors' library, which the paper's experiments use; the paper searches β and σ).
+Task-specific parameters get ∇ log ℓ_t (the paper's Algorithm 1). Defaults β = 0.9, σ = 0 (β_k = β: the
+defaults of LibMTL, the authors' library, whose ``DB_MTL`` is the update above line for line:
+``grad_buffer = g + β/k^σ (grad_buffer − g)``, ``alpha = max‖ĝ‖/(‖ĝ_t‖ + 1e-8)``, Σ_t alpha_t ĝ_t).
 
 Our choices: θ is structural (:class:`GradientWeighting`); the EMA ĝ [K, P] and the step count are buffers,
 so they are checkpointed (ĝ is sized at the first step). log ℓ_t uses ℓ_t + 1e-8 (as LibMTL), so a task

@@ -21,13 +21,22 @@ this or the previous step has δ_i = 0 (its logit moves only by decay and softma
 
 ξ, the previous losses, Adam's moments and the step count are buffers (not parameters: the model's
 optimiser never touches ξ), so they are saved in checkpoints and a resumed run continues the same sequence.
-Under DDP each process updates ξ from its own losses (not synchronised). Logged task weights: the effective
-weight c z_i/ℓ_i of each ∇ℓ_i.
+
+Under DDP (our addition; the paper trains on one process): the per-task losses ℓ_i are averaged over the
+processes (one all_reduce of 2K numbers per step) before anything else. The LightningModule scales each process's
+per-sample losses so that this average is the mean over all processes' labelled rows, i.e. the one-process ℓ_i of
+the global batch; a task is labelled when any process has its label. δ, the ξ update, c and the weights
+c z_i/ℓ_i are therefore computed from the same numbers on every process, so ξ stays identical across processes
+(and equal to one process's ξ on the global batches, up to float summation order). The gradient is then applied
+as Σ_i w_i ∇ℓ_i with w_i = c z_i/ℓ_i held constant (the same gradient as c Σ_i z_i log ℓ_i on one process), so
+DDP's average of the processes' gradients is Σ_i w_i ∇ℓ_i of the global batch. Logged task weights: the
+effective weight w_i = c z_i/ℓ_i of each ∇ℓ_i.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from mtlbench.errors import ConfigError
@@ -39,6 +48,17 @@ EPS = 1e-8
 XI_UPDATES = ("adam", "sgd")
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as the authors' code uses
 ADAM_EPS = 1e-8
+
+
+def global_task_losses(task_loss: Tensor, labelled: Tensor) -> tuple[Tensor, Tensor]:
+    """(ℓ [K], labelled [K]) over all processes: the mean of the processes' ℓ_i (each already its share of the
+    global mean, see the module doc) and whether any process has task i's label; unchanged on one process."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return task_loss, labelled
+    both = torch.cat([task_loss.detach().double(), labelled.double()])
+    dist.all_reduce(both, op=dist.ReduceOp.SUM)
+    k = len(task_loss)
+    return (both[:k] / dist.get_world_size()).to(task_loss.dtype), both[k:] > 0
 
 
 def softmax_vjp(xi: Tensor, delta: Tensor) -> Tensor:
@@ -92,18 +112,16 @@ class FAMO(WeightingStrategy):
         self.xi.sub_(self.lr * m_hat / (v_hat.sqrt() + ADAM_EPS))
 
     def forward(self, losses: Tensor, mask: Tensor, batch: dict[str, Tensor], output: ModelOutput) -> WeightedLoss:
-        task_loss = task_means(losses, mask)
-        labelled = mask.any(0)
-        current = torch.where(labelled, task_loss.detach().double(), torch.full_like(self.prev_loss, float("nan")))
+        task_loss = task_means(losses, mask)  # this process's ℓ_i, carrying the gradient
+        ell, labelled = global_task_losses(task_loss.detach(), mask.any(0))  # the same on every process
+        current = torch.where(labelled, ell.double(), torch.full_like(self.prev_loss, float("nan")))
         with torch.no_grad():
             if bool(torch.isfinite(self.prev_loss).any()):
                 self.update_xi(current)
             self.prev_loss.copy_(current)
         # tasks without labels in this batch sit out (their ℓ = 0 would take all of c's mass)
         z = torch.softmax(self.xi, dim=0).to(task_loss.dtype) * labelled
-        shifted = task_loss + EPS
-        c = 1.0 / (z / shifted).sum().clamp_min(EPS).detach()  # c = (Σ_i z_i/ℓ_i)^{-1}, constant
-        loss = c * (z * torch.log(shifted)).sum()  # ∇ = Σ_i c z_i/ℓ_i ∇ℓ_i
-        weights = (c * z / shifted).detach()
-        loss = loss - loss.detach() + weights @ task_loss.detach()  # reported value: Σ_i w_i ℓ_i
-        return WeightedLoss(loss, weights)
+        shifted = ell + EPS
+        c = 1.0 / (z / shifted).sum().clamp_min(EPS)  # c = (Σ_i z_i/ℓ_i)^{-1}, constant
+        weights = c * z / shifted  # w_i = c z_i/ℓ_i: ∇ of c Σ_i z_i log ℓ_i is Σ_i w_i ∇ℓ_i (Algorithm 2)
+        return WeightedLoss(weights @ task_loss, weights)  # value: Σ_i w_i ℓ_i, as before

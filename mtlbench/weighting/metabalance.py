@@ -9,12 +9,15 @@ parameter tensor: "adaptively for each part of the network"), at every step t:
 
 with m_0 = 0. r = 1 gives every auxiliary gradient the target's (averaged) magnitude, r = 0 the plain sum;
 the paper's strategy "adapt both": auxiliary gradients larger than the target's are shrunk and smaller ones
-enlarged. β = 0.9 (the paper and torch-rechub); r = 0.7 (torch-rechub's default; the paper tunes r per
-dataset, so treat it as a hyperparameter).
+enlarged. β = 0.9 (the paper and the authors' code, facebookresearch/MetaBalance: "set as 0.9
+empirically"); r = 0.7 (the authors' code's default, also torch-rechub's; the paper tunes r per dataset, so
+treat it as a hyperparameter). Checked against the authors' code: the same moving averages of per-tensor
+gradient norms, the same rule G_i ← (m_tar/m_i · r + 1 − r) G_i, the target (their first loss) unchanged.
 
-Where torch-rechub (the public implementation named in the brief) differs and we follow the paper: it
-rejects r = 1 (the paper allows 0 ≤ r ≤ 1), and it stops at the first parameter without a gradient; here a
-parameter the target does not reach keeps its auxiliary gradients unchanged.
+Where the authors' code (and torch-rechub, which follows it) differs and we follow the paper: it rejects
+r = 1 (the paper allows 0 ≤ r ≤ 1); it stops at the first parameter without a gradient (here a parameter
+the target does not reach keeps its auxiliary gradients unchanged); and a tensor whose target norm average
+is 0 gets 0/0 = NaN there (here: unchanged, the ε guard below).
 
 Our choices: the target task is the first task, or ``target`` (a task name). θ is structural (the shared
 parameters two or more tasks reach, :class:`GradientWeighting`); parameters only one task reaches get the

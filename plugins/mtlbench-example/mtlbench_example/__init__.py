@@ -6,22 +6,16 @@
 - metric ``hit_rate`` (``metric.py``; metrics take no config file): ``'metrics=[auc,hit_rate@5]'``
 
 mtlbench calls :func:`register` through the ``mtlbench.plugins`` entry point before it composes a config.
+``tests/`` runs mtlbench's contract checks (``mtlbench.testing``) on the model, the weighting and the dataset.
 """
 
 from __future__ import annotations
 
-from importlib.resources import files
-
-from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+import mtlbench
 
 
 def register() -> None:
-    # importing the modules runs their @register_* decorators
+    """Register the components (importing a module runs its ``@register_*`` decorator) and the configs."""
     from mtlbench_example import dataset, metric, model, weighting  # noqa: F401
 
-    for group in files("mtlbench_example").joinpath("configs").iterdir():  # configs/<group>/<name>.yaml
-        for path in group.iterdir():
-            if path.name.endswith(".yaml"):
-                node = OmegaConf.create(path.read_text())
-                ConfigStore.instance().store(group=group.name, name=path.name[: -len(".yaml")], node=node)
+    mtlbench.register_plugin_configs(__name__)  # configs/<group>/<name>.yaml: options of mtlbench's groups
