@@ -476,7 +476,8 @@ def split_comparisons(comps: Sequence[Comparison]) -> tuple[list[Comparison], li
 def untested_line(untested: Sequence[Comparison]) -> str:
     """One line for every column without a test."""
     cols = ", ".join(c.column.header for c in untested)
-    return f"Not tested (fewer than {stats.MIN_SEEDS_FOR_TEST} seeds): {cols}."
+    tests = ", ".join(sorted({stats.TESTS[c.result.test] for c in untested}))
+    return f"Not tested (fewer than {stats.MIN_SEEDS_FOR_TEST} seeds): {cols}. Test: {tests}."
 
 
 def significance_header(settings: ReportSettings) -> list[str]:
