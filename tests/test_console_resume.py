@@ -463,7 +463,9 @@ def test_a_crash_mid_epoch_resumes_from_the_step_checkpoint_to_the_same_numbers_
     per_epoch = reference["train"]["samples"] // 2
     train = results["train"]
     assert train["samples"] == per_epoch - 2 * BATCH
-    assert train["samples_per_second"] == pytest.approx(train["samples"] / train["seconds"], rel=1e-3)
+    # results.json rounds the seconds to the millisecond: for a sub-second run that alone moves samples / seconds
+    rounding = 0.0005 / train["seconds"]
+    assert train["samples_per_second"] == pytest.approx(train["samples"] / train["seconds"], rel=1e-3 + rounding)
 
 
 @pytest.mark.slow
