@@ -18,6 +18,8 @@ import pytest
 
 from conftest import run_cli
 
+pytestmark = pytest.mark.slow  # every test starts several processes that import and run mtlbench
+
 #: waits for the start file, prepares the lifecycle entry, prints what it read
 PREPARE = """
 import hashlib, json, logging, os, sys, time
@@ -85,7 +87,6 @@ SWEEP = [
 ]
 
 
-@pytest.mark.slow
 def test_a_sweep_launched_twice_at_once_runs_each_job_once(tmp_path):
     sweep = tmp_path / "sweep"
     args = [sys.executable, "-m", "mtlbench.cli.train", *SWEEP, f"hydra.sweep.dir={sweep}"]

@@ -425,11 +425,17 @@ def test_step_checkpoints_are_configured_next_to_the_epoch_checkpoint(tmp_path):
     from mtlbench.training.run import build_callbacks
 
     ckpts = [c for c in build_callbacks(compose_cfg([]), tmp_path) if isinstance(c, pl.callbacks.ModelCheckpoint)]
-    assert [c.monitor for c in ckpts] == ["valid/auc_mean", None]  # best.ckpt first: trainer.checkpoint_callback
-    assert ckpts[1]._every_n_train_steps == 500 and ckpts[1].save_last and ckpts[1].save_top_k == 0
+    assert [c.monitor for c in ckpts] == ["valid/auc_mean", None, None]  # best.ckpt first: checkpoint_callback
+    best, epochs, steps = ckpts
+    assert best.save_weights_only and not best.save_last  # best.ckpt: the weights the final test reads
+    # last.ckpt, the full state, every epoch: the latest (no monitor, top 1) under that name
+    assert epochs._every_n_epochs == 1 and epochs.filename == "last" and epochs.save_top_k == 1
+    assert not epochs.save_weights_only
+    assert steps._every_n_train_steps == 500 and steps.save_last and steps.save_top_k == 0
+    assert not steps.save_weights_only
     assert all(not c._enable_version_counter for c in ckpts)  # both write last.ckpt, never last-v1.ckpt
     off = build_callbacks(compose_cfg(["callbacks.checkpoint_every_n_steps=null"]), tmp_path)
-    assert len([c for c in off if isinstance(c, pl.callbacks.ModelCheckpoint)]) == 1
+    assert len([c for c in off if isinstance(c, pl.callbacks.ModelCheckpoint)]) == 2
     with pytest.raises(ConfigError, match="checkpoint_every_n_steps must be a positive"):
         build_callbacks(compose_cfg(["callbacks.checkpoint_every_n_steps=0"]), tmp_path)
 

@@ -366,6 +366,7 @@ def test_census_income_raw_layout_labels_and_mmoe_split(tmp_path):
     CensusIncome(path=str(folder)).build()  # without the year scenario the column is an ordinary feature
 
 
+@pytest.mark.slow  # parses the 99,762-row real file twice
 def test_census_income_real_test_split():
     path = shared_data("census-income-kdd") / "census-income.test.gz"
     schema, c = CensusIncome(path=str(path), scenario="year").build()

@@ -93,7 +93,12 @@ elif what == "cache":
 
 
 @pytest.mark.parametrize(
-    "what,name", [("results", "results.json"), ("predictions", "predictions.parquet"), ("checkpoint", "last.ckpt")]
+    "what,name",
+    [
+        ("results", "results.json"),
+        ("predictions", "predictions.parquet"),
+        pytest.param("checkpoint", "last.ckpt", marks=pytest.mark.slow),  # its subprocess imports Lightning
+    ],
 )
 def test_a_failed_write_keeps_the_previous_file_and_names_the_path(what, name, tmp_path):
     script = tmp_path / "writers.py"
@@ -119,6 +124,7 @@ def test_a_failed_cache_write_leaves_no_entry(tmp_path):
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+@pytest.mark.slow  # three runs of the mtlbench command
 def test_a_run_on_a_full_disk_stops_with_one_line_and_the_rerun_completes(tmp_path):
     cache = tmp_path / "cache"
     out = tmp_path / "run"
@@ -165,6 +171,7 @@ main()
 """
 
 
+@pytest.mark.slow  # a run of the mtlbench command
 def test_checkpoints_never_pass_through_a_copy_into_their_final_name(tmp_path):
     """Lightning's writer puts a checkpoint in $TMPDIR and moves it: across file systems the move copies into the
     final name, and a disk that fills during the copy leaves half a checkpoint there. Ours write beside it."""

@@ -4,6 +4,7 @@ process's on the union of the processes' batches (the losses are averaged over p
 import socket
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -69,6 +70,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # spawns a 2-process gloo group
 def test_two_gloo_processes_keep_identical_xi_equal_to_one_process_on_the_union(tmp_path):
     mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     r0, r1 = (np.load(tmp_path / f"rank{r}.npz") for r in range(WORLD))

@@ -77,9 +77,10 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     out = tmp_path / "run"
     small = [*BASE[:3], "dataset.n_rows=8000", "trainer.max_epochs=1", *BASE[5:]]
     assert run_cli([*small, f"hydra.run.dir={out}"], cwd=tmp_path).returncode == 0
-    for name in ("best.ckpt", "last.ckpt"):
-        ckpt = torch.load(out / "checkpoints" / name, weights_only=True)
-        assert "state_dict" in ckpt and "optimizer_states" in ckpt
+    best, last = (torch.load(out / "checkpoints" / name, weights_only=True) for name in ("best.ckpt", "last.ckpt"))
+    assert "state_dict" in last and "optimizer_states" in last  # the full training state: resume
+    assert "state_dict" in best and "optimizer_states" not in best  # the weights the final validate/test read
+    assert best["state_dict"].keys() == last["state_dict"].keys()
 
 
 def test_non_finite_loss_stops_the_run_and_the_sweep_goes_on(tmp_path):
@@ -120,3 +121,50 @@ def test_non_finite_loss_without_a_host_sync_per_step_names_the_first_bad_step()
         trainer.fit(module, datamodule=dm)
     first = int(info.value.args[0].split("step ")[1].split()[0])
     assert 0 <= first <= 2
+
+
+def test_last_checkpoint_is_written_after_every_epoch_best_only_when_it_improves(tmp_path):
+    """last.ckpt follows every epoch (resume loses at most one), best.ckpt only the monitored peak."""
+    import pytorch_lightning as pl
+
+    from mtlbench.training.run import build_callbacks
+
+    from conftest import compose_cfg
+
+    seen = []
+
+    class Logs(pl.LightningModule):  # validation AUC 0.6, 0.5, 0.4: the best stays at epoch 0
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, i):
+            return (self.w - 1).pow(2).sum()
+
+        def validation_step(self, batch, i) -> None:
+            pass
+
+        def on_validation_epoch_end(self) -> None:
+            self.log("valid/auc_mean", 0.6 - 0.1 * self.current_epoch)
+
+        def on_train_epoch_start(self) -> None:
+            last = tmp_path / "checkpoints" / "last.ckpt"
+            seen.append(torch.load(last, weights_only=True)["epoch"] if last.exists() else None)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    cfg = compose_cfg(["callbacks.checkpoint_every_n_steps=null"])
+    trainer = pl.Trainer(
+        max_epochs=3,
+        callbacks=build_callbacks(cfg, tmp_path),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2)))
+    trainer.fit(Logs(), train_dataloaders=data, val_dataloaders=data)
+    assert seen == [None, 0, 1]  # at the start of epochs 0, 1, 2: the state saved at the end of the one before
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["epoch"] == 0 and "optimizer_states" not in best

@@ -392,7 +392,7 @@ def test_mgda_boundary_case_differs_from_libmtl_only_by_its_clipping(libmtl):
     assert int(np.argmax(w2)) == int(torch.argmax(w1))
 
 
-@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("k", [2, pytest.param(3, marks=pytest.mark.slow)])  # K = 3: 100,000 Frank-Wolfe steps
 def test_mgda_ub_matches_libmtl_rep_grad_on_one_row(libmtl, k):
     """MGDA-UB: LibMTL sums ∇_Z L over the batch, we use the whole batch's Z; for a batch of one row they agree.
     Frank-Wolfe (K = 3) is run to convergence here (its α converges as O(1/t) on a face of the simplex). Where

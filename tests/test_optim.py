@@ -96,6 +96,7 @@ def test_build_optimizer_choices():
     assert use_sparse_embeddings(m) == 2 and all(e.sparse for e in m)
 
 
+@pytest.mark.slow  # a training run
 def test_sparse_embeddings_train_end_to_end(tmp_path):
     cfg = compose_cfg([*TINY, "model=mmoe", "optimizer.sparse_embeddings=true"])
     _, module = build_components(cfg)

@@ -21,6 +21,8 @@ import torch
 
 from conftest import run_cli
 
+pytestmark = pytest.mark.slow  # every test runs the mtlbench command in subprocesses
+
 ROWS = 3000
 BATCH = 64
 TRAIN_BATCHES = 38  # 80% of ROWS in batches of BATCH
@@ -167,7 +169,6 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
     return out
 
 
-@pytest.mark.slow
 def test_submitit_requeues_a_preempted_job_and_it_continues(tmp_path):
     """A sweep under submitit's local launcher: its preemption signal (SIGUSR2) mid-training. The job saves at the
     step boundary, submitit resubmits it (exit code 144 -> requeue), the requeued job continues the checkpoint."""

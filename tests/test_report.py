@@ -495,6 +495,7 @@ def test_bad_settings_are_one_clear_error(tmp_path):
         build([tmp_path], ReportSettings(tasks=["nosuch"]))
 
 
+@pytest.mark.slow  # runs mtlbench-report in subprocesses
 def test_cli_writes_all_files_and_fails_in_one_line(three_models, tmp_path, capsys):
     out = tmp_path / "out"
     cmd = [

@@ -70,6 +70,7 @@ def test_blocked_statistics_match_one_pass(monkeypatch):
     np.testing.assert_allclose(x[torch.from_numpy(train), 0].numpy(), z, atol=1e-5)
 
 
+@pytest.mark.slow  # two 2-epoch training runs
 def test_resident_and_mapped_runs_give_the_same_numbers(tmp_path):
     """The device-resident path (here on the CPU device) trains to exactly the numbers of the host path."""
     results = {}

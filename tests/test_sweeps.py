@@ -263,6 +263,7 @@ def test_experiment_sweeps_the_available_models_and_writes_its_report(tmp_path):
     assert (sweep / "single_task_equal_seed0" / "results.json").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow  # a run of the mtlbench command
 def test_experiment_with_no_available_model_fails_in_one_line(tmp_path):
     proc = run_cli(
         [
@@ -279,7 +280,7 @@ def test_experiment_with_no_available_model_fails_in_one_line(tmp_path):
     assert len(errors) == 1 and "nope1" in errors[0] and "Traceback" not in proc.stderr
 
 
-SIMULATOR_PROTOCOLS = ("stan_dose_response", "multiscenario_lifecycle", "scenariowise")
+SIMULATOR_PROTOCOLS = ("stan_dose_response", "multiscenario_lifecycle", "scenariowise", "multitask")
 
 
 @pytest.mark.parametrize("name", ["stan_table2", "sfpnet_table4", "aem2tl_table", *SIMULATOR_PROTOCOLS])
@@ -436,3 +437,13 @@ def test_wandb_logs_config_steps_epochs_and_results_grouped_by_sweep(tmp_path, m
     assert summary["final/test/click/auc"] == pytest.approx(results["metrics"]["test"]["click"]["auc"])
     assert summary["final/params"] == results["params"]
     assert "exit" in kinds  # the run was finished
+
+
+def test_the_multitask_protocol_reports_every_model_it_sweeps():
+    from mtlbench.registry import MODELS
+
+    cfg = compose_hydra(["experiment=multitask"])
+    swept = cfg.hydra.sweeper.params.model.split(",")
+    summary = cfg.hydra.callbacks.summary
+    assert list(summary.models) == swept and set(summary.model_labels) == set(swept)
+    assert summary.base == "single_task" and all(MODELS.get(name) for name in swept)

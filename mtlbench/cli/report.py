@@ -29,7 +29,7 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
     out = {}
     for item in items:
         if "=" not in item:
-            raise MtlbenchError(f"{flag} expects NAME=LABEL, got {item!r}")
+            raise MtlbenchError(f"{flag} expects NAME=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -83,6 +83,15 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="test this model (a label, model+weighting or model) against the best other model (default: the best "
         "model per column); the gap's candidate",
+    )
+    p.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="COORDINATE=REFERENCE",
+        help="test every row against the row that differs only in this coordinate, set to REFERENCE, paired by "
+        "seed, e.g. weighting=equal: each weighting against equal weighting of the same model (repeatable; "
+        "replaces the test of the best model against the best baseline)",
     )
     p.add_argument("--tasks", default="", help="tasks to show, comma-separated (default: all)")
     p.add_argument(
@@ -185,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             base=None if args.base.lower() in ("", "none") else args.base,
             test=args.test,
             candidate=args.candidate,
+            against=_pairs(args.against, "--against") or None,
             tasks=_list(args.tasks) or None,
             task_labels=_pairs(args.task_label, "--task-label"),
             model_labels=_pairs(args.label, "--label"),

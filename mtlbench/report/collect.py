@@ -277,6 +277,21 @@ def group_label(g: Group, show_weighting: bool = False, names: dict[str, str] | 
     return label
 
 
+#: the coordinates every group has (:func:`coordinates`); its variant's config keys are the others
+NAMED_COORDINATES = ("model", "weighting")
+
+
+def coordinates(g: Group) -> dict[str, str]:
+    """A group's coordinates as text: its model, its weighting and the config values of its variant
+    (``model.num_experts``: "8"); a report's ``against`` names some of them."""
+    return {"model": g.model, "weighting": g.weighting, **{k: _fmt(v) for k, v in g.variant.items()}}
+
+
+def coordinate_text(value: Any) -> str:
+    """A configured coordinate value as :func:`coordinates` writes it (so ``8`` and ``"8"`` match)."""
+    return _fmt(_hashable(value))
+
+
 def find_group(groups: Sequence[Group], name: str | None) -> Group | None:
     """The group a report setting names: by label, else by ``model+weighting``, else the first of the model."""
     if not name:

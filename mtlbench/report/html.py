@@ -30,6 +30,11 @@ from mtlbench.report.tables import (
     Leaderboard,
     SectionBoard,
     Table,
+    against_header,
+    against_legend,
+    against_rows,
+    against_title,
+    against_untested,
     fmt_p,
     fmt_params,
     fmt_relaimpr,
@@ -41,6 +46,7 @@ from mtlbench.report.tables import (
     split_comparisons,
     tested_label,
     untested_line,
+    versus_parts,
 )
 from mtlbench.report.tables import fmt_diff as fmt_signed
 from mtlbench.rundir import CHECKPOINT_DIR, LOG_DIR, WANDB_DIR
@@ -112,9 +118,10 @@ def bar_charts(sb: SectionBoard) -> list[str]:
             ]
             desc = f"bar chart {col.header} ({sb.section.title})"
             panels.append(svg.bar_chart(col.header, col.metric, bars, stats.higher_is_better(col.metric), desc))
+        name = "mean over tasks" if any(c.mean_of for c in table.columns if c.task == task) else task
         figures.append(
             f'<figure class="bars" data-task="{html.escape(task)}">{"".join(panels)}'
-            f"<figcaption>{html.escape(sb.section.title)}: {html.escape(task)}, mean ± std over seeds per model"
+            f"<figcaption>{html.escape(sb.section.title)}: {html.escape(name)}, mean ± std over seeds per model"
             "</figcaption></figure>"
         )
     return figures
@@ -403,6 +410,44 @@ def significance_html(comps: list[Comparison], board: Leaderboard, table_class: 
     return out
 
 
+def against_html(sb: SectionBoard, board: Leaderboard, table_class: str = "against") -> list[str]:
+    """A section's significance tables against the reference (``against``): per table, its rows by family and rank
+    with each cell's difference to the reference, mark and p-value; one line for the rows without a test."""
+    e = html.escape
+    out: list[str] = []
+    for table in (t for t in sb.tables if t.against):
+        out.append(f"<h3>{e(against_title(board, table, not out))}</h3>")
+        if len(out) == 1:
+            out.append(f'<p class="legend">{e(against_legend(board, sb, "html"))}</p>')
+        rows = []
+        for row in against_rows(table):  # a loop over table rows
+            peers = row.peers
+            assert peers is not None
+            seeds = len(row.group.runs)
+            tds = [
+                f'<td class="num"{_sort_key(peers.rank)}>{"-" if peers.rank is None else peers.rank}</td>',
+                f"<td>{e(row.label)}</td>",
+                f'<td class="num"{_sort_key(seeds)}>{seeds}</td>',
+                f'<td class="num"{"" if peers.score.empty else _sort_key(peers.score.mean)}>'
+                f"{e(fmt_value(peers.score, seeds))}</td>",
+            ]
+            for c in row.cells:
+                head, tail = versus_parts(c, row)
+                mark = f'<sup class="sig">{c.mark}</sup>' if c.mark else ""
+                title = f' title="p = {fmt_p(c.p)}"' if c.p is not None else ""
+                tds.append(f'<td class="num"{title}{_sort_key(c.diff)}>{e(head)}{mark}{e(tail)}</td>')
+            rows.append(f'<tr data-model="{e(row.group.model)}">' + "".join(tds) + "</tr>")
+        head = "".join(f"<th>{e(h)}</th>" for h in against_header(board, sb, table))
+        out.append(
+            f'<div class="scroll"><table class="{table_class}" data-section="{e(sb.section.title)}" '
+            f'data-table="{e(table.title)}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+        )
+        line = against_untested(table, board)
+        if line:
+            out.append(f'<p class="untested">{e(line)}</p>')
+    return out
+
+
 def to_html(board: Leaderboard) -> str:
     e = html.escape
     s = board.settings
@@ -416,6 +461,7 @@ def to_html(board: Leaderboard) -> str:
             body.append(f"<h3>{e(table.title)}</h3>")
             body.append(html_table(sb, table, table is sb.tables[0], "leaderboard sortable"))
         body += significance_html([c for t in sb.tables for c in t.comparisons], board, "significance sortable")
+        body += against_html(sb, board, "against sortable")
         body.append("<h3>Plots</h3>")
         body += bar_charts(sb)
         body += validation_curves(sb, curve_metric)

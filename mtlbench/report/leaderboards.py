@@ -28,7 +28,16 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from mtlbench.errors import ConfigError
-from mtlbench.report.html import CSS, IMAGE_TYPES, SORT_JS, bar_charts, gap_html, html_table, significance_html
+from mtlbench.report.html import (
+    CSS,
+    IMAGE_TYPES,
+    SORT_JS,
+    against_html,
+    bar_charts,
+    gap_html,
+    html_table,
+    significance_html,
+)
 from mtlbench.report.tables import Leaderboard, build, legend, settings_from, to_csv, to_markdown
 from mtlbench.rundir import RESULTS_FILE, write_text
 
@@ -283,6 +292,7 @@ def page_html(page: Page, board: Leaderboard) -> str:
             table_id = f"{page.anchor}-s{i}-t{j}"
             body.append(html_table(sb, table, table is sb.tables[0], "leaderboard sortable", table_id))
         body += significance_html([c for t in sb.tables for c in t.comparisons], board, "significance sortable")
+        body += against_html(sb, board, "against sortable")
         charts = bar_charts(sb)
         if charts:
             body.append("<h4>Plots</h4>")

@@ -1,9 +1,10 @@
 """Statistics of a leaderboard: mean ± std over seeds, RelaImpr (STAN Eq. 15-16), significance tests, paired
-differences with their t interval."""
+differences with their t interval, and the row-wise tests of many rows against their reference rows."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -111,6 +112,49 @@ def significance(best: dict[int, float], baseline: dict[int, float], test: str =
         return TestResult(test, n, None, note=f"no test: {n} seed(s) on one side, needs {MIN_SEEDS_FOR_TEST}")
     r = stats.mannwhitneyu(a, b, alternative="two-sided")
     return TestResult(test, n, float(r.pvalue), float(r.statistic))
+
+
+@dataclass
+class RowTests:
+    """Outcome of :func:`tests_against`, one entry per row."""
+
+    p: np.ndarray  # two-sided p-value; NaN: not tested (fewer than ``min_n`` seeds)
+    statistic: np.ndarray  # t (ttest) or U (mannwhitney); NaN when not tested or the differences are constant
+    n: np.ndarray  # ttest: the seeds both rows have; mannwhitney: the fewer seeds of the two sides
+    diff: np.ndarray  # ttest: mean over the paired seeds of row - reference; mannwhitney: difference of the means
+    constant: np.ndarray  # ttest: the paired differences are all equal (p is 1 if they are 0, else 0)
+
+
+def tests_against(a: np.ndarray, b: np.ndarray, test: str = "ttest", min_n: int = MIN_SEEDS_FOR_TEST) -> RowTests:
+    """Two-sided test of each row of ``a`` against the same row of ``b`` (``[rows, seeds]``, NaN: no value), at once.
+
+    ``ttest``: paired t-test over the seeds where both have a value (:func:`significance`'s, for many rows and any
+    ``min_n``; constant differences as there); ``mannwhitney``: Mann-Whitney U test of all the values of each side
+    (unpaired). Rows with fewer than ``min_n`` pairs (ttest) or values on a side (mannwhitney) get p = NaN.
+    """
+    if test not in TESTS:
+        raise ConfigError(f"unknown significance test {test!r}; known: {', '.join(TESTS)}")
+    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # the means of rows without any value (NaN, as wanted)
+        if test == "ttest":
+            d = a - b  # NaN unless both have the seed
+            n = np.isfinite(d).sum(axis=1)
+            diff = np.nanmean(d, axis=1)
+            constant = np.nanmax(d, axis=1) == np.nanmin(d, axis=1)  # False for a row without pairs (NaN)
+            t = diff / (np.nanstd(d, axis=1, ddof=1) / np.sqrt(n))
+            p = 2.0 * stats.t.sf(np.abs(t), n - 1)
+            p = np.where(constant, np.where(diff == 0, 1.0, 0.0), p)
+            t = np.where(constant, np.nan, t)
+        else:
+            n = np.minimum(np.isfinite(a).sum(axis=1), np.isfinite(b).sum(axis=1))
+            diff = np.nanmean(a, axis=1) - np.nanmean(b, axis=1)
+            constant = np.zeros(len(a), dtype=bool)
+            warnings.simplefilter("ignore")  # scipy's warning on rows without values (their p is NaN)
+            r = stats.mannwhitneyu(a, b, axis=1, nan_policy="omit", alternative="two-sided")
+            t, p = np.asarray(r.statistic, dtype=float), np.asarray(r.pvalue, dtype=float)
+    low = n < min_n
+    return RowTests(np.where(low, np.nan, p), np.where(low, np.nan, t), n, diff, constant & ~low)
 
 
 @dataclass

@@ -3,7 +3,11 @@
 Each cell is mean ± std over seeds; per column the best value is bold and the second underlined
 (in the direction of the metric class's ``higher_is_better``); RelaImpr against a base model follows
 STAN Eq. 15 (AUC-type) and Eq. 16 (NDCG); the best model of each column is tested against the best of
-the other models (the "best baseline") over seeds, and marked ``*`` (p < 0.05) or ``**`` (p < 0.01).
+the other models (the "best baseline") over seeds, and marked ``*`` (p < 0.05) or ``**`` (p < 0.01). With
+``against`` (e.g. ``{weighting: equal}``) every row is tested instead against its *reference*: the row with the same
+other coordinates (model, variant) and the configured value of the named ones, paired by seed; the overall table gets
+the mean over tasks per metric, and a significance table per table ranks the rows within their family (the rows
+that share a reference) by that mean, with each cell's difference to the reference and its p-value.
 Per-group metrics (``auc@scenario=s``, ``auc@stage=Wander``) get their own tables ("Per scenario", "Per
 stage"), one column per task and group. With a base, a candidate and ``gap_metrics``, the report adds
 candidate - base per data cell (section) with intervals over seeds and test users (:mod:`mtlbench.report.gap`).
@@ -19,17 +23,22 @@ import io
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mtlbench.errors import ConfigError
 from mtlbench.report import stats
 from mtlbench.report.collect import (
     IGNORED_KEYS,
+    NAMED_COORDINATES,
     Group,
     Section,
+    coordinate_text,
+    coordinates,
     find_group,
     find_runs,
     group_label,
@@ -48,6 +57,8 @@ GROUP_TABLES = {
     "stage": ("stage_metrics", "Per stage"),
     "rule_stage": ("rule_stage_metrics", "Per rule stage"),  # STAN §2.1's stages; Stage_Single's comparison
 }
+#: the task of a mean-over-tasks column (``against``); its cells average the tasks of ``Column.mean_of``
+MEAN_TASK = "mean"
 
 
 @dataclass
@@ -78,6 +89,10 @@ class ReportSettings:
     bootstrap: int = 1000
     bootstrap_seed: int = 0
     confidence: float = 0.95
+    # test every row against its reference instead of the best against the best baseline: the row with the same
+    # other coordinates and these values of the named ones (model, weighting or a variant's config key), e.g.
+    # {weighting: equal}: each weighting against equal weighting of the same model, paired by seed
+    against: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.split not in ("valid", "test"):
@@ -99,6 +114,16 @@ class ReportSettings:
             raise ConfigError(f"bootstrap (resamples) must be >= 0, got {self.bootstrap}")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"confidence must be in (0, 1), got {self.confidence}")
+        if self.against is not None and (
+            not isinstance(self.against, dict)
+            or not self.against
+            or not all(isinstance(k, str) and k for k in self.against)
+            or any(isinstance(v, dict | list | tuple) or v is None for v in self.against.values())
+        ):
+            raise ConfigError(
+                f"against must map row coordinates to their reference values, e.g. {{weighting: equal}}, "
+                f"got {self.against!r}"
+            )
 
 
 def metric_name(metric: str) -> str:
@@ -108,9 +133,10 @@ def metric_name(metric: str) -> str:
 
 @dataclass
 class Column:
-    task: str
+    task: str  # MEAN_TASK for the mean over the tasks of ``mean_of``
     metric: str  # key in results.json, e.g. "auc", "auc@scenario=2" or "auc@stage=Wander"
     header: str
+    mean_of: tuple[str, ...] = ()
 
 
 @dataclass
@@ -122,6 +148,8 @@ class Cell:
     rank: int | None = None
     mark: str = ""
     p: float | None = None
+    test: stats.TestResult | None = None  # ``against``: the test against the reference row's cell
+    diff: float | None = None  # ``against``: the mean difference to the reference (see stats.RowTests.diff)
 
     @property
     def empty(self) -> bool:
@@ -129,10 +157,23 @@ class Cell:
 
 
 @dataclass
+class Peers:
+    """A row's place in the tests against a reference (``against``): its family (the rows that share its other
+    coordinates), the family's reference row and the row's rank in the family by the ranking column."""
+
+    family: int  # the family's position in the table (the order of their first rows)
+    reference: str | None  # the reference row's label; None: the family has no reference row
+    is_reference: bool
+    rank: int | None  # 1 = best; None without a value in the ranking column
+    score: Cell  # the row's cell of the ranking column
+
+
+@dataclass
 class Row:
     group: Group
     label: str
     cells: list[Cell]
+    peers: Peers | None = None  # ``against`` only
 
 
 @dataclass
@@ -163,6 +204,7 @@ class Table:
     rows: list[Row]
     show_relaimpr: bool
     comparisons: list[Comparison]
+    against: bool = False  # cells are tested against their reference rows (``against``), not compared best/baseline
 
 
 @dataclass
@@ -173,6 +215,7 @@ class SectionBoard:
     rows: list[Row]  # the rows of the first table (labels, speed, params)
     speed: dict[str, float | None]
     params: dict[str, int | None]
+    ranked_by: Column | None = None  # ``against``: the column that ranks rows within their families
 
 
 @dataclass
@@ -196,6 +239,14 @@ def build(paths: Sequence[str | Path], settings: ReportSettings | None = None) -
     settings = settings or ReportSettings()
     runs, incomplete = find_runs(paths)
     sections = group_runs(runs, settings.ignore)
+    if settings.against and sections:
+        known = {*NAMED_COORDINATES, *(k for s in sections for g in s.groups for k in g.variant)}
+        unknown = sorted(set(settings.against) - known)
+        if unknown:
+            raise ConfigError(
+                f"report against: {unknown} are not coordinates of the rows; they are {sorted(known)} (model, "
+                "weighting and the config keys that tell rows of one model and weighting apart)"
+            )
     boards = [_section_board(s, settings) for s in sections]
     present = {name for s in sections for g in s.groups for name in (g.model, pair_key(g))}
     missing = [m for m in (settings.models or []) if m not in present]
@@ -295,6 +346,68 @@ def _has(groups: list[Group], split: str, task: str, metric: str) -> bool:
     return any(g.values(split, task, metric) for g in groups)
 
 
+def _values(g: Group, split: str, col: Column) -> dict[int, float]:
+    """Seed -> the value of a column; for a mean column, the mean over its tasks of the runs that have them all."""
+    if not col.mean_of:
+        return g.values(split, col.task, col.metric)
+    x = np.array(
+        [[np.nan if (v := r.metric(split, t, col.metric)) is None else v for t in col.mean_of] for r in g.runs],
+        dtype=float,
+    ).reshape(len(g.runs), len(col.mean_of))
+    means = x.mean(axis=1)  # NaN where a task is missing: that seed has no mean
+    return {r.seed: float(m) for r, m in zip(g.runs, means) if np.isfinite(m)}
+
+
+def _mean_columns(groups: list[Group], tasks: list[str], settings: ReportSettings) -> list[Column]:
+    """One mean-over-tasks column per metric that more than one task has."""
+    out = []
+    for m in settings.metrics:
+        have = tuple(t for t in tasks if _has(groups, settings.split, t, m))
+        if len(have) > 1:
+            out.append(Column(MEAN_TASK, m, f"mean {metric_name(m)}", have))
+    return out
+
+
+def _families(groups: list[Group], against: dict[str, Any]) -> tuple[list[int], list[int | None]]:
+    """Per group: its family (groups with the same coordinates but those ``against`` names, numbered in order of
+    appearance) and its reference (the index of the family's group with the configured values; None if none)."""
+    want = {k: coordinate_text(v) for k, v in against.items()}
+    coords = [coordinates(g) for g in groups]
+    keys = [tuple(sorted((k, v) for k, v in c.items() if k not in want)) for c in coords]
+    number = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    refs: dict[tuple, int] = {}
+    for i, (k, c) in enumerate(zip(keys, coords)):
+        if all(c.get(a) == v for a, v in want.items()):
+            refs.setdefault(k, i)
+    return [number[k] for k in keys], [refs.get(k) for k in keys]
+
+
+def _rank_peers(sb: SectionBoard, families: list[int], refs: list[int | None]) -> None:
+    """Rank each row within its family by the overall table's first mean column (else its first column) and set
+    ``peers`` on the rows of every table."""
+    if not sb.tables or not sb.tables[0].columns:
+        return
+    overall = sb.tables[0]
+    k = next((j for j, c in enumerate(overall.columns) if c.mean_of), 0)
+    sb.ranked_by = overall.columns[k]
+    scores = [row.cells[k] for row in overall.rows]
+    higher = stats.higher_is_better(sb.ranked_by.metric)
+    fam = np.array(families)
+    rank: list[int | None] = [None] * len(scores)
+    for f in np.unique(fam):  # a loop over families; ranks within one by stats.ranks
+        idx = np.flatnonzero(fam == f)
+        for i, r in zip(idx, stats.ranks([scores[i].mean for i in idx], higher)):
+            rank[i] = r
+    labels = [row.label for row in overall.rows]
+    peers = [
+        Peers(f, None if ref is None else labels[ref], ref == i, rank[i], scores[i])
+        for i, (f, ref) in enumerate(zip(families, refs))
+    ]
+    for table in sb.tables:
+        for row, p in zip(table.rows, peers):
+            row.peers = p
+
+
 def _section_board(section: Section, settings: ReportSettings) -> SectionBoard:
     multi_weighting = weighting_varies(section.groups)
     for g in section.groups:
@@ -304,6 +417,7 @@ def _section_board(section: Section, settings: ReportSettings) -> SectionBoard:
     tl = _task_labels(groups, settings.task_labels)
 
     base = _base_group(groups, settings.base)
+    families, refs = _families(groups, settings.against) if settings.against else ([], None)
     tables = []
     main = [
         Column(t, m, f"{tl.get(t, t)} {metric_name(m)}")
@@ -311,8 +425,10 @@ def _section_board(section: Section, settings: ReportSettings) -> SectionBoard:
         for m in settings.metrics
         if _has(groups, settings.split, t, m)
     ]
+    if main and settings.against:
+        main += _mean_columns(groups, tasks, settings)
     if main:
-        tables.append(_table("Overall", main, groups, base, settings, show_relaimpr=base is not None))
+        tables.append(_table("Overall", main, groups, base, settings, base is not None, refs))
     for key, (setting, title) in GROUP_TABLES.items():
         for gm in getattr(settings, setting):
             values = _group_values(groups, settings.split, gm, key)
@@ -323,7 +439,7 @@ def _section_board(section: Section, settings: ReportSettings) -> SectionBoard:
                 if _has(groups, settings.split, t, f"{gm}@{key}={v}")
             ]
             if cols:
-                tables.append(_table(f"{title}: {metric_name(gm)}", cols, groups, base, settings, False))
+                tables.append(_table(f"{title}: {metric_name(gm)}", cols, groups, base, settings, False, refs))
     rows = tables[0].rows if tables else [Row(g, g.label, []) for g in groups]
     speed = {}
     params = {}
@@ -332,7 +448,10 @@ def _section_board(section: Section, settings: ReportSettings) -> SectionBoard:
         sps = [s for s in sps if s is not None]
         speed[g.label] = sum(sps) / len(sps) if sps else None
         params[g.label] = g.runs[0].results.get("params")
-    return SectionBoard(section, base.label if base else None, tables, rows, speed, params)
+    board = SectionBoard(section, base.label if base else None, tables, rows, speed, params)
+    if refs is not None:
+        _rank_peers(board, families, refs)
+    return board
 
 
 def _base_group(groups: list[Group], base: str | None) -> Group | None:
@@ -346,12 +465,15 @@ def _table(
     base: Group | None,
     settings: ReportSettings,
     show_relaimpr: bool,
+    refs: list[int | None] | None = None,
 ) -> Table:
+    """A table's cells; its tests: each row against its reference (``refs``: the index of each group's reference,
+    with ``against``), else the best model against the best baseline per column."""
     split = settings.split
     rows = [Row(g, g.label, []) for g in groups]
     comparisons = []
     for col in columns:
-        values = [g.values(split, col.task, col.metric) for g in groups]
+        values = [_values(g, split, col) for g in groups]
         cells = [Cell(*stats.mean_std(list(v.values()))) for v in values]
         higher = stats.higher_is_better(col.metric)
         for cell, rank in zip(cells, stats.ranks([c.mean for c in cells], higher)):
@@ -361,12 +483,38 @@ def _table(
             for g, cell in zip(groups, cells):
                 if g is not base and not cell.empty:
                     cell.relaimpr = stats.relaimpr(col.metric, cell.mean, b)
-        comp = _compare(col, groups, cells, values, settings)
-        if comp is not None:
+        if refs is not None:
+            _test_against(cells, values, refs, settings.test)
+        elif (comp := _compare(col, groups, cells, values, settings)) is not None:
             comparisons.append(comp)
         for row, cell in zip(rows, cells):
             row.cells.append(cell)
-    return Table(title, columns, rows, show_relaimpr, comparisons)
+    return Table(title, columns, rows, show_relaimpr, comparisons, against=refs is not None)
+
+
+def _test_against(cells: list[Cell], values: list[dict[int, float]], refs: list[int | None], test: str) -> None:
+    """Test every row's cell of one column against its reference row's, all rows at once (seeds as columns of a
+    matrix, NaN where a row has no value); sets each tested cell's test, difference, p-value and mark."""
+    pairs = [(i, r) for i, r in enumerate(refs) if r is not None and r != i]
+    if not pairs:
+        return
+    rows, ref_rows = [i for i, _ in pairs], [r for _, r in pairs]
+    seeds = sorted({s for v in values for s in v})
+    m = np.array([[v.get(s, np.nan) for s in seeds] for v in values], dtype=float).reshape(len(values), len(seeds))
+    res = stats.tests_against(m[rows], m[ref_rows], test)
+    need = f"needs {stats.MIN_SEEDS_FOR_TEST}"
+    for k, i in enumerate(rows):  # one TestResult per table row
+        n, p, t = int(res.n[k]), float(res.p[k]), float(res.statistic[k])
+        if math.isfinite(p):
+            note = "constant paired differences" if res.constant[k] else ""
+            result = stats.TestResult(test, n, p, t if math.isfinite(t) else None, note)
+        elif test == "ttest":
+            result = stats.TestResult(test, n, None, note=f"no test: {n} seed(s) paired with the reference, {need}")
+        else:
+            result = stats.TestResult(test, n, None, note=f"no test: {n} seed(s) on one side, {need}")
+        cell = cells[i]
+        cell.test, cell.p, cell.mark = result, result.p, result.mark
+        cell.diff = float(res.diff[k]) if math.isfinite(res.diff[k]) else None
 
 
 def _compare(
@@ -459,7 +607,18 @@ def legend(board: Leaderboard, markup: str = "md") -> str:
         elif board.sections:
             parts.append(f"no RelaImpr column: the base {base!r} has no runs here")
     comps = [c for sb in board.sections for t in sb.tables for c in t.comparisons]
-    if any(c.result.p is not None for c in comps):
+    if settings.against:
+        if any(against_tests(sb) for sb in board.sections):
+            where = "table" if all(len(sb.tables) == 1 for sb in board.sections) else "tables"
+            parts.append(
+                f"significance of {against_who(board)}, per column: {test} over seeds, {star} p < 0.05, "
+                f"{star}{star} p < 0.01 in either direction (differences, p-values and the ranking: the significance "
+                f"{where} against {against_text(settings)})"
+            )
+        elif board.sections:
+            need = stats.MIN_SEEDS_FOR_TEST
+            parts.append(f"no significance test: no row has {need} seeds paired with its reference row")
+    elif any(c.result.p is not None for c in comps):
         parts.append(
             f"significance of {tested_what(settings)}: {test} over seeds, {star} p < 0.05, {star}{star} p < 0.01"
         )
@@ -473,11 +632,145 @@ def split_comparisons(comps: Sequence[Comparison]) -> tuple[list[Comparison], li
     return [c for c in comps if c.result.p is not None], [c for c in comps if c.result.p is None]
 
 
+def not_tested_line(why: dict[str, Sequence[str]], tests: Iterable[str]) -> str:
+    """The report's one line for what was not tested: ``Not tested (<why>): <what>[; ...]. Test: <test>.``"""
+    parts = [f"Not tested ({reason}): {', '.join(items)}" for reason, items in why.items() if items]
+    return "; ".join(parts) + f". Test: {', '.join(sorted(set(tests)))}."
+
+
 def untested_line(untested: Sequence[Comparison]) -> str:
     """One line for every column without a test."""
-    cols = ", ".join(c.column.header for c in untested)
-    tests = ", ".join(sorted({stats.TESTS[c.result.test] for c in untested}))
-    return f"Not tested (fewer than {stats.MIN_SEEDS_FOR_TEST} seeds): {cols}. Test: {tests}."
+    return not_tested_line(
+        {f"fewer than {stats.MIN_SEEDS_FOR_TEST} seeds": [c.column.header for c in untested]},
+        (stats.TESTS[c.result.test] for c in untested),
+    )
+
+
+# -- against: each row tested against its reference row ----------------------------------------------------------
+def against_text(settings: ReportSettings) -> str:
+    """The reference's values of the named coordinates, e.g. ``weighting=equal``."""
+    return ", ".join(f"{k}={v}" for k, v in (settings.against or {}).items())
+
+
+def family_axes(board: Leaderboard) -> list[str]:
+    """The coordinates a row shares with its reference: model or weighting (whichever ``against`` does not name) and
+    the config keys of the rows' variants."""
+    named = board.settings.against or {}
+    variant = sorted({k for sb in board.sections for g in sb.section.groups for k in g.variant} - set(named))
+    return [k for k in NAMED_COORDINATES if k not in named] + variant
+
+
+def against_who(board: Leaderboard) -> str:
+    """Who is tested against whom, e.g. ``each row against the row with weighting=equal and the same model``."""
+    axes = family_axes(board)
+    same = f" and the same {' and '.join(axes)}" if axes else ""
+    return f"each row against the row with {against_text(board.settings)}{same}"
+
+
+def rank_header(board: Leaderboard) -> str:
+    """The rank column of a significance table against a reference, e.g. ``rank in model``."""
+    axes = family_axes(board)
+    return f"rank in {' and '.join(axes)}" if axes else "rank"
+
+
+def against_rows(table: Table) -> list[Row]:
+    """A table's rows in its significance table: by family, then by rank (unranked last; ties in table order)."""
+
+    def key(r: Row) -> tuple:
+        return (r.peers.family, r.peers.rank is None, r.peers.rank or 0) if r.peers else ()
+
+    return sorted(table.rows, key=key)
+
+
+def against_tests(sb: SectionBoard) -> list[Cell]:
+    """The cells of a section that were tested against their reference."""
+    return [c for t in sb.tables for row in t.rows for c in row.cells if c.test is not None and c.test.p is not None]
+
+
+def versus_parts(cell: Cell, row: Row) -> tuple[str, str]:
+    """A cell of a significance table against a reference, in two parts with the significance mark between them:
+    the difference and `` (p=...)`` (``, n=2`` when fewer seeds than the row has were paired), or the difference and
+    `` (untested)``, or ``reference`` in the reference row."""
+    if row.peers is not None and row.peers.is_reference:
+        return "reference", ""
+    if cell.test is None or cell.diff is None:
+        return "n/a", ""
+    if cell.test.p is None:
+        return fmt_diff(cell.diff), " (untested)"
+    n = f", n={cell.test.n}" if cell.test.n < len(row.group.runs) else ""
+    return fmt_diff(cell.diff), f" (p={fmt_p(cell.test.p)}{n})"
+
+
+def fmt_versus(cell: Cell, row: Row, mark: str = "") -> str:
+    """:func:`versus_parts` with ``mark`` (the cell's mark as the format writes it) after the difference."""
+    head, tail = versus_parts(cell, row)
+    return f"{head}{mark}{tail}"
+
+
+def against_legend(board: Leaderboard, sb: SectionBoard, markup: str = "md") -> str:
+    """The paragraph over a section's significance tables against the reference: the test, what a cell holds, the
+    ranking, and the number of tests with the multiple-comparison caveat (no correction is applied)."""
+    s = board.settings
+    how = (
+        "over the seeds both rows have; a cell is the mean over those seeds of row - reference"
+        if s.test == "ttest"
+        else "of all the seeds of each row (unpaired); a cell is the difference of their means, row - reference"
+    )
+    axes = family_axes(board)
+    within = f" within each {' and '.join(axes)}" if axes else ""
+    ranked = sb.ranked_by.header if sb.ranked_by else "?"
+    n = len(against_tests(sb))
+    star = "\\*" if markup == "md" else "*"
+    who = against_who(board)
+    return (
+        f"{who[0].upper()}{who[1:]}, per column: {stats.TESTS[s.test]} {how}, and the p-value (two-sided); "
+        f"{star} p < 0.05, {star}{star} p < 0.01, in either direction. Rows are ranked{within} by {ranked} "
+        f"(1 = best). {n} test{'s' if n != 1 else ''}, no multiple-comparison correction: a row that does not "
+        f"differ from its reference still has p < 0.05 in 1 test in 20 (about {0.05 * n:.1f} of these {n} if no row "
+        "differed)."
+    )
+
+
+def against_untested(table: Table, board: Leaderboard) -> str | None:
+    """One line for the rows (and columns) of a table without a test against their reference, by reason."""
+    few, alone = [], []
+    for row in table.rows:  # a loop over table rows
+        if row.peers is None or row.peers.is_reference:
+            continue
+        if row.peers.reference is None:
+            alone.append(row.label)
+            continue
+        missing = [(col, c) for col, c in zip(table.columns, row.cells) if c.test is None or c.test.p is None]
+        if len(missing) == len(table.columns):
+            n = min(c.test.n if c.test else 0 for _, c in missing)
+            few.append(f"{row.label} ({n} seed{'s' if n != 1 else ''})")
+        elif missing:
+            few.append(f"{row.label} ({', '.join(col.header for col, _ in missing)})")
+    if not (few or alone):
+        return None
+    s = board.settings
+    paired = "paired with the reference" if s.test == "ttest" else "on a side"
+    axes = family_axes(board)
+    same = f" and the same {' and '.join(axes)}" if axes else ""
+    return not_tested_line(
+        {
+            f"fewer than {stats.MIN_SEEDS_FOR_TEST} seeds {paired}": few,
+            f"no row with {against_text(s)}{same}": alone,
+        },
+        [stats.TESTS[s.test]],
+    )
+
+
+def against_header(board: Leaderboard, sb: SectionBoard, table: Table) -> list[str]:
+    """Column names of a significance table against the reference."""
+    ranked = sb.ranked_by.header if sb.ranked_by else "score"
+    return [rank_header(board), "model", "seeds", ranked, *(f"Δ {c.header}" for c in table.columns)]
+
+
+def against_title(board: Leaderboard, table: Table, first: bool) -> str:
+    """``Significance against weighting=equal`` (and the table's title after the section's first table)."""
+    title = f"Significance against {against_text(board.settings)}"
+    return title if first else f"{title}: {table.title}"
 
 
 def significance_header(settings: ReportSettings) -> list[str]:
@@ -526,6 +819,7 @@ def to_markdown(board: Leaderboard) -> str:
             out.append("")
         if untested:
             out += [untested_line(untested), ""]
+        out += _md_against(board, sb)
     if board.gap is not None:
         out += gap_markdown(board.gap)
     if board.missing_models:
@@ -539,6 +833,34 @@ def to_markdown(board: Leaderboard) -> str:
         out += [f"- `{p}`" for p in board.incomplete]
         out.append("")
     return "\n".join(out)
+
+
+def _md_against(board: Leaderboard, sb: SectionBoard) -> list[str]:
+    """A section's significance tables against the reference (one per table), under one paragraph."""
+    out: list[str] = []
+    for table in (t for t in sb.tables if t.against):
+        out += [f"### {against_title(board, table, not out)}", ""]
+        if len(out) == 2:
+            out += [against_legend(board, sb), ""]
+        head = against_header(board, sb, table)
+        out += ["| " + " | ".join(head) + " |", "|---:|---|---:|" + "---:|" * (len(head) - 3)]
+        for row in against_rows(table):  # a loop over table rows
+            peers = row.peers
+            assert peers is not None
+            seeds = len(row.group.runs)
+            cells = [
+                "-" if peers.rank is None else str(peers.rank),
+                row.label,
+                str(seeds),
+                fmt_value(peers.score, seeds),
+                *(fmt_versus(c, row, _md_escape(c.mark)) for c in row.cells),
+            ]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+        line = against_untested(table, board)
+        if line:
+            out += [line, ""]
+    return out
 
 
 def _md_escape(text: str) -> str:
@@ -602,11 +924,17 @@ CSV_FIELDS = [
     "note",
     "params",
     "train_samples_per_second",
+    "difference",  # the tested cell's mean - compared_with's (against: the mean paired difference)
+    "against_rank",  # against: the row's rank within its family (the rows that share its reference)
 ]
 
 
 def to_csv(board: Leaderboard, digits: int | None = None) -> str:
-    """The long CSV; ``digits`` rounds the floats to that many significant digits (default: exact ``repr``)."""
+    """The long CSV; ``digits`` rounds the floats to that many significant digits (default: exact ``repr``).
+
+    A tested cell names its test, the row it was compared with, the difference, the p-value and the mark: the best
+    model's cell against the best baseline, or (``against``) every row's cell against its reference row's.
+    """
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     w.writeheader()
@@ -618,6 +946,13 @@ def to_csv(board: Leaderboard, digits: int | None = None) -> str:
                 for col, cell in zip(table.columns, row.cells):
                     comp = comps.get(col.header)
                     tested = comp if comp is not None and comp.best == row.label else None
+                    test = tested.result if tested else cell.test
+                    peers = row.peers
+                    note = test.note if test else ""
+                    if peers is not None and (peers.is_reference or peers.reference is None):
+                        note = "reference" if peers.is_reference else f"no row with {against_text(board.settings)}"
+                    diff = tested.diff if tested else cell.diff
+                    compared = tested.baseline if tested else (peers.reference or "") if test and peers else ""
                     w.writerow(
                         {
                             "dataset": g.dataset,
@@ -635,13 +970,15 @@ def to_csv(board: Leaderboard, digits: int | None = None) -> str:
                             "std": _num(cell.std, digits),
                             "relaimpr_pct": _num(cell.relaimpr, digits),
                             "rank": cell.rank or "",
-                            "test": tested.result.test if tested else "",
-                            "compared_with": tested.baseline if tested else "",
-                            "p_value": _num(tested.result.p, digits) if tested else "",
+                            "test": test.test if test else "",
+                            "compared_with": compared,
+                            "p_value": _num(test.p, digits) if test else "",
                             "mark": cell.mark,
-                            "note": tested.result.note if tested else "",
+                            "note": note,
                             "params": sb.params[row.label] if sb.params[row.label] is not None else "",
                             "train_samples_per_second": _num(sb.speed[row.label], digits),
+                            "difference": _num(diff, digits),
+                            "against_rank": peers.rank if peers is not None and peers.rank is not None else "",
                         }
                     )
     return buf.getvalue()
@@ -715,6 +1052,11 @@ def to_latex(board: Leaderboard) -> str:
                     f"; $^{{*}}$ p $<$ 0.05, $^{{**}}$ p $<$ 0.01 ({stats.TESTS[s.test]} of "
                     f"{tex_escape(tested_what(s))})"
                 )
+            elif any(c.test is not None and c.test.p is not None for row in table.rows for c in row.cells):
+                caption += (
+                    f"; $^{{*}}$ p $<$ 0.05, $^{{**}}$ p $<$ 0.01 ({stats.TESTS[s.test]} of "
+                    f"{tex_escape(against_who(board))}, in either direction)"
+                )
             caption += "."
             out += [
                 "",
@@ -741,10 +1083,55 @@ def to_latex(board: Leaderboard) -> str:
                     ]
                 out.append(" & ".join(cells) + " \\\\")
             out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+        out += _tex_against(board, sb)
     return "\n".join(out) + "\n"
 
 
-NULLABLE = ("base", "candidate", "tasks", "models", "grid")
+def _tex_versus(cell: Cell, row: Row) -> str:
+    head, tail = versus_parts(cell, row)
+    mark = f"$^{{{cell.mark}}}$" if cell.mark else ""
+    return f"{tex_escape(head)}{mark}{tex_escape(tail)}"
+
+
+def _tex_against(board: Leaderboard, sb: SectionBoard) -> list[str]:
+    """A section's significance tables against the reference, as booktabs tables (one per table)."""
+    out: list[str] = []
+    for i, table in enumerate(t for t in sb.tables if t.against):
+        title = against_title(board, table, i == 0)
+        caption = f"{tex_escape(board.settings.title)}: {tex_escape(sb.section.title)}, {tex_escape(title)}. "
+        caption += tex_escape(against_legend(board, sb, "tex")).replace("<", "$<$")
+        line = against_untested(table, board)
+        if line:
+            caption += " " + tex_escape(line)
+        head = [tex_escape(h).replace("Δ", "$\\Delta$") for h in against_header(board, sb, table)]
+        out += [
+            "",
+            "\\begin{table}[t]",
+            "\\centering",
+            "\\small",
+            f"\\caption{{{caption}}}",
+            f"\\begin{{tabular}}{{rlrr{'r' * len(table.columns)}}}",
+            "\\toprule",
+            " & ".join(head) + " \\\\",
+            "\\midrule",
+        ]
+        for row in against_rows(table):  # a loop over table rows
+            peers = row.peers
+            assert peers is not None
+            seeds = len(row.group.runs)
+            cells = [
+                "-" if peers.rank is None else str(peers.rank),
+                tex_escape(row.label),
+                str(seeds),
+                _tex_cell(Cell(peers.score.mean, peers.score.std, peers.score.n), seeds),  # no bold, no mark
+                *(_tex_versus(c, row) for c in row.cells),
+            ]
+            out.append(" & ".join(cells) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return out
+
+
+NULLABLE = ("base", "candidate", "tasks", "models", "grid", "against")
 
 
 def settings_from(**kwargs: Any) -> ReportSettings:
@@ -762,7 +1149,7 @@ def settings_from(**kwargs: Any) -> ReportSettings:
         raise ConfigError(
             f"unknown report setting(s) {sorted(unknown)}; known: {sorted(ReportSettings.__dataclass_fields__)}"
         )
-    for k in ("base", "candidate"):
+    for k in ("base", "candidate", "against"):
         if clean.get(k) in ("none", "null", ""):
             clean[k] = None
     return ReportSettings(**clean)

@@ -180,8 +180,9 @@ def build_analyses(cfg: DictConfig) -> list[pl.Callback]:
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
-    """Checkpoints (``best.ckpt`` on the monitored validation metric; ``last.ckpt`` after every epoch and, with
-    ``callbacks.checkpoint_every_n_steps``, every N training steps), early stopping, the after-test analysis."""
+    """Checkpoints (``best.ckpt``, weights only, on the monitored validation metric; ``last.ckpt``, the full
+    training state, after every epoch and, with ``callbacks.checkpoint_every_n_steps``, every N training steps),
+    early stopping, the after-test analysis."""
     c = _plain(cfg.callbacks)
     monitor = f"valid/{cfg.monitor}_mean"
     mode = "max" if higher_is_better(cfg.monitor) else "min"  # the metric class's higher_is_better
@@ -192,11 +193,21 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
             monitor=monitor,
             mode=mode,
             save_top_k=1,
-            save_last=save_last,
             filename="best",
-            enable_version_counter=False,  # one last.ckpt, whichever callback writes it
+            # the weights are all the final validate/test read: no optimizer state to load beside the live one
+            save_weights_only=True,
+            enable_version_counter=False,
         ),
     ]
+    if save_last:  # the full training state after every epoch (resume)
+        callbacks.append(
+            pl.callbacks.ModelCheckpoint(  # no monitor, top 1: the latest epoch (save_last alone, in Lightning 2.6,
+                dirpath=str(run_dir / CHECKPOINT_DIR),  # saves only where a top-k checkpoint was saved)
+                filename=Path(LAST_CHECKPOINT).stem,
+                save_top_k=1,
+                enable_version_counter=False,
+            )
+        )
     every = c.get("checkpoint_every_n_steps")
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise ConfigError(f"callbacks.checkpoint_every_n_steps must be a positive number of steps or null, got {every}")
