@@ -129,6 +129,7 @@ def test_small_blocks_on_threads_or_not_give_the_same_columns(generated, monkeyp
     _, want = AliCCP(path=str(generated)).build()
     monkeypatch.setattr(reader, "RAW_BLOCK_SIZE", 4096)  # ~10 skeleton lines a block, handed back in order
     monkeypatch.setattr(reader, "MERGE_ROWS", 100)  # merged by ~10
+    monkeypatch.setattr(reader, "SEQUENCE_ROWS", 7)  # common rows' sequences counted and encoded 7 at a time
     for threads in (1, 3):
         monkeypatch.setattr(pa, "cpu_count", lambda n=threads: n)
         _, got = AliCCP(path=str(generated)).build()
@@ -214,6 +215,9 @@ def test_ids_and_values_read_from_words_equal_python(monkeypatch):
         "109_14\x021\x031e5",
         "109_14\x02-1\x031.0",
         "109_14\x021\x03.5",
+        "109_14\x021\x03.",
+        "109_14\x021\x03a",
+        "109_14\x021\x03/",
         "109_14\x021\x035.",
         "109_14\x021\x031.2.3",
         "109_14\x021\x03+1",

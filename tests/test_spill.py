@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 from pathlib import Path
 
@@ -12,9 +14,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from mtlbench.data import spill
-from mtlbench.data.cache import entry_path, load_or_build, prepare_entry
+from mtlbench.data import cache, spill
+from mtlbench.data.cache import entry_columns, entry_path, load_or_build, prepare_entry
+from mtlbench.data.schema import DatasetSchema, Feature, weights_column
+from mtlbench.data.source import DatasetSource
 from mtlbench.datasets.table import TableDataset
+from mtlbench.errors import DataError
 
 STATUS = Path("/proc/self/status")
 
@@ -181,3 +186,163 @@ def test_validation_in_row_blocks_names_the_row_of_the_whole_table(monkeypatch):
             bad[column][row] = value
         with pytest.raises(DataError, match=re.escape(words)):
             schema.validate(bad)
+
+
+# -- the entry's data file written once (cache.entry_columns) ---------------------------------------------------
+class _LaidOut(DatasetSource):
+    """Columns from ``entry_columns`` when the build offers them (else in memory), filled with known values;
+    ``hand`` = "laid_out" returns them as laid out, "reordered" / "copied" / "extra" returns something else."""
+
+    def __init__(self, n: int = 5000, hand: str = "laid_out", fail: bool = False, bad_row: int = -1) -> None:
+        self.n, self.hand, self.fail, self.bad_row = n, hand, fail, bad_row
+
+    def build(self) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
+        n = self.n
+        layout = {
+            "u": ((n,), np.int32),
+            "s": ((n, 3), np.int32),
+            weights_column("s"): ((n, 3), np.float32),
+            "y": ((n,), np.float32),
+            "part": ((n,), np.int8),
+        }
+        cols = entry_columns(layout)
+        if cols is None:
+            cols = {k: np.empty(shape, dtype) for k, (shape, dtype) in layout.items()}
+        if self.fail:
+            raise DataError("the reader failed after laying out its columns")
+        rng = np.random.default_rng(n)
+        cols["u"][:] = rng.integers(0, 7, n)
+        cols["s"][:] = rng.integers(-1, 5, (n, 3))
+        cols[weights_column("s")][:] = rng.random((n, 3))
+        cols["y"][:] = np.where(rng.random(n) < 0.2, np.nan, rng.random(n) < 0.5)
+        cols["part"][:] = rng.integers(0, 3, n)
+        if self.bad_row >= 0:
+            cols["s"][self.bad_row, 1] = 5  # outside the vocabulary
+        if self.hand == "reordered":
+            cols = dict(reversed(cols.items()))
+        elif self.hand == "copied":
+            cols["u"] = cols["u"].copy()
+        elif self.hand == "extra":
+            cols["v"] = cols["u"] + 1
+        schema = DatasetSchema(
+            "laid",
+            [
+                Feature("u", "categorical", 7, "user"),
+                Feature("s", "sequence", 5, "user", max_len=3, weights=True),
+                *([Feature("v", "categorical", 8, "item")] if "v" in cols else []),
+            ],
+            ["y"],
+            analysis_fields=["part"],
+        )
+        return schema, cols
+
+
+def _spy_finish(monkeypatch) -> list[bool]:
+    done: list[bool] = []
+    finish = cache._DataFile.finish
+
+    def spy(self, columns, dest):
+        done.append(finish(self, columns, dest))
+        return done[-1]
+
+    monkeypatch.setattr(cache._DataFile, "finish", spy)
+    return done
+
+
+def _copy_written(tmp_path: Path, source: DatasetSource) -> bytes:
+    """data.arrow as write_entry writes it from the columns built in memory (the copying writer)."""
+    schema, columns = source.build()
+    ref = tmp_path / "ref" / "entry"
+    cache.write_entry(ref, schema, columns, {})
+    return (ref / "data.arrow").read_bytes()
+
+
+@pytest.mark.parametrize("hand", ["laid_out", "reordered", "copied", "extra"])
+def test_laid_out_columns_become_the_data_file_as_the_copying_writer_writes_it(tmp_path, monkeypatch, hand):
+    source = _LaidOut(hand=hand)
+    done = _spy_finish(monkeypatch)
+    path, meta, existed = prepare_entry(source, "laid", tmp_path / "cache", log=False)
+    assert not existed and meta["rows"] == 5000
+    assert done == ([True] if hand == "laid_out" else [])  # written in place, or copied when not the layout
+    assert (path / "data.arrow").read_bytes() == _copy_written(tmp_path, source)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [path.name]  # no scratch, no lock left
+    schema, got, _ = load_or_build(source, "laid", tmp_path / "cache", log=False)
+    _, want = source.build()
+    assert list(got) == list(want)
+    for name, values in want.items():
+        np.testing.assert_array_equal(got[name], values, err_msg=name)
+
+
+def test_laid_out_file_without_o_tmpfile_or_proc_link(tmp_path, monkeypatch):
+    """A file system without O_TMPFILE: a named file in the scratch folder, renamed into the entry; no
+    /proc to link the unlinked file: the columns are copied. The same bytes either way."""
+    want = _copy_written(tmp_path, _LaidOut())
+    done = _spy_finish(monkeypatch)
+    monkeypatch.delattr(os, "O_TMPFILE")
+    path, _, _ = prepare_entry(_LaidOut(), "laid", tmp_path / "named", log=False)
+    assert done == [True] and (path / "data.arrow").read_bytes() == want
+    monkeypatch.undo()
+    done = _spy_finish(monkeypatch)
+
+    def no_proc(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(os, "link", no_proc)
+    path, _, _ = prepare_entry(_LaidOut(), "laid", tmp_path / "copied", log=False)
+    assert done == [False] and (path / "data.arrow").read_bytes() == want
+    for folder in ("named", "copied"):
+        assert [p.name for p in (tmp_path / folder).iterdir()] == [path.name]
+
+
+def test_entry_columns_only_inside_a_build_and_a_failed_build_leaves_nothing(tmp_path):
+    assert entry_columns({"y": ((10,), np.float32)}) is None  # no entry being built: the reader allocates
+    with spill.spilling(tmp_path / "scratch"):
+        assert entry_columns({"y": ((10,), np.float32)}) is None
+    source = _LaidOut(n=0)  # no rows: nothing to lay out
+    path, meta, _ = prepare_entry(source, "laid", tmp_path / "empty", log=False)
+    assert meta["rows"] == 0 and (path / "data.arrow").read_bytes() == _copy_written(tmp_path, source)
+    with pytest.raises(DataError, match="failed after laying out"):
+        prepare_entry(_LaidOut(fail=True), "laid", tmp_path / "failed", log=False)
+    assert list((tmp_path / "failed").iterdir()) == []
+
+
+def test_raw_aliccp_entry_is_written_once_and_equals_the_copy_of_the_in_memory_build(tmp_path, monkeypatch):
+    import sys
+
+    from mtlbench.datasets.ali_ccp import AliCCP
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    from make_aliccp_raw import write_aliccp_raw
+
+    source = AliCCP(path=str(write_aliccp_raw(tmp_path / "raw", train_rows=600, test_rows=300)))
+    want = _copy_written(tmp_path, source)
+    done = _spy_finish(monkeypatch)
+    path, meta, _ = prepare_entry(source, "ali_ccp", tmp_path / "cache", log=False)
+    assert done == [True] and (path / "data.arrow").read_bytes() == want
+
+
+def test_the_cache_validates_slices_on_threads_and_names_the_row_of_the_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "VALIDATE_SLICE", 300)  # 17 slices of the 5000 rows
+    monkeypatch.setattr(pa, "cpu_count", lambda: 3)
+    prepare_entry(_LaidOut(), "laid", tmp_path / "good", log=False)
+    schema, columns = _LaidOut(bad_row=4321).build()
+    with pytest.raises(DataError) as whole:
+        schema.validate(columns, source="laid")
+    assert "at row 4321" in str(whole.value)
+    with pytest.raises(DataError) as built:
+        prepare_entry(_LaidOut(bad_row=4321), "laid", tmp_path / "bad", log=False)
+    assert str(built.value) == str(whole.value)
+    assert list((tmp_path / "bad").iterdir()) == []
+
+
+def test_no_space_for_the_laid_out_file_is_one_line_naming_the_entry(tmp_path, monkeypatch):
+    from mtlbench.rundir import WriteError
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)  # the file's blocks are allocated when it is laid out
+    source = _LaidOut()
+    with pytest.raises(WriteError, match="could not write .*laid-.*: No space left on device"):
+        prepare_entry(source, "laid", tmp_path / "cache", log=False)
+    assert list((tmp_path / "cache").iterdir()) == []

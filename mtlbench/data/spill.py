@@ -7,7 +7,9 @@ not anonymous memory. The readers fill those columns block by block, so what a b
 memory is one block plus per-value state (vocabularies), whatever the row count; the filled pages sit in the
 page cache, which the kernel writes back and drops when memory is short. The entry's Arrow file is then
 written straight from the maps (zero-copy arrays), and each map disappears with its last array: the files were
-unlinked when mapped, so nothing is left on disk even after a crash.
+unlinked when mapped, so nothing is left on disk even after a crash. A reader that knows the shapes of its
+output columns before filling them takes them from :func:`mtlbench.data.cache.entry_columns` instead: regions
+of the entry's Arrow file itself, so each column is written once rather than here and then again there.
 
 Per-row state a reader keeps in many small pieces (a block of rows at a time) goes to the same kind of files
 with :func:`stow`, packed into shared windows of ``WINDOW_BYTES`` so that a large build maps a few hundred windows

@@ -28,9 +28,11 @@ in this layout (both splits are required); any other path keeps the processed-CS
   have it). Besides its output columns a build holds the common-features rows (one per request), the
   vocabularies and about 45 bytes per skeleton row (raw ids, key, labels) until every file is read, since ids
   follow the sorted order of all raw ids; the output columns are then filled block by block. While a cache
-  entry is built, the output columns and those per-row bytes are disk-backed (:mod:`mtlbench.data.spill`), so
-  anonymous memory holds the blocks in flight, the common-features rows and the vocabularies, whatever the
-  number of skeleton rows.
+  entry is built, the output columns are the regions of the entry's Arrow file itself
+  (:func:`mtlbench.data.cache.entry_columns`: each column is written once) and those per-row bytes are
+  disk-backed (:mod:`mtlbench.data.spill`), so anonymous memory holds the blocks in flight, the
+  common-features rows and the vocabularies, whatever the number of skeleton rows. While a build runs, malloc
+  keeps the memory numpy frees for the next block (:func:`reused_heap`: no page faults on fresh memory).
 - Single-valued fields are categorical features named by their field id: ``101`` and ``121``-``129`` role
   user, ``205``/``206``/``207``/``210``/``216`` role item, the crosses ``508``/``509``/``702``/``853``, the
   scenario ``301`` and any other field id found role context. A field listed several times in one row
@@ -68,6 +70,7 @@ finite number), a label outside {0, 1}, an unknown field-301 value. Line numbers
 
 from __future__ import annotations
 
+import ctypes
 import math
 import mmap
 import tarfile
@@ -87,6 +90,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from mtlbench.data import spill
+from mtlbench.data.cache import entry_columns
 from mtlbench.data.schema import PAD, DatasetSchema, Feature, Role, weights_column
 from mtlbench.datasets.csv_reading import POOL, release_memory
 from mtlbench.datasets.funnel import funnel_labels, funnel_roles
@@ -119,6 +123,8 @@ MERGE_ROWS = 1 << 16
 POPULATE_BYTES = 1 << 20
 #: rows validated at a time (``DatasetSchema.validate``'s temporaries are a few bytes per id)
 VALIDATE_ROWS = 1 << 20
+#: common-features rows whose sequences are counted or encoded at a time (temporaries ~50 bytes per id)
+SEQUENCE_ROWS = 1 << 16
 
 T = TypeVar("T")
 
@@ -608,11 +614,49 @@ def fast_block(buf: np.ndarray, skeleton: bool, codes: FieldCodes, ranks: Growin
         return None
     fkey = w[stx + (_PAD - 8)] & _TOP[flen]
     ids = _ids_of(w, etx, ilen)
-    values = _values_of(body, w, etx + 1, after)
+    values = _ValueReader.of(body, w, etx + 1, after)
     if ids is None or values is None:
         return None
     singles, seqs = group_entries(n, row, codes.of_keys(fkey), codes, ids.integers, values.decimals, ranks, max_len)
     return Parsed(n, singles, seqs, keys, key_of_row, click, conversion)
+
+
+@dataclass
+class _ValueReader:
+    """The values of a block's entries, checked: one-character ones (a skeleton's ``1``) byte by byte, the
+    others as digit windows (:func:`_values_of`), so a skeleton, which reads none of its values, reads no window
+    for most of them."""
+
+    digit: np.ndarray  # the one-character values' digit (0-9), 0 for the others
+    longer: np.ndarray  # the place of each value among the longer ones (-1: one character)
+    windows: _Digits | None  # the longer ones
+
+    @classmethod
+    def of(cls, body: np.ndarray, w: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> _ValueReader | None:
+        """The values ``body[starts:ends]`` (the form of :func:`_values_of`), None for another form."""
+        one = ends - starts == 1
+        digit = np.where(one, body[starts] - np.uint8(48), np.uint8(0))
+        if digit.max(initial=0) > 9:
+            return None  # a one-character value that is not a digit (a '.', ...)
+        at = np.flatnonzero(~one)
+        windows = _values_of(body, w, starts[at], ends[at]) if len(at) else None
+        if len(at) and windows is None:
+            return None
+        longer = np.full(len(starts), -1, dtype=np.int64)
+        longer[at] = np.arange(len(at))
+        return cls(digit, longer, windows)
+
+    def decimals(self, at: np.ndarray) -> np.ndarray:
+        """The values at ``at`` (float64, exactly as :meth:`_Digits.decimals` reads them)."""
+        longer = self.longer[at]
+        some = longer >= 0
+        if self.windows is not None and some.all():  # (a common-features file's behaviour values)
+            return self.windows.decimals(longer)
+        out = self.digit[at].astype(np.float64)
+        if some.any():
+            assert self.windows is not None
+            out[some] = self.windows.decimals(longer[some])
+        return out
 
 
 # -- entries -> per-row raw ids ---------------------------------------------------------------------------------
@@ -702,7 +746,7 @@ def _top_sequences(
         key = group.astype(np.uint64) << below
         key |= (known - 1 - pos).astype(np.uint64) << np.uint64(bits_f)  # larger values first
         key |= (fid - fmin).astype(np.uint64)
-        key.sort()
+        key.sort(kind="stable")  # equal keys are equal entries; timsort takes the rows' order: ~2x quicksort
         group = (key >> below).astype(np.int64)
         rank = ((key >> np.uint64(bits_f)) & np.uint64((1 << bits_v) - 1)).astype(np.int64)
         weight = _unsortable(index.keys)[known - 1 - rank].astype(np.float32)
@@ -1328,8 +1372,13 @@ class Vocab:
         return np.where(self.keys[pos] == raw, pos, self.other).astype(np.int32)
 
     def sequences(self, ids: np.ndarray) -> np.ndarray:
-        """Ids of PAD-padded sequences (PAD stays)."""
-        return np.where(ids != PAD, self(ids), PAD).astype(np.int32)
+        """Ids of PAD-padded sequences (PAD stays), ``SEQUENCE_ROWS`` rows at a time into :func:`spill.empty`
+        (the common-features rows' sequences: bounded temporaries, the result on disk while an entry is built)."""
+        out = spill.empty(ids.shape, np.int32)
+        for s in range(0, len(ids), SEQUENCE_ROWS):
+            part = ids[s : s + SEQUENCE_ROWS]
+            out[s : s + SEQUENCE_ROWS] = np.where(part != PAD, self(part), PAD)
+        return out
 
 
 def _field_counts(
@@ -1366,14 +1415,60 @@ def _field_counts(
                 counts.absent += int(take.sum())
         if theirs is None:
             counts.absent += 0 if own_any else int(refs.sum())
-        elif sequence:
-            counts.add(theirs.reshape(-1), np.repeat(weight, theirs.shape[1]))
+        elif sequence:  # SEQUENCE_ROWS common rows at a time: bounded temporaries
+            for s in range(0, len(theirs), SEQUENCE_ROWS):
+                rows = slice(s, s + SEQUENCE_ROWS)
+                counts.add(theirs[rows].reshape(-1), np.repeat(weight[rows], theirs.shape[1]))
         else:
             counts.add(theirs, weight)
     return counts
 
 
 # -- both splits -> columns ---------------------------------------------------------------------------------
+#: glibc's M_TRIM_THRESHOLD and M_MMAP_THRESHOLD (mallopt's parameter numbers)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: while a build runs: arrays up to this size come from the heap, and freed heap memory up to this much is kept
+HEAP_MMAP_THRESHOLD, HEAP_TRIM_THRESHOLD = 256 << 20, 1 << 30
+#: afterwards: the largest values glibc's own (dynamic) thresholds reach, 32 MiB and twice that
+AFTER_MMAP_THRESHOLD, AFTER_TRIM_THRESHOLD = 32 << 20, 64 << 20
+
+
+@contextmanager
+def reused_heap() -> Iterator[None]:
+    """Within the block, malloc reuses the memory numpy frees instead of handing it back to the OS (glibc's
+    ``mallopt``; elsewhere nothing changes).
+
+    Why: a block's temporaries are arrays of a few MB (about 30 times the block's bytes in all); with glibc's
+    thresholds they are often new maps (or heap memory trimmed and given back), faulted in page by page, and a
+    page fault costs microseconds on a virtual machine: parsing 4 MB skeleton blocks in one thread took 57 ms
+    of CPU a block (9,000 page faults) against 32 ms with the memory reused; a whole 2M-line build faults
+    150,000 pages instead of 250,000-700,000 (system time 4-5 s instead of 6-8 s). The memory kept is what the
+    blocks in flight need at once. Afterwards the thresholds are fixed at the largest values glibc's own reach
+    (mallopt ends their adjustment) and the free heap memory is handed back (``malloc_trim``).
+    """
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)
+    libc.mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, AFTER_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, AFTER_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
+
+
+def _glibc() -> Any:
+    """The C library when it is glibc (``mallopt`` and ``malloc_trim``), else None."""
+    try:
+        libc = ctypes.CDLL(None)
+    except (OSError, TypeError):  # (no process-wide handle on Windows)
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "malloc_trim") else None
+
+
 def _order(fields: set[str]) -> list[str]:
     known = USER_FIELDS + ITEM_FIELDS + CONTEXT_FIELDS
     return [f for f in known if f in fields] + sorted(f for f in fields if f not in known)
@@ -1396,18 +1491,19 @@ def build_raw(
     threads = pa.cpu_count()
     pool = ThreadPoolExecutor(threads, thread_name_prefix="ali_ccp") if threads > 1 else None
     try:
-        ctx = Context(max_len, scenario_ids, pool, threads)
-        parts = [read_split(layout[split], ctx, s["max_rows"]) for split in SPLITS]
-        for skeleton, common in parts:
-            join_rows(skeleton, common)
-        return _assemble(
-            parts,
-            scenario_ids,
-            settings,
-            tasks,
-            ctx,
-            str(layout["train"].archive or layout["train"].csvs()[0].path.parent),
-        )
+        with reused_heap():  # numpy's temporaries reuse freed memory: no page faults (see reused_heap)
+            ctx = Context(max_len, scenario_ids, pool, threads)
+            parts = [read_split(layout[split], ctx, s["max_rows"]) for split in SPLITS]
+            for skeleton, common in parts:
+                join_rows(skeleton, common)
+            return _assemble(
+                parts,
+                scenario_ids,
+                settings,
+                tasks,
+                ctx,
+                str(layout["train"].archive or layout["train"].csvs()[0].path.parent),
+            )
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -1422,7 +1518,8 @@ def _assemble(
     source: str,
 ) -> tuple[DatasetSchema, dict[str, np.ndarray]]:
     """The schema and columns of the joined splits: dropped rows, scenarios, vocabularies, then every column
-    filled block by block (on the context's threads) and validated in slices."""
+    filled block by block (on the context's threads) and validated in slices (when building a cache entry, the
+    columns are its data file, :func:`~mtlbench.data.cache.entry_columns`, and the cache validates them)."""
     skeletons, commons = [p[0] for p in parts], [p[1] for p in parts]
     starts = np.r_[0, np.cumsum([k.rows for k in skeletons])]
 
@@ -1468,10 +1565,14 @@ def _assemble(
     for f in seq_vocabs:
         shapes[f], shapes[weights_column(f)] = ((n, ctx.max_len), np.int32), ((n, ctx.max_len), np.float32)
     shapes.update({t: ((n,), np.float32) for t in tasks})
-    # allocated on the threads: mapping fresh memory in is the slow part of filling the columns
-    out = dict(_in_order(ctx.pool, lambda f: _allocate(*shapes[f]), list(shapes), len(shapes)))
-    part = out["split_part"] = spill.full(n, 2, np.int8)  # the official test file's rows; train, valid:
+    shapes["split_part"] = ((n,), np.int8)
+    out = entry_columns(shapes)  # while a cache entry is built: regions of its data file (written once)
+    in_entry = out is not None  # then prepare_entry validates the columns: checked once, not here too
+    if out is None:  # allocated on the threads: mapping fresh memory in is the slow part of filling the columns
+        out = dict(_in_order(ctx.pool, lambda f: _allocate(*shapes[f]), list(shapes), len(shapes)))
+    part = out["split_part"]
     part[:n_train] = 0
+    part[n_train:] = 2  # the official test file's rows; train, valid:
     n_valid = max(1, round(float(s["valid_fraction"]) * n_train)) if n_train > 1 else 0
     part[np.random.default_rng(int(s["split_seed"])).permutation(n_train)[:n_valid]] = 1
     _fill(out, parts, vocabs, seq_vocabs, tasks, ctx)
@@ -1482,8 +1583,9 @@ def _assemble(
             {k: v[a:z] for k, v in out.items()}, source=source if z - a == n else f"{source} rows {a}-{z - 1}"
         )
 
-    for _ in _in_order(ctx.pool, check, range(0, n, VALIDATE_ROWS), ctx.ahead):
-        pass
+    if not in_entry:
+        for _ in _in_order(ctx.pool, check, range(0, n, VALIDATE_ROWS), ctx.ahead):
+            pass
     return schema, out
 
 
