@@ -4,7 +4,6 @@ differences with their t interval, and the row-wise tests of many rows against t
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +15,8 @@ from mtlbench.errors import ConfigError
 #: significance tests by name: the STAN paper's paired t-test and SFPNet's Mann-Whitney U test
 TESTS = {"ttest": "paired t-test", "mannwhitney": "Mann-Whitney U test"}
 MIN_SEEDS_FOR_TEST = 3
+#: the note of a paired t-test whose differences are all equal (t infinite, or undefined for 0)
+CONSTANT = "constant paired differences"
 
 
 def base_metric(metric: str) -> str:
@@ -83,12 +84,14 @@ class TestResult:
         return "**" if self.p < 0.01 else "*" if self.p < 0.05 else ""
 
 
-def significance(best: dict[int, float], baseline: dict[int, float], test: str = "ttest") -> TestResult:
+def significance(
+    best: dict[int, float], baseline: dict[int, float], test: str = "ttest", min_n: int = MIN_SEEDS_FOR_TEST
+) -> TestResult:
     """Two-sided test of the best model against the best baseline over seeds.
 
     ``ttest``: paired t-test over the seeds both have (the STAN paper's). ``mannwhitney``: Mann-Whitney U
-    test (SFPNet's), which does not need pairs: all seeds of each side. With fewer than
-    :data:`MIN_SEEDS_FOR_TEST` seeds on a side no test is run (``p`` is None and ``note`` says why).
+    test (SFPNet's), which does not need pairs: all seeds of each side. With fewer than ``min_n``
+    (:data:`MIN_SEEDS_FOR_TEST`) seeds on a side no test is run (``p`` is None and ``note`` says why).
     Note that with 3 seeds per side the smallest two-sided Mann-Whitney p-value is 0.1.
     """
     if test not in TESTS:
@@ -98,18 +101,18 @@ def significance(best: dict[int, float], baseline: dict[int, float], test: str =
         a = np.array([best[s] for s in seeds])
         b = np.array([baseline[s] for s in seeds])
         n = len(seeds)
-        if n < MIN_SEEDS_FOR_TEST:
-            return TestResult(test, n, None, note=f"no test: {n} paired seed(s), needs {MIN_SEEDS_FOR_TEST}")
+        if n < min_n:
+            return TestResult(test, n, None, note=f"no test: {n} paired seed(s), needs {min_n}")
         d = a - b
         if np.all(d == d[0]):  # constant differences: t is infinite (or undefined for 0)
             p = 1.0 if d[0] == 0 else 0.0
-            return TestResult(test, n, p, None, "constant paired differences")
+            return TestResult(test, n, p, None, CONSTANT)
         r = stats.ttest_rel(a, b)
         return TestResult(test, n, float(r.pvalue), float(r.statistic))
     a, b = np.array(list(best.values())), np.array(list(baseline.values()))
     n = min(len(a), len(b))
-    if n < MIN_SEEDS_FOR_TEST:
-        return TestResult(test, n, None, note=f"no test: {n} seed(s) on one side, needs {MIN_SEEDS_FOR_TEST}")
+    if n < min_n:
+        return TestResult(test, n, None, note=f"no test: {n} seed(s) on one side, needs {min_n}")
     r = stats.mannwhitneyu(a, b, alternative="two-sided")
     return TestResult(test, n, float(r.pvalue), float(r.statistic))
 
@@ -126,35 +129,30 @@ class RowTests:
 
 
 def tests_against(a: np.ndarray, b: np.ndarray, test: str = "ttest", min_n: int = MIN_SEEDS_FOR_TEST) -> RowTests:
-    """Two-sided test of each row of ``a`` against the same row of ``b`` (``[rows, seeds]``, NaN: no value), at once.
+    """:func:`significance` of each row of ``a`` against the same row of ``b`` (``[rows, seeds]``, NaN: no value).
 
-    ``ttest``: paired t-test over the seeds where both have a value (:func:`significance`'s, for many rows and any
-    ``min_n``; constant differences as there); ``mannwhitney``: Mann-Whitney U test of all the values of each side
-    (unpaired). Rows with fewer than ``min_n`` pairs (ttest) or values on a side (mannwhitney) get p = NaN.
+    ``ttest``: paired over the seeds where both have a value; ``mannwhitney``: all the values of each side. Rows
+    with fewer than ``min_n`` pairs (ttest) or values on a side (mannwhitney) get p = NaN.
     """
-    if test not in TESTS:
-        raise ConfigError(f"unknown significance test {test!r}; known: {', '.join(TESTS)}")
     a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # the means of rows without any value (NaN, as wanted)
+    rows = len(a)
+    p, statistic, diff = np.full(rows, np.nan), np.full(rows, np.nan), np.full(rows, np.nan)
+    n, constant = np.zeros(rows, dtype=int), np.zeros(rows, dtype=bool)
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):  # a loop over table rows
+        xs = {s: float(v) for s, v in enumerate(x) if np.isfinite(v)}
+        ys = {s: float(v) for s, v in enumerate(y) if np.isfinite(v)}
+        r = significance(xs, ys, test, min_n)
+        n[i] = r.n
         if test == "ttest":
-            d = a - b  # NaN unless both have the seed
-            n = np.isfinite(d).sum(axis=1)
-            diff = np.nanmean(d, axis=1)
-            constant = np.nanmax(d, axis=1) == np.nanmin(d, axis=1)  # False for a row without pairs (NaN)
-            t = diff / (np.nanstd(d, axis=1, ddof=1) / np.sqrt(n))
-            p = 2.0 * stats.t.sf(np.abs(t), n - 1)
-            p = np.where(constant, np.where(diff == 0, 1.0, 0.0), p)
-            t = np.where(constant, np.nan, t)
-        else:
-            n = np.minimum(np.isfinite(a).sum(axis=1), np.isfinite(b).sum(axis=1))
-            diff = np.nanmean(a, axis=1) - np.nanmean(b, axis=1)
-            constant = np.zeros(len(a), dtype=bool)
-            warnings.simplefilter("ignore")  # scipy's warning on rows without values (their p is NaN)
-            r = stats.mannwhitneyu(a, b, axis=1, nan_policy="omit", alternative="two-sided")
-            t, p = np.asarray(r.statistic, dtype=float), np.asarray(r.pvalue, dtype=float)
-    low = n < min_n
-    return RowTests(np.where(low, np.nan, p), np.where(low, np.nan, t), n, diff, constant & ~low)
+            both = sorted(set(xs) & set(ys))
+            diff[i] = np.mean([xs[s] - ys[s] for s in both]) if both else np.nan
+        elif xs and ys:
+            diff[i] = np.mean(list(xs.values())) - np.mean(list(ys.values()))
+        if r.p is not None:
+            p[i] = r.p
+            statistic[i] = np.nan if r.statistic is None else r.statistic
+            constant[i] = r.note == CONSTANT
+    return RowTests(p, statistic, n, diff, constant)
 
 
 @dataclass

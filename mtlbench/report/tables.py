@@ -506,7 +506,7 @@ def _test_against(cells: list[Cell], values: list[dict[int, float]], refs: list[
     for k, i in enumerate(rows):  # one TestResult per table row
         n, p, t = int(res.n[k]), float(res.p[k]), float(res.statistic[k])
         if math.isfinite(p):
-            note = "constant paired differences" if res.constant[k] else ""
+            note = stats.CONSTANT if res.constant[k] else ""
             result = stats.TestResult(test, n, p, t if math.isfinite(t) else None, note)
         elif test == "ttest":
             result = stats.TestResult(test, n, None, note=f"no test: {n} seed(s) paired with the reference, {need}")
