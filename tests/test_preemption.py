@@ -147,6 +147,60 @@ def test_a_signal_after_early_stopping_decided_does_not_train_on(tmp_path):
     assert json.loads((out / "results.json").read_text())["train"]["epochs"] == 3  # no epoch trained after it
 
 
+#: BASE with the CSV log (every 10 steps: rows inside each epoch too) instead of no logger
+LOGGED = [a for a in BASE if a != "logger=none"] + ["logger=csv", "trainer.log_every_n_steps=10"]
+
+
+def _log_rows(run: Path) -> dict[tuple[str, str], dict[str, float]]:
+    """metrics.csv as {(epoch, step): {column: value}} over the cells that hold a value."""
+    import csv
+
+    with open(run / "logs" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for row in rows:
+        key = (row.pop("epoch"), row.pop("step"))
+        assert key not in out or not (out[key].keys() & {k for k, v in row.items() if v}), f"row {key} twice"
+        out.setdefault(key, {}).update({k: float(v) for k, v in row.items() if v})
+    return out
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_resumed_run_keeps_the_log_of_the_epochs_before_it(sig, tmp_path):
+    """The validation curve of a stopped and continued run is the uninterrupted run's, every epoch of it: Lightning's
+    CSV logger used to delete the earlier rows on resume. SIGKILL gives the process no chance to write its buffered
+    rows: those the epoch-end checkpoint covers must be on disk already; the steps after it are logged once."""
+    ref = tmp_path / "ref"
+    assert run_cli([*LOGGED, "trainer.max_epochs=3", f"hydra.run.dir={ref}"], cwd=tmp_path).returncode == 0
+    expected = _log_rows(ref)
+    valid_epochs = sorted(e for (e, _), v in expected.items() if "valid/auc_mean" in v)
+    assert valid_epochs == ["0", "1", "2", "3"]  # 3 epochs, then the final validate (logged as epoch 3)
+
+    out = tmp_path / "run"
+    script = tmp_path / "self_signal.py"
+    script.write_text(SELF_SIGNAL)
+    proc = subprocess.run(
+        [sys.executable, str(script), *LOGGED, "trainer.max_epochs=3", f"hydra.run.dir={out}"],
+        cwd=tmp_path,
+        env=dict(_env(), SIGNAL_AT_STEP=str(TRAIN_BATCHES + 25), SIGNAL_NAME=sig),  # late in the second epoch
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == (144 if sig == "SIGTERM" else -9), proc.stderr[-3000:]
+    assert not (out / "results.json").exists()
+    resume = [] if sig == "SIGTERM" else ["resume=true"]  # no preemption marker after SIGKILL: asked explicitly
+    proc = run_cli([*LOGGED, "trainer.max_epochs=3", *resume, f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from" in proc.stdout + proc.stderr
+    got = _log_rows(out)
+    assert got.keys() == expected.keys()
+    for key, values in expected.items():
+        assert got[key].keys() == values.keys(), key
+        for column, value in values.items():
+            assert got[key][column] == pytest.approx(value, abs=1e-6, nan_ok=True), (key, column)
+
+
 def _descendants(pid: int) -> list[tuple[int, str]]:
     """(pid, command line) of every process below ``pid``."""
     children: dict[int, list[int]] = {}

@@ -41,6 +41,7 @@ from mtlbench.rundir import (
     write_text,
 )
 from mtlbench.training.console import progress_bar
+from mtlbench.training.csv_log import ResumableCSVLogger, checkpoint_step
 from mtlbench.training.module import MultiTaskModule, run_metrics
 from mtlbench.training.preemption import AtomicCheckpointIO, Preemption, checkpoint_version
 from mtlbench.version import __version__
@@ -141,31 +142,32 @@ def build_components(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskMod
     return dm, module
 
 
-def _csv_logger(cfg: DictConfig, run_dir: Path, **settings: Any) -> Any:
-    return pl.loggers.CSVLogger(save_dir=str(run_dir), name=LOG_DIR, version="", **settings)
+def _csv_logger(cfg: DictConfig, run_dir: Path, resume_step: int | None, **settings: Any) -> Any:
+    return ResumableCSVLogger(save_dir=str(run_dir), name=LOG_DIR, version="", resume_step=resume_step, **settings)
 
 
-def _wandb_logger(cfg: DictConfig, run_dir: Path, **settings: Any) -> Any:
+def _wandb_logger(cfg: DictConfig, run_dir: Path, resume_step: int | None, **settings: Any) -> Any:
     from mtlbench.training.tracking import wandb_logger  # wandb is imported only when it is chosen
 
     return wandb_logger(run_dir, _plain(cfg), **settings)
 
 
-def _no_logger(cfg: DictConfig, run_dir: Path) -> Any:
+def _no_logger(cfg: DictConfig, run_dir: Path, resume_step: int | None) -> Any:
     return False
 
 
-#: the ``logger`` config group: name -> builder(cfg, run_dir, **settings)
+#: the ``logger`` config group: name -> builder(cfg, run_dir, resume_step, **settings); resume_step is the step a
+#: resumed run continues at (None for a new run)
 LOGGERS = {"csv": _csv_logger, "wandb": _wandb_logger, "none": _no_logger}
 
 
-def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
+def build_logger(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> Any:
     settings = _plain(cfg.logger) or {"name": "none"}
     name = settings.pop("name")
     if name not in LOGGERS:
         raise ConfigError(f"unknown logger {name!r}; known: {', '.join(LOGGERS)}")
-    check_settings(LOGGERS[name], "logger", name, settings, given=("cfg", "run_dir"))
-    return LOGGERS[name](cfg, run_dir, **settings)
+    check_settings(LOGGERS[name], "logger", name, settings, given=("cfg", "run_dir", "resume_step"))
+    return LOGGERS[name](cfg, run_dir, resume_step, **settings)
 
 
 def build_analyses(cfg: DictConfig) -> list[pl.Callback]:
@@ -360,7 +362,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         trainer_settings = _plain(cfg.trainer)
         trainer = pl.Trainer(
             **trainer_settings,
-            logger=build_logger(cfg, run_dir),
+            logger=build_logger(cfg, run_dir, checkpoint_step(ckpt_path) if ckpt_path else None),
             callbacks=[
                 *build_callbacks(cfg, run_dir),
                 *progress_bar(trainer_settings, bool(cfg.get("verbose", False))),
