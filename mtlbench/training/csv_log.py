@@ -18,6 +18,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.loggers.csv_logs import _ExperimentWriter as _FabricExperimentWriter
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
@@ -40,12 +41,13 @@ class _ContinuedWriter(ExperimentWriter):
         super().__init__(log_dir=log_dir)
 
     def _check_log_dir_exists(self) -> None:
-        if self._keep_before is None or not self._fs.isfile(self.metrics_file_path):
+        keep_before = self._keep_before
+        if keep_before is None or not self._fs.isfile(self.metrics_file_path):
             super()._check_log_dir_exists()  # a new run: Lightning's behaviour (an old file is removed)
             return
         with self._fs.open(self.metrics_file_path, "r", newline="") as file:
             reader = csv.DictReader(file)
-            rows = [row for row in reader if _step(row) is not None and _step(row) < self._keep_before]
+            rows = [row for row in reader if (step := _step(row)) is not None and step < keep_before]
             keys = list(reader.fieldnames or [])
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=keys)
@@ -73,7 +75,7 @@ class ResumableCSVLogger(pl.loggers.CSVLogger):
 
     @property
     @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
+    def experiment(self) -> _FabricExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ContinuedWriter(self.log_dir, self._resume_step)
