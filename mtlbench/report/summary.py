@@ -110,9 +110,8 @@ def mean_std_table(runs: list[dict[str, Any]], split: str = "test", metrics: tup
             for m in metrics:
                 vals = np.array([r["metrics"][split].get(t, {}).get(m) for r in rs], dtype=float)
                 vals = vals[~np.isnan(vals)]
-                cells.append(
-                    f"{vals.mean():.4f} ± {vals.std(ddof=1) if len(vals) > 1 else 0.0:.4f}" if len(vals) else "–"
-                )
+                spread = f" ± {vals.std(ddof=1):.4f}" if len(vals) > 1 else ""  # one seed has no spread to show
+                cells.append(f"{vals.mean():.4f}{spread}" if len(vals) else "–")
         lines.append("| " + " | ".join(cells) + " |")
     if show_setting:
         lines.append("setting: the config values in which rows of the same model differ (all else is equal)")
