@@ -46,6 +46,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0, len(x)
 
 
+def format_mean_std(mean: float, std: float, n: int) -> str:
+    """``mean ± std`` to 4 places; the mean alone for one value (it has no spread to show)."""
+    return f"{mean:.4f}" if n == 1 else f"{mean:.4f} ± {std:.4f}"
+
+
 def relaimpr(metric: str, measured: float, base: float) -> float | None:
     """Relative improvement over the base model in percent.
 

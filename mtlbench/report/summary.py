@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mtlbench.report.collect import NAMED_KEYS, comparable_config
+from mtlbench.report.stats import format_mean_std, mean_std
 
 if TYPE_CHECKING:
     from mtlbench.report.tables import Leaderboard
@@ -109,9 +110,8 @@ def mean_std_table(runs: list[dict[str, Any]], split: str = "test", metrics: tup
         for t in tasks:
             for m in metrics:
                 vals = np.array([r["metrics"][split].get(t, {}).get(m) for r in rs], dtype=float)
-                vals = vals[~np.isnan(vals)]
-                spread = f" ± {vals.std(ddof=1):.4f}" if len(vals) > 1 else ""  # one seed has no spread to show
-                cells.append(f"{vals.mean():.4f}{spread}" if len(vals) else "–")
+                mean, std, n = mean_std(vals[~np.isnan(vals)])
+                cells.append(format_mean_std(mean, std, n) if n else "–")
         lines.append("| " + " | ".join(cells) + " |")
     if show_setting:
         lines.append("setting: the config values in which rows of the same model differ (all else is equal)")

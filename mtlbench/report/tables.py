@@ -543,7 +543,7 @@ def _compare(
 def fmt_value(c: Cell, seeds: int) -> str:
     if c.empty:
         return "n/a"
-    text = f"{c.mean:.4f}" if c.n == 1 else f"{c.mean:.4f} ± {c.std:.4f}"
+    text = stats.format_mean_std(c.mean, c.std, c.n)
     if c.n < seeds:
         text += f" (n={c.n})"
     return text
